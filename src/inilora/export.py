@@ -1,0 +1,310 @@
+"""Export a trained model into a layout other tools load without inilora (SPEC §4).
+
+- ``plain``: a rank-2r LoRA adapter for the *unmodified* base, ``A' = [A; A0]``,
+  ``B' = [B, -B0]``, alpha doubled (√2·alpha under rsLoRA; every rank/alpha pattern
+  entry likewise) so the scaling is unchanged, computed in fp32.  Then
+  ``W0 + s·B'A' = W0 - s·B0A0 + s·BA = R + s·BA``: the trained model.  Serving stacks
+  load this.
+- ``merged``: the full model with ``R + s·BA`` merged in fp32, then cast.
+- ``residual``: the residual base as a full model plus the rank-r adapter in
+  ``adapter/`` (PiSSA's hub layout).
+
+Every export is written to a temp folder and renamed into place, and its drift is
+measured in the target dtype against the merged weights in that same dtype; past 1 %
+it warns and recommends ``merged``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from .errors import InitError
+from .peft_bridge import (
+    INIT_ADAPTER,
+    Target,
+    _oriented,
+    check_fingerprint,
+    is_residual_model,
+    load,
+    predicted_targets,
+    read_metadata,
+    restore_base_dtype,
+    targets,
+)
+
+log = logging.getLogger(__name__)
+LAYOUTS = ("plain", "merged", "residual")
+DRIFT_WARN = 0.01
+
+
+@dataclass
+class ExportReport:
+    layout: str
+    out_dir: Path
+    dtype: str
+    #: max|out_export − out_merged| / max|out_merged|, both in the target dtype (None: not measured)
+    drift: float | None = None
+    top1_agreement: float | None = None
+
+
+def export(
+    model_or_dir: PeftModel | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    layout: str = "plain",
+    *,
+    base: torch.nn.Module | str | os.PathLike | None = None,
+    adapter_name: str = "default",
+    dtype: torch.dtype | str | None = None,
+    check: bool = True,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Write ``layout`` of a model (live ``PeftModel`` or a saved adapter folder) to ``out_dir``.
+
+    A folder needs its base: ``base`` (model or name/path), else the base recorded in
+    the adapter config.  A live model is never modified (the export works on a copy);
+    ``base``, if given, supplies the exact original weights for the drift check,
+    otherwise they are rebuilt as ``R + s·B0A0`` in fp32.
+    """
+    if layout not in LAYOUTS:
+        raise InitError(f"unknown export layout {layout!r}; layouts: {', '.join(LAYOUTS)}.")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise InitError(f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True.")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+
+    work, w0_exact, tokenizer_name = _working_model(model_or_dir, base, adapter_name)
+    residual = is_residual_model(work)
+    config = work.peft_config[adapter_name]
+    if config.use_dora or getattr(config, "lora_bias", False) or type(config).__name__ not in (
+            "LoraConfig", "InitLoraConfig"):
+        raise InitError("export supports plain LoRA adapters only (no DoRA, no lora_bias, no other variants).")
+    tgts = targets(work, adapter_name)
+    init = targets(work, INIT_ADAPTER) if residual else {}
+    base_model = work.get_base_model()
+    target_dtype = dtype or _model_dtype(base_model, tgts)
+
+    with torch.no_grad():
+        trained = {n: _factors(t, adapter_name) for n, t in tgts.items()}
+        start = {n: _factors(init[n], INIT_ADAPTER) for n in init}
+        scal = {n: float(t.layer.scaling[adapter_name]) for n, t in tgts.items()}
+        resid32 = {n: t.w0().detach().float() for n, t in tgts.items()}
+        merged = {n: resid32[n] + scal[n] * (trained[n][1] @ trained[n][0]) for n in tgts}
+        if residual:
+            w0 = w0_exact or {n: (resid32[n] + scal[n] * (start[n][1] @ start[n][0])) for n in tgts}
+        else:
+            w0 = resid32
+        adapter_state = get_peft_model_state_dict(work, adapter_name=adapter_name)
+        base_name = getattr(base_model, "name_or_path", None) or config.base_model_name_or_path
+
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None,
+                                prefix=f".{out_dir.name}.tmp-"))
+    try:
+        plain = _unwrap(work, tgts, target_dtype)
+        if layout == "plain":
+            plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start, base_name)
+            plain_config.save_pretrained(str(tmp))
+            save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
+                      metadata={"format": "pt"})
+        elif layout == "merged":
+            _set_weights(plain, tgts, merged, target_dtype)
+            plain.save_pretrained(str(tmp))
+        else:
+            _set_weights(plain, tgts, resid32, target_dtype)
+            plain.save_pretrained(str(tmp))
+            res_config = _unmarked(config, base_name=str(out_dir))
+            res_config.save_pretrained(str(tmp / "adapter"))
+            save_file({k: v.contiguous() for k, v in adapter_state.items()},
+                      str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
+        if layout != "plain":
+            _save_tokenizer(tokenizer_name, tmp)
+        report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""))
+        if check and layout != "merged":
+            _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
+                     tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | None, str | None]:
+    """A PeftModel the export may modify, the exact W0 if known, and a tokenizer source."""
+    from .models import load_model
+
+    if isinstance(model_or_dir, PeftModel):
+        work = copy.deepcopy(model_or_dir)
+        w0 = None
+        if base is not None:
+            base_model = load_model(str(base)) if isinstance(base, (str, os.PathLike)) else base
+            config = work.peft_config[adapter_name]
+            meta = getattr(config, "_inilora", None)
+            found = check_fingerprint(base_model, config, meta) if meta else predicted_targets(base_model, config)
+            w0 = {n: _oriented(m).detach().float().clone() for n, m in found.items()}
+        name = getattr(work.get_base_model(), "name_or_path", None)
+        return work, w0, name
+    directory = Path(model_or_dir)
+    meta = read_metadata(directory)
+    config = LoraConfig.from_pretrained(str(directory))
+    if base is None:
+        base = config.base_model_name_or_path
+        if not base:
+            raise InitError(f"{directory} does not record its base model; pass base=NAME_OR_PATH.")
+    base_model = load_model(str(base)) if isinstance(base, (str, os.PathLike)) else base
+    config.init_lora_weights = False
+    found = predicted_targets(base_model, config)
+    w0 = {n: _oriented(m).detach().float().clone() for n, m in found.items()} if meta else None
+    work = load(base_model, directory, adapter_name=adapter_name)
+    name = str(base) if isinstance(base, (str, os.PathLike)) else getattr(base_model, "name_or_path", None)
+    return work, w0, name
+
+
+def _factors(t: Target, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return t.layer.lora_A[adapter].weight.detach().float(), t.layer.lora_B[adapter].weight.detach().float()
+
+
+def _model_dtype(model: torch.nn.Module, tgts: Mapping[str, Target]) -> torch.dtype:
+    """The dtype of the base model's own (non-LoRA, non-residual) float weights."""
+    skip = {id(t.base.weight) for t in tgts.values()}
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and id(p) not in skip and "lora_" not in name:
+            return p.dtype
+    return torch.float32
+
+
+def _unmarked(config: LoraConfig, *, base_name: str | None) -> LoraConfig:
+    out = copy.deepcopy(config)
+    out.__class__ = LoraConfig
+    out.__dict__.pop("_inilora", None)
+    out.init_lora_weights = True
+    out.inference_mode = True
+    out.base_model_name_or_path = base_name
+    return out
+
+
+def _plain_adapter(config, adapter_state, tgts, trained, start, base_name) -> tuple[LoraConfig, dict]:
+    """Rank-2r adapter for the unmodified base; scaling kept (×2 alpha, ×√2 under rsLoRA)."""
+    out = _unmarked(config, base_name=base_name)
+    state = dict(adapter_state)
+    if not start:
+        return out, state
+    factor = math.sqrt(2.0) if config.use_rslora else 2.0
+    out.r = 2 * config.r
+    out.lora_alpha = config.lora_alpha * factor
+    out.rank_pattern = {k: 2 * v for k, v in (config.rank_pattern or {}).items()}
+    out.alpha_pattern = {k: v * factor for k, v in (config.alpha_pattern or {}).items()}
+    for name, t in tgts.items():
+        a, b = trained[name]
+        a0, b0 = start[name]
+        state[f"{t.path}.lora_A.weight"] = torch.cat([a, a0], dim=0)
+        state[f"{t.path}.lora_B.weight"] = torch.cat([b, -b0], dim=1)
+    return out, state
+
+
+def _unwrap(work: PeftModel, tgts: Mapping[str, Target], dtype: torch.dtype) -> torch.nn.Module:
+    """The bare transformers model (trained modules_to_save kept), in ``dtype``."""
+    for t in tgts.values():
+        restore_base_dtype(t.base, t.base.weight.dtype)
+    plain = work.unload()
+    return plain.to(dtype)
+
+
+def _modules_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    from .naming import canonical_name
+
+    return {canonical_name(n): m for n, m in model.named_modules() if n}
+
+
+@torch.no_grad()
+def _set_weights(model: torch.nn.Module, tgts, weights: Mapping[str, torch.Tensor], dtype: torch.dtype) -> None:
+    modules = _modules_by_name(model)
+    for name, t in tgts.items():
+        module = modules[name]
+        w = weights[name].to(module.weight.device, dtype)
+        module.weight.data = (w.T if t.layer.fan_in_fan_out else w).contiguous()
+
+
+def _save_tokenizer(name: str | None, out: Path) -> None:
+    if not name:
+        return
+    try:
+        from .models import load_tokenizer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_tokenizer(name, local_files_only=True).save_pretrained(str(out))
+    except Exception as exc:  # a tokenizer is a convenience here, not a requirement
+        log.info("no tokenizer saved with the export: %s", exc)
+
+
+def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candidate_weights, dtype, adapter_dir,
+             tokenizer_name) -> None:
+    """Drift of the export against the merged model, both in ``dtype`` (SPEC §4)."""
+    from .models import load_tokenizer, model_output, probe_inputs, relative_drift, top1_agreement
+
+    tokenizer = None
+    if tokenizer_name:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tokenizer = load_tokenizer(tokenizer_name, local_files_only=True)
+        except Exception:
+            tokenizer = None
+    plain.eval()
+    try:
+        inputs = probe_inputs(plain, tokenizer)
+    except Exception as exc:
+        log.info("export drift not measured (no probe for this model): %s", exc)
+        return
+    _set_weights(plain, tgts, merged, dtype)
+    reference = model_output(plain, inputs)
+    _set_weights(plain, tgts, candidate_weights, dtype)
+    candidate = PeftModel.from_pretrained(plain, str(adapter_dir))  # vanilla PEFT, as users load it
+    candidate.eval()
+    out = model_output(candidate, inputs)
+    candidate.unload()
+    report.drift = relative_drift(out, reference)
+    if out.dim() == 3:
+        report.top1_agreement = top1_agreement(out, reference)
+    if report.drift > DRIFT_WARN:
+        warnings.warn(
+            f"the {report.layout} export differs from the merged model by {report.drift:.1%} "
+            f"(max relative, {report.dtype}); the low-precision base cancels badly here. Export layout='merged' "
+            "for this model, or keep the base in float32.", stacklevel=3)
+    else:
+        log.info("%s export drift vs merged (%s): %.2e", report.layout, report.dtype, report.drift)
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished export into place; an existing folder is swapped out, then removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+__all__ = ["ExportReport", "LAYOUTS", "export"]
+
+

@@ -1,0 +1,188 @@
+"""IniLoRA: fit ``U Pᵀ ≈ W0`` by gradient descent, then ``B0 = U/√s``, ``A0 = Pᵀ/√s``.
+
+The fit itself lives in :mod:`inilora.approx` (which knows nothing of models); this
+module decides *what* to fit, exactly as the released code does (SPEC §3):
+U, P ~ N(μ, σ̄²) with σ̄ the mean over layers of each module type's unbiased weight
+std, rounded to 3 decimals; per-matrix mean-MSE, Adam 5e-4, StepLR(5000, 0.9).
+Because ``s·B0A0 = U Pᵀ`` for every s, the cache keeps the unscaled fit.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from .. import approx
+from ..cache import FitCache, tensor_digest
+from ..errors import InitError
+from ..naming import module_type
+from .registry import InitResult, register
+
+SCHEDULE = "StepLR(step_size=5000,gamma=0.9),stepped-before-optimizer"
+
+OPTIONS: dict[str, Any] = {
+    "steps": 20000,
+    "lr": 5e-4,
+    "std": "auto",
+    "round_std": 3,
+    "std_source": "weight",
+    "std_scope": "module_type",
+    "mean": 0.0,
+    "engine": "torch",
+    "checkpoints": (),
+    # supplied by the bridge, not usually by users:
+    "cache": None,
+    "biases": None,
+    "progress": None,
+}
+
+
+def init_distribution(
+    weights: Mapping[str, torch.Tensor],
+    *,
+    std: float | str = "auto",
+    round_std: int | None = 3,
+    std_source: str = "weight",
+    std_scope: str = "module_type",
+    mean: float | str = 0.0,
+    biases: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, tuple[float, float]]:
+    """(σ, μ) per group: module type (``q_proj``, ...) or ``"*"`` for ``std_scope="all"``.
+
+    ``std_source="weight+bias"`` reproduces the released RoBERTa script, which appended
+    each bias vector's std to the same list (kept only for faithfulness).
+    """
+    if std_scope not in ("module_type", "all"):
+        raise InitError(f"std_scope must be 'module_type' or 'all', got {std_scope!r}.")
+    if std_source not in ("weight", "weight+bias"):
+        raise InitError(f"std_source must be 'weight' or 'weight+bias', got {std_source!r}.")
+    if std_source == "weight+bias" and not biases:
+        warnings.warn("std_source='weight+bias' but the targeted modules have no biases; using weights only.")
+    stds: dict[str, list[float]] = defaultdict(list)
+    means: dict[str, list[float]] = defaultdict(list)
+    for name, w in weights.items():
+        group = module_type(name) if std_scope == "module_type" else "*"
+        tensors = [w]
+        if std_source == "weight+bias" and biases and biases.get(name) is not None:
+            tensors.append(biases[name])
+        for t in tensors:
+            t32 = t.detach().float()
+            stds[group].append(t32.std().item())  # unbiased, as torch.std() in the released code
+            means[group].append(t32.mean().item())
+
+    def resolve(values: list[float], what: str, group: str, guard_zero: bool) -> float:
+        exact = sum(values) / len(values)
+        if round_std is None:
+            return exact
+        rounded = round(exact, round_std)
+        if guard_zero and rounded == 0.0:
+            warnings.warn(
+                f"the average {what} of {group!r} weights ({exact:.3g}) rounds to 0 at {round_std} decimals; "
+                "keeping the unrounded value (U = P = 0 would never move)."
+            )
+            return exact
+        return rounded
+
+    out = {}
+    for group in stds:
+        if std == "auto":
+            sigma = resolve(stds[group], "std", group, guard_zero=True)
+        else:
+            sigma = float(std)
+            if not math.isfinite(sigma) or sigma <= 0:
+                raise InitError(f"std must be 'auto' or a positive number, got {std!r}.")
+        if mean == "auto":
+            mu = resolve(means[group], "mean", group, guard_zero=False)
+        else:
+            mu = float(mean)
+        out[group] = (sigma, mu)
+    return out
+
+
+def draw_init(weights: Mapping[str, torch.Tensor], ranks: Mapping[str, int], rng_for: Callable,
+              dist: Mapping[str, tuple[float, float]], std_scope: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """U ~ N(μ, σ²) (out×r) then P ~ N(μ, σ²) (in×r), on the CPU from each matrix's generator."""
+    init = {}
+    for name, w in weights.items():
+        sigma, mu = dist[module_type(name) if std_scope == "module_type" else "*"]
+        gen = rng_for(name)
+        u = torch.empty(w.shape[0], ranks[name]).normal_(mu, sigma, generator=gen)
+        p = torch.empty(w.shape[1], ranks[name]).normal_(mu, sigma, generator=gen)
+        init[name] = (u, p)
+    return init
+
+
+def cache_fields(weights, ranks, rng_for, dist, init, *, steps, lr, engine) -> dict[str, Any]:
+    """Everything the fit depends on (SPEC §4): a different value is a different entry."""
+    return {
+        "method": "inilora",
+        "weights": tensor_digest(weights),
+        "dtypes": sorted({str(w.dtype) for w in weights.values()}),
+        "targets": sorted(weights),
+        "ranks": {k: int(ranks[k]) for k in sorted(ranks)},
+        "init": {g: [s, m] for g, (s, m) in sorted(dist.items())},
+        "init_digest": tensor_digest({f"{n}::{i}": t for n, f in init.items() for i, t in enumerate(f)}),
+        "seed": getattr(rng_for, "seed", None),
+        "steps": int(steps),
+        "lr": float(lr),
+        "schedule": SCHEDULE,
+        "engine": engine,
+        "engine_version": approx.ENGINE_VERSION[engine],
+    }
+
+
+def _report(fits: Mapping[str, Any]) -> dict[str, Any]:
+    return {n: {"rel_error": f.rel_error, "optimum": f.optimum, "losses": f.losses} for n, f in fits.items()}
+
+
+@register("inilora", summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual",
+          options=OPTIONS)
+def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
+            std_source="weight", std_scope="module_type", mean=0.0, engine="torch",
+            checkpoints: Sequence[int] = (), cache: FitCache | None = None, biases=None,
+            progress=None) -> InitResult:
+    if int(steps) < 0:
+        raise InitError(f"steps must be ≥ 0, got {steps}.")
+    if engine not in approx.ENGINES:
+        raise InitError(f"unknown approximation engine {engine!r}; engines: {', '.join(approx.ENGINES)}.")
+    bad_ckpt = [t for t in checkpoints if not 0 <= int(t) <= int(steps)]
+    if bad_ckpt:
+        raise InitError(f"checkpoints must lie in [0, steps={steps}], got {bad_ckpt}.")
+    dist = init_distribution(weights, std=std, round_std=round_std, std_source=std_source,
+                             std_scope=std_scope, mean=mean, biases=biases)
+    init = draw_init(weights, ranks, rng_for, dist, std_scope)
+    info: dict[str, Any] = {"init": {g: {"std": s, "mean": m} for g, (s, m) in dist.items()},
+                            "steps": int(steps), "engine": engine, "cache": "off"}
+    fit: dict[str, Any] = {}
+    if int(steps) == 0:
+        unscaled = init
+    else:
+        fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=engine)
+        hit = cache.get(fields) if cache is not None else None
+        if hit is not None:
+            unscaled, meta = hit
+            fit = meta["report"]
+            info["cache"] = "hit"
+        else:
+            if cache is not None:
+                cache.check_writable()
+            todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
+            results = approx.approximate(weights, init, steps=int(steps), lr=float(lr), engine=engine,
+                                         checkpoints=todo, progress=progress)
+            unscaled = {n: (r.U, r.P) for n, r in results.items()}
+            fit = _report(results)
+            if cache is not None:
+                cache.put(fields, unscaled, fit)
+                for t in todo:
+                    cache.put({**fields, "steps": t},
+                              {n: r.checkpoints[t] for n, r in results.items()}, {})
+                info["cache"] = "miss"
+    factors = {}
+    for name, (u, p) in unscaled.items():
+        root = math.sqrt(scalings[name])
+        factors[name] = ((p.T / root).contiguous().float(), (u / root).contiguous().float())
+    return InitResult(factors=factors, fit=fit, info=info)

@@ -1,0 +1,117 @@
+"""The one registry of initialization methods.
+
+Every method is a small function with one signature (SPEC §2)::
+
+    init(weights, ranks, scalings, rng_for, **options) -> InitResult
+
+``weights[name]`` is W0 oriented ``(out, in)`` (GPT-2's Conv1D already transposed),
+``ranks``/``scalings`` are per matrix because PEFT's ``rank_pattern``/``alpha_pattern``
+make them so, and ``rng_for(name)`` returns a fresh CPU generator for that matrix.
+The function returns ``A0 (r, in)`` and ``B0 (out, r)`` in float32; the bridge turns
+them into a residual model.  Methods that PEFT already implements are registered with
+``peft_init`` and carried out by the bridge through PEFT itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import InitError
+
+Tensor = torch.Tensor
+RngFor = Callable[[str], torch.Generator]
+
+
+@dataclass
+class InitResult:
+    """What a method returns: the factors, and for fitted methods how the fit went."""
+
+    factors: dict[str, tuple[Tensor, Tensor]]
+    #: per matrix, for fitted methods: unscaled (U, P), loss curve, rel_error, optimum.
+    fit: dict[str, Any] = field(default_factory=dict)
+    #: resolved settings worth recording (e.g. sigma/mean per module type, cache hit).
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    #: True when the method moves the base weight (R = W0 - s*B0*A0).
+    residual: bool
+    fn: Callable[..., InitResult] | None = None
+    #: For PEFT-backed methods: the value of ``LoraConfig.init_lora_weights``.
+    peft_init: str | bool | None = None
+    #: accepted keyword options and their defaults.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def peft_backed(self) -> bool:
+        return self.fn is None
+
+    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with ``given``; unknown names fail with the valid list."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise InitError(
+                f"method {self.name!r} does not take option(s) {', '.join(unknown)}; "
+                f"its options are: {valid}."
+            )
+        return {**self.options, **given}
+
+
+_REGISTRY: dict[str, Method] = {}
+_PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
+
+
+def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None):
+    """Decorator: add ``fn`` to the registry under ``name``."""
+
+    def wrap(fn: Callable[..., InitResult]) -> Callable[..., InitResult]:
+        _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=dict(options or {})))
+        return fn
+
+    return wrap
+
+
+def register_peft(name: str, peft_init: str | bool, *, summary: str, residual: bool) -> None:
+    """Register a method that PEFT itself carries out (``init_lora_weights=peft_init``)."""
+    _add(Method(name=name, summary=summary, residual=residual, peft_init=peft_init))
+
+
+def _add(method: Method) -> None:
+    if method.name in _REGISTRY:
+        raise ValueError(f"init method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+
+
+def get_method(name: str) -> Method:
+    """Look a method up by name; ``pissa_niter_N`` is PiSSA with N fast-SVD iterations."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    match = _PISSA_NITER.match(name)
+    if match:
+        base = _REGISTRY["pissa"]
+        return Method(name=name, summary=f"{base.summary} (randomized SVD, {match.group(1)} iterations)",
+                      residual=True, peft_init=name)
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise InitError(
+        f"unknown init method {name!r}.{hint} Known methods: {', '.join(available_methods())} "
+        "(and pissa_niter_N). `inilora methods` lists them with descriptions."
+    )
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods, in registration order."""
+    return list(_REGISTRY)
+
+
+def methods() -> list[Method]:
+    return list(_REGISTRY.values())

@@ -1,0 +1,149 @@
+"""The batched "torch" engine against the reference loop (SPEC §3 tolerances) and the public API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inilora.approx import ENGINE_VERSION, ENGINES, FitResult, approximate
+from inilora.approx.batched import fit_batched
+from inilora.approx.reference import fit_reference
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one intra-op thread. With two threads on a loaded 2-core machine the
+    reference loop's many small ops spin-wait on each other (measured 15x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+SHAPES = {"a": (64, 48), "b": (64, 48), "c": (32, 48), "d": (80, 80)}
+
+
+def _problem(shapes, r=8, w_std=0.02, f_std=0.02, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    W, init = {}, {}
+    for name, (d, k) in shapes.items():
+        std = w_std[name] if isinstance(w_std, dict) else w_std
+        fs = f_std[name] if isinstance(f_std, dict) else f_std
+        W[name] = (torch.randn(d, k, generator=g) * std).to(dtype)
+        init[name] = (torch.randn(d, r, generator=g) * fs, torch.randn(k, r, generator=g) * fs)
+    return W, init
+
+
+def _rel(x, y):
+    return ((x - y).norm() / y.norm()).item()
+
+
+def _assert_matches(ref, ours, names):
+    for n in names:
+        a, b = ref[n], ours[n]
+        assert _rel(b.U @ b.P.T, a.U @ a.P.T) <= 1e-3, n
+        assert [t for t, _ in a.losses] == [t for t, _ in b.losses]
+        for (_, la), (_, lb) in zip(a.losses, b.losses):
+            assert abs(lb - la) <= 0.01 * la, n
+        for t in a.checkpoints:
+            ua, pa = a.checkpoints[t]
+            ub, pb = b.checkpoints[t]
+            assert _rel(ub @ pb.T, ua @ pa.T) <= 1e-3, (n, t)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    W, init = _problem(SHAPES)
+    kw = dict(steps=2000, checkpoints=(200, 1000))
+    return W, init, approximate(W, init, engine="reference", **kw), approximate(W, init, engine="torch", **kw)
+
+
+def test_batched_matches_reference(mixed):
+    W, _, ref, ours = mixed
+    assert list(ours) == list(W)
+    _assert_matches(ref, ours, W)
+
+
+def test_results_report(mixed):
+    W, _, ref, ours = mixed
+    for n, res in ours.items():
+        assert isinstance(res, FitResult)
+        assert res.engine == "torch" and res.steps == 2000
+        assert res.U.shape == (W[n].shape[0], 8) and res.P.shape == (W[n].shape[1], 8)
+        assert res.U.dtype == torch.float32 and res.U.is_contiguous()
+        assert res.optimum <= res.rel_error + 1e-9
+        assert res.optimum == ref[n].optimum
+        assert res.rel_error == pytest.approx(ref[n].rel_error, rel=1e-4)
+        assert res.losses[-1][0] == 2000 and len(res.losses) == 21
+
+
+def test_bf16_weights_upcast():
+    W, init = _problem(SHAPES, dtype=torch.bfloat16)
+    ref = approximate(W, init, engine="reference", steps=2000)
+    ours = approximate(W, init, engine="torch", steps=2000)
+    _assert_matches(ref, ours, W)
+    # the engine reads bf16 exactly: identical to fitting the fp32 copy
+    up = approximate({n: w.float() for n, w in W.items()}, init, engine="torch", steps=2000)
+    for n in W:
+        assert torch.equal(ours[n].U, up[n].U) and torch.equal(ours[n].P, up[n].P)
+
+
+def test_each_matrix_keeps_its_own_mean():
+    """Eps-sensitive sizes: a mean shared across matrices would change every trajectory."""
+    shapes = {"small": (64, 48), "small2": (64, 48), "big": (512, 384)}
+    # stds chosen so the per-matrix mean gradients sit near Adam's eps (1e-8)
+    stds = {"small": 1.5e-3, "small2": 1.5e-3, "big": 6e-3}
+    W, init = _problem(shapes, r=4, w_std=stds, f_std=stds, seed=3)
+    together = approximate(W, init, engine="torch", steps=300)
+    for n in W:
+        alone = approximate({n: W[n]}, {n: init[n]}, engine="torch", steps=300)[n]
+        assert _rel(together[n].U @ together[n].P.T, alone.U @ alone.P.T) <= 1e-6, n
+        ref = fit_reference(W[n], *init[n], steps=300)
+        assert _rel(together[n].U @ together[n].P.T, ref.U @ ref.P.T) <= 1e-3, n
+
+
+def test_checkpoints_equal_shorter_runs():
+    W, init = _problem({"a": (64, 48), "d": (80, 80)}, r=4, w_std=0.1, f_std=0.1)
+    ws, inits = list(W.values()), list(init.values())
+    full = fit_batched(ws, inits, steps=120, checkpoints=(0, 7, 120))
+    for t in (7, 120):
+        short = fit_batched(ws, inits, steps=t)
+        for f, s in zip(full, short):
+            assert torch.equal(f.checkpoints[t][0], s.U) and torch.equal(f.checkpoints[t][1], s.P)
+    for f, (U0, P0) in zip(full, inits):
+        assert torch.equal(f.checkpoints[0][0], U0) and torch.equal(f.checkpoints[0][1], P0)
+
+
+def test_deterministic():
+    W, init = _problem(SHAPES, r=4)
+    a = approximate(W, init, steps=150)
+    b = approximate(W, init, steps=150)
+    for n in W:
+        assert torch.equal(a[n].U, b[n].U) and torch.equal(a[n].P, b[n].P)
+        assert a[n].losses == b[n].losses
+
+
+def test_progress_and_zero_steps():
+    W, init = _problem(SHAPES, r=4)
+    for engine in ENGINES:
+        seen = []
+        approximate(W, init, steps=30, log_every=10, engine=engine, progress=lambda *a: seen.append(a))
+        assert seen[-1][0] == seen[-1][1] == 30 * len(W)
+        assert all(0 <= done <= total for done, total, _ in seen)
+        zero = approximate(W, init, steps=0, engine=engine)
+        for n in W:
+            assert torch.equal(zero[n].U, init[n][0]) and [t for t, _ in zero[n].losses] == [0]
+
+
+def test_bad_input():
+    W, init = _problem({"a": (64, 48)}, r=4)
+    with pytest.raises(ValueError, match="reference.*torch"):
+        approximate(W, init, engine="triton-nope")
+    with pytest.raises(ValueError, match="missing"):
+        approximate(W, {}, steps=1)
+    with pytest.raises(ValueError, match="factors"):
+        approximate(W, {"a": (init["a"][1], init["a"][0])}, steps=1)
+    with pytest.raises(ValueError, match="checkpoints"):
+        approximate(W, init, steps=5, checkpoints=(6,))
+    assert set(ENGINE_VERSION) == set(ENGINES)
