@@ -42,7 +42,6 @@ from .peft_bridge import (
     load,
     predicted_targets,
     read_metadata,
-    restore_base_dtype,
     targets,
 )
 
@@ -221,9 +220,7 @@ def _plain_adapter(config, adapter_state, tgts, trained, start, base_name) -> tu
 
 def _unwrap(work: PeftModel, tgts: Mapping[str, Target], dtype: torch.dtype) -> torch.nn.Module:
     """The bare transformers model (trained modules_to_save kept), in ``dtype``."""
-    for t in tgts.values():
-        restore_base_dtype(t.base, t.base.weight.dtype)
-    plain = work.unload()
+    plain = work.unload()  # drops the LoRA layers (and any fp32-residual wrappers with them)
     return plain.to(dtype)
 
 

@@ -357,8 +357,8 @@ def _offline_hint(name: str, exc: BaseException) -> OSError:
     alias = embedded_name(name)
     if alias is not None:
         tip = (
-            f"The same model ships offline as {alias!r}: use that name "
-            f"(e.g. load_model({alias!r}), or `--model {alias}` on the command line)."
+            f"The same model ships offline as {alias!r}: use that name instead "
+            f"(e.g. load_model({alias!r}))."
         )
     else:
         tip = "Offline models available here: " + ", ".join(

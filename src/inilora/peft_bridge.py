@@ -271,35 +271,31 @@ def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[s
         w = t.w0()
         s = t.layer.scaling[adapter]
         dev = w.device
+        stored = w.dtype  # read before set_weight: it changes the same Parameter in place
         r = w.float() - s * (b0.to(dev, torch.float32) @ a0.to(dev, torch.float32))
-        t.set_weight(r.to(residual_dtype or w.dtype))
-        if residual_dtype is not None and residual_dtype != w.dtype:
-            _keep_base_in(t.base, residual_dtype)
+        t.set_weight(r.to(residual_dtype or stored))
+        if residual_dtype is not None and residual_dtype != stored:
+            _keep_in(t, residual_dtype)
 
 
-def _keep_base_in(base: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Run one base layer in ``dtype`` (fp32 residual on a bf16 model), autocast or not.
+def _keep_in(target: Target, dtype: torch.dtype) -> None:
+    """Run one replaced layer in ``dtype`` (an fp32 residual on a bf16 model), autocast or not.
 
-    The input is cast up, autocast is switched off for the product, and the output is
-    cast back to the input's dtype, so the rest of the model never notices.
+    The whole LoRA layer is wrapped, not just its base: ``R·x`` and ``s·BA·x`` can be
+    large and nearly cancel, so they must be summed in fp32 and rounded once.  The input
+    is cast up, autocast is off inside, and the output goes back to the input's dtype,
+    so the rest of the model never notices.
     """
+    base = target.base
     if base.bias is not None:
         base.bias.data = base.bias.data.to(dtype)
-    inner = type(base).forward
+    inner = type(target.layer).forward
 
     def forward(self, x, *args, **kwargs):
         with torch.autocast(device_type=x.device.type, enabled=False):
             return inner(self, x.to(dtype), *args, **kwargs).to(x.dtype)
 
-    base.forward = types.MethodType(forward, base)
-
-
-def restore_base_dtype(base: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Undo :func:`_keep_base_in`: the layer runs in the model's dtype again."""
-    base.__dict__.pop("forward", None)
-    base.weight.data = base.weight.data.to(dtype)
-    if base.bias is not None:
-        base.bias.data = base.bias.data.to(dtype)
+    target.layer.forward = types.MethodType(forward, target.layer)
 
 
 def _set_trainable(peft_model: PeftModel, adapter: str, trainable: bool) -> None:
@@ -629,10 +625,6 @@ def _load_state(peft_model: PeftModel, state: dict, adapter: str) -> None:
     bad += [k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{adapter}." in k]
     if bad:
         raise InitError(f"saved adapter weights do not fit this model (e.g. {bad[:3]}); was it saved from another model?")
-
-
-def scaling_of(layer: LoraLayer, adapter: str) -> float:
-    return float(layer.scaling[adapter])
 
 
 def is_residual_model(model: PeftModel) -> bool:

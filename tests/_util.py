@@ -1,0 +1,38 @@
+"""Helpers shared by the bridge/export tests (imported as a plain module)."""
+
+from __future__ import annotations
+
+import torch
+
+from inilora.peft_bridge import INIT_ADAPTER, targets
+
+TINY_TARGETS = {"gpt2": ["c_attn"], "llama-gqa": ["q_proj", "v_proj"], "roberta": ["query", "value"],
+                "bert": ["query", "value"]}
+
+
+def rho(model, w0: dict[str, torch.Tensor] | None = None, adapter: str = "default") -> float:
+    """ρ = max over targeted matrices of s·‖B0A0‖_F / ‖W0‖_F (SPEC §1), from the saved A0/B0."""
+    init = targets(model, INIT_ADAPTER)
+    out = 0.0
+    for name, t in targets(model, adapter).items():
+        s = float(t.layer.scaling[adapter])
+        a0 = init[name].layer.lora_A[INIT_ADAPTER].weight.double()
+        b0 = init[name].layer.lora_B[INIT_ADAPTER].weight.double()
+        moved = s * (b0 @ a0)
+        ref = w0[name].double() if w0 is not None else t.w0().double() + moved
+        out = max(out, (moved.norm() / ref.norm()).item())
+    return out
+
+
+def bound(r: float) -> float:
+    """SPEC §1: max|Δout|/max|out| ≤ 2e-5·(1 + ρ) for an fp32 base."""
+    return 2e-5 * (1.0 + r)
+
+
+def perturb(model, scale: float = 0.05, seed: int = 123) -> None:
+    """Stand-in for training: move every trainable parameter by seeded noise."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
