@@ -375,14 +375,31 @@ def test_checkpoints_are_their_own_entries(tmp_path, forbid, one_thread):
     assert run.inilora_report.info["cache"] == "miss"
     jsons, _ = entry_files(tmp_path)
     assert len(jsons) == 3
-    fresh = {t: lora_state(build(False, steps=t)) for t in (10, 20)}
+    fresh = {t: build(False, steps=t) for t in (10, 20)}
     forbid()
     for t in (10, 20, 30):
         hit = build(str(tmp_path), steps=t)
         assert hit.inilora_report.info["cache"] == "hit", t
         if t in fresh:
-            got = lora_state(hit)
+            got, want = lora_state(hit), lora_state(fresh[t])
             for n in got:
-                torch.testing.assert_close(got[n], fresh[t][n], rtol=1e-6, atol=1e-9)
+                torch.testing.assert_close(got[n], want[n], rtol=1e-6, atol=1e-9)
+            # a checkpoint hit reports the fit like a fresh run of that length
+            report, expected = hit.inilora_report.fit, fresh[t].inilora_report.fit
+            assert set(report) == set(expected) and expected
+            for n in expected:
+                assert report[n]["rel_error"] == pytest.approx(expected[n]["rel_error"], rel=1e-6)
+                assert report[n]["optimum"] == pytest.approx(expected[n]["optimum"], rel=1e-12)
     with pytest.raises(AssertionError, match="cached"):
         build(str(tmp_path), steps=15)  # not a checkpoint: would need a fit
+
+
+def test_checkpoints_requested_after_a_plain_run_are_stored(tmp_path, spy, forbid, one_thread):
+    """A cached final fit without the asked-for checkpoints must not swallow them."""
+    build(str(tmp_path), steps=30)
+    again = build(str(tmp_path), steps=30, checkpoints=[10])
+    assert again.inilora_report.info["cache"] == "miss"
+    assert spy == [30, 30]
+    forbid()
+    assert build(str(tmp_path), steps=10).inilora_report.info["cache"] == "hit"
+    assert build(str(tmp_path), steps=30, checkpoints=[10]).inilora_report.info["cache"] == "hit"

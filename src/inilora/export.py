@@ -55,8 +55,11 @@ class ExportReport:
     layout: str
     out_dir: Path
     dtype: str
-    #: max|out_export − out_merged| / max|out_merged|, both in the target dtype (None: not measured)
+    #: max|out_export − out_merged| / max|out_merged|, both in the target dtype with the adapter
+    #: weights cast to it too, as serving stacks load them (None: not measured)
     drift: float | None = None
+    #: the same with the adapter kept in fp32 (PEFT's default on a bf16/fp16 base)
+    drift_fp32_adapter: float | None = None
     top1_agreement: float | None = None
 
 
@@ -276,9 +279,17 @@ def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candida
     _set_weights(plain, tgts, candidate_weights, dtype)
     candidate = PeftModel.from_pretrained(plain, str(adapter_dir))  # vanilla PEFT, as users load it
     candidate.eval()
+    # PEFT keeps fp32 adapter weights in fp32 on a bf16 base; serving stacks (vLLM, TGI) cast
+    # them to the model's dtype.  Report both; warn on the serving-stack figure.
+    upcast = model_output(candidate, inputs)
+    with torch.no_grad():
+        for name, p in candidate.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.to(dtype)
     out = model_output(candidate, inputs)
     candidate.unload()
     report.drift = relative_drift(out, reference)
+    report.drift_fp32_adapter = relative_drift(upcast, reference)
     if out.dim() == 3:
         report.top1_agreement = top1_agreement(out, reference)
     if report.drift > DRIFT_WARN:

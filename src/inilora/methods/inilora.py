@@ -162,7 +162,10 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
         unscaled = init
     else:
         fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=engine)
+        todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
         hit = cache.get(fields) if cache is not None else None
+        if hit is not None and any(cache.get({**fields, "steps": t}) is None for t in todo):
+            hit = None  # checkpoints asked for but not all cached: one run stores them all
         if hit is not None:
             unscaled, meta = hit
             fit = meta["report"]
@@ -170,7 +173,6 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
         else:
             if cache is not None:
                 cache.check_writable()
-            todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
             results = approx.approximate(weights, init, steps=int(steps), lr=float(lr), engine=engine,
                                          checkpoints=todo, progress=progress)
             unscaled = {n: (r.U, r.P) for n, r in results.items()}
@@ -178,8 +180,10 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
             if cache is not None:
                 cache.put(fields, unscaled, fit)
                 for t in todo:
-                    cache.put({**fields, "steps": t},
-                              {n: r.checkpoints[t] for n, r in results.items()}, {})
+                    cache.put({**fields, "steps": t}, {n: r.checkpoints[t] for n, r in results.items()},
+                              {n: {"rel_error": approx.relative_error(weights[n], *r.checkpoints[t]),
+                                   "optimum": r.optimum, "losses": [x for x in r.losses if x[0] <= t]}
+                               for n, r in results.items()})
                 info["cache"] = "miss"
     factors = {}
     for name, (u, p) in unscaled.items():
