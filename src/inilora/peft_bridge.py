@@ -467,12 +467,13 @@ def _probe(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 def _output(model: torch.nn.Module, inputs) -> torch.Tensor:
     from .models import model_output
 
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # a PeftModel's flags differ from its base's
     model.eval()
     try:
         return model_output(model, inputs)
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 def _drift(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:

@@ -7,7 +7,7 @@ With ``E = U Pᵀ − W`` and the per-matrix mean ``L = ‖E‖²/(d·k)``::
 
 so E (d×k) is never formed on ordinary steps: the only large products are ``W P`` and
 ``Wᵀ U`` (2·d·k·r flops each). The factors are held transposed (``Uᵀ``: r×d, ``Pᵀ``: r×k)
-because ``Uᵀ W`` and ``Pᵀ Wᵀ`` are the faster GEMM shapes on CPU (measured 2–3× over
+because ``Uᵀ W`` and ``Pᵀ Wᵀ`` are the faster GEMM shapes on CPU (measured 2–4× faster than
 ``W P`` with a skinny right operand). Each group divides by its own d·k: matrices never
 share a mean (SPEC §3 — on big matrices the gradients sit near Adam's eps, so this matters).
 
