@@ -104,10 +104,13 @@ def run_steps(model, optimizer, batches, device) -> float:
     return time.perf_counter() - t0
 
 
-def run_round_stepwise(contenders, batches, device, first: int) -> dict[str, float]:
-    """One round with the two models alternating every step (who goes first alternates too)."""
+def run_round_stepwise(contenders, batches, device, first: int) -> dict[str, list[float]]:
+    """One round with the two models alternating every step (who goes first alternates too).
+
+    Returns each model's per-step seconds.
+    """
     keys = list(contenders)
-    total = dict.fromkeys(keys, 0.0)
+    times: dict[str, list[float]] = {k: [] for k in keys}
     for i, ids in enumerate(batches):
         order = keys if (i + first) % 2 == 0 else keys[::-1]
         for key in order:
@@ -116,8 +119,8 @@ def run_round_stepwise(contenders, batches, device, first: int) -> dict[str, flo
             t0 = time.perf_counter()
             step(model, opt, ids)
             sync(device)
-            total[key] += time.perf_counter() - t0
-    return total
+            times[key].append(time.perf_counter() - t0)
+    return times
 
 
 def bootstrap_median(ratios: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
@@ -157,15 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--interleave", choices=("round", "step"), default="round",
-                   help="round: each model runs its --steps in a block, block order alternating every round; "
-                        "step: the models alternate every step within a round (less sensitive to load changes "
-                        "on a shared machine)")
+    p.add_argument("--interleave", choices=("step", "round"), default="step",
+                   help="step (default): within each round the models alternate every step, so a load change "
+                        "on a shared machine hits both alike; round: each model runs its --steps as one block, "
+                        "the block order alternating every round")
+    p.add_argument("--round-stat", choices=("total", "median"), default="total",
+                   help="per-round time of a model: total (sum of its steps; default) or median step time "
+                        "(robust to the multi-second stalls a contended 2-core machine produces; needs "
+                        "--interleave step)")
     args = p.parse_args(argv)
     if args.method == "lora":
         p.error("--method must be a residual method; it is compared against method='lora'.")
     if args.rounds < 2 or args.steps < 1:
         p.error("need --rounds ≥ 2 and --steps ≥ 1")
+    if args.round_stat == "median" and args.interleave != "step":
+        p.error("--round-stat median needs --interleave step (per-step times)")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model       : {args.model}, dtype {str(dtype).replace('torch.', '')}, r={args.rank}, "
           f"alpha={args.alpha if args.alpha is not None else args.rank}, targets {args.targets}")
     print(f"workload    : batch {args.batch} × seq {args.seq_len}, {args.rounds} rounds × {args.steps} steps per model, "
-          f"AdamW lr {args.lr}, forward+backward+step, interleaved by {args.interleave}")
+          f"AdamW lr {args.lr}, forward+backward+step, interleaved by {args.interleave}, "
+          f"round statistic {args.round_stat}")
     sys.stdout.flush()
 
     t_build = time.perf_counter()
@@ -204,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         gc.collect()
         if args.interleave == "step":
-            for key, t in run_round_stepwise(contenders, batches, device, first=r).items():
-                times[key].append(t)
+            for key, ts in run_round_stepwise(contenders, batches, device, first=r).items():
+                # stored as "seconds per --steps steps" either way, so ms/step reads the same
+                times[key].append(statistics.median(ts) * len(ts) if args.round_stat == "median" else sum(ts))
         else:
             order = ("res", "lora") if r % 2 == 0 else ("lora", "res")
             for key in order:

@@ -20,6 +20,9 @@ import tempfile
 
 import pytest
 
+# The suite never reaches a model hub: fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 _OWNED_CACHE: str | None = None
 _OWNER_PID = os.getpid()
 if not os.environ.get("INILORA_CACHE"):

@@ -4,14 +4,36 @@
                                    method="inilora", seed=0)
     ...train with any trainer, save_pretrained as usual...
     inilora.export(model, "out/plain", layout="plain")   # loads with vanilla PEFT on the unmodified base
+
+The PEFT-facing names are imported on first use, so ``import inilora.approx`` (the
+engine) pulls in neither transformers nor peft.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
 from .errors import FingerprintMismatch, InitError  # noqa: E402
 from .methods import available_methods, get_method  # noqa: E402
-from .peft_bridge import get_peft_model, load, original  # noqa: E402
-from .export import export  # noqa: E402
+
+_LAZY = {
+    "get_peft_model": "peft_bridge",
+    "load": "peft_bridge",
+    "original": "peft_bridge",
+    "export": "exports",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'inilora' has no attribute {name!r}")
+
 
 __all__ = [
     "FingerprintMismatch", "InitError", "available_methods", "export", "get_method", "get_peft_model",

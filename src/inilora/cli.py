@@ -142,7 +142,7 @@ def export(
 ) -> None:
     """Convert a saved adapter to a layout that loads without inilora."""
     from .errors import InitError
-    from .export import export as do_export
+    from .exports import export as do_export
 
     try:
         report = do_export(adapter_dir, out, layout, base=base, dtype=dtype, overwrite=overwrite)
