@@ -13,6 +13,11 @@ inilora/lora with a 95 % bootstrap interval and a verdict:
 
 ``--residual-dtype float32`` is exempt from the 1 % target (its base layers cast by design).
 
+On a 2-core machine shared with other busy processes, torch's 2 OpenMP threads stall each
+other (measured: a tiny-model step went from ~10 ms to ~900 ms, SmolLM2 rounds from ~40 s
+to > 4 min); ``--threads 1`` keeps such runs usable, ``--round-stat median`` damps the
+remaining multi-second stalls.
+
     python bench/finetune_overhead.py                       # embedded SmolLM2, CPU fp32 / CUDA bf16
     python bench/finetune_overhead.py --model tiny --rounds 10 --steps 20
 """
@@ -29,8 +34,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def device_name(device: torch.device) -> str:
@@ -55,8 +60,9 @@ def load_base(name: str, dtype: torch.dtype):
 
 
 def build(args, method: str, dtype: torch.dtype, device: torch.device):
-    import inilora
     from peft import LoraConfig
+
+    import inilora
 
     config = LoraConfig(
         r=args.rank,

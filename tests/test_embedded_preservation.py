@@ -46,10 +46,14 @@ def test_embedded_output_preserved(model_name, method, opts, alpha, smollm2, min
 
 
 def test_bf16_drift_is_reported_and_fp32_residual_removes_it(smollm2, smollm2_tokenizer):
-    """bf16 rounding of R moves the output; the report says so and residual_dtype='float32' fixes it."""
+    """bf16 rounding of R moves the output; the report says so and residual_dtype='float32' fixes it.
+
+    At s = 16 (α with alpha = 16·r) R's entries are tens of times W0's, so rounding R to bf16 is
+    far above bf16's own noise floor (at s = 1 the two are comparable: ≈2.5 % vs ≈2.3 %).
+    """
     x = probe_inputs(smollm2, smollm2_tokenizer)
     ref = model_output(load_model("embedded:smollm2", dtype=torch.bfloat16), x)
-    cfg = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg = LoraConfig(r=8, lora_alpha=128, target_modules=["q_proj", "v_proj"])
     plain = inilora.get_peft_model(load_model("embedded:smollm2", dtype=torch.bfloat16), cfg, "inilora-alpha")
     kept = inilora.get_peft_model(load_model("embedded:smollm2", dtype=torch.bfloat16), cfg, "inilora-alpha",
                                   residual_dtype="float32")

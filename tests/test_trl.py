@@ -28,10 +28,11 @@ datasets = pytest.importorskip("datasets")
 ARCH = "llama-gqa"
 METHOD = "inilora-alpha"
 
-WORDS = (
-    "the a cat dog sat ran on under mat rug quickly slowly is was happy sad big small red blue "
-    "what where did do why run answer question yes no good bad it"
-).split()
+WORDS = [
+    "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "rug", "quickly", "slowly", "is",
+    "was", "happy", "sad", "big", "small", "red", "blue", "what", "where", "did", "do", "why",
+    "run", "answer", "question", "yes", "no", "good", "bad", "it",
+]
 
 PAIRS = [
     ("what did the cat do", "the cat sat on the mat", "the dog ran under the rug"),

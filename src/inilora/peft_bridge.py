@@ -596,6 +596,7 @@ def load(
     if adapter_name in _RESERVED:
         raise InitError(f"adapter name {adapter_name!r} is reserved.")
     config = _plain_config(directory)
+    config.inference_mode = not is_trainable  # as PEFT's from_pretrained does
     check_fingerprint(model, config, meta)
     if isinstance(residual_dtype, str):
         residual_dtype = getattr(torch, residual_dtype)
