@@ -23,11 +23,24 @@ import pytest
 # The suite never reaches a model hub: fail fast instead of retrying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist each worker gets one intra-op thread: two workers × two OpenMP threads on
+# two cores oversubscribe, and OpenMP's spin-waits then slow small ops down by 10-100×.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 _OWNED_CACHE: str | None = None
 _OWNER_PID = os.getpid()
 if not os.environ.get("INILORA_CACHE"):
     _OWNED_CACHE = tempfile.mkdtemp(prefix="inilora-test-cache-")
     os.environ["INILORA_CACHE"] = _OWNED_CACHE
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_sessionfinish(session, exitstatus):
