@@ -41,7 +41,30 @@ __all__ = [
     "relative_error",
 ]
 
-ENGINES: tuple[str, ...] = ("reference", "torch")
+#: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress) -> [Trajectory]``;
+#: ``progress(done, loss)`` counts matrix-iterations.  Add an engine by adding an entry here
+#: (and its version below); every engine must match "reference" to SPEC §3's tolerances.
+Engine = Callable[..., "list[Trajectory]"]
+
+
+def _reference_engine(weights, inits, *, steps, progress=None, **kw):
+    """The oracle, one matrix after the other."""
+    runs = []
+    for i, (W, (U0, P0)) in enumerate(zip(weights, inits)):
+        cb = None if progress is None else (lambda t, loss, base=i * steps: progress(base + t, loss))
+        runs.append(fit_reference(W, U0, P0, steps=steps, progress=cb, **kw))
+    return runs
+
+
+def _torch_engine(weights, inits, *, progress=None, **kw):
+    """All matrices at once, batched by shape."""
+    n = len(weights)
+    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
+    return fit_batched(weights, inits, progress=cb, **kw)
+
+
+_ENGINES: dict[str, Engine] = {"reference": _reference_engine, "torch": _torch_engine}
+ENGINES: tuple[str, ...] = tuple(_ENGINES)
 #: Bumped whenever an engine's numerics change, so cached fits (keyed on it) are recomputed.
 ENGINE_VERSION: dict[str, str] = {"reference": "1", "torch": "1"}
 
@@ -99,30 +122,11 @@ def approximate(
     _check(weights, init)
     names = list(weights)
     total = steps * len(names)
-    runs: list[Trajectory]
-    if engine == "reference":
-        runs = []
-        for i, name in enumerate(names):
-            cb = None
-            if progress is not None:
-                base = i * steps
-                cb = lambda t, loss, base=base: progress(base + t, total, loss)  # noqa: E731
-            U0, P0 = init[name]
-            runs.append(
-                fit_reference(
-                    weights[name], U0, P0,
-                    steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb,
-                )
-            )
-    else:
-        cb = None
-        if progress is not None:
-            cb = lambda t, loss: progress(t * len(names), total, loss)  # noqa: E731
-        runs = fit_batched(
-            [weights[n] for n in names],
-            [init[n] for n in names],
-            steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb,
-        )
+    cb = None if progress is None else (lambda done, loss: progress(done, total, loss))
+    runs = _ENGINES[engine](
+        [weights[n] for n in names], [init[n] for n in names],
+        steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb,
+    )
     out: dict[str, FitResult] = {}
     for name, run in zip(names, runs):
         W = weights[name]
