@@ -255,3 +255,24 @@ def test_damaged_save_is_refused(tmp_path):
     (tmp_path / "inilora.json").unlink()
     with pytest.raises(InitError, match="sidecar|inilora.json"):
         inilora.load(tiny_model("llama-gqa"), tmp_path)
+
+
+def test_original_with_base_is_bit_exact_on_bf16():
+    """R + s·B0A0 rounds differently from a bf16 checkpoint; the checkpoint's own bytes don't."""
+    cfg = LoraConfig(r=4, lora_alpha=16, target_modules=TINY_TARGETS["llama-gqa"])
+    model = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16), cfg, "inilora-alpha", cache=False)
+    perturb(model)
+    x = probe_inputs(model)
+    untouched = tiny_model("llama-gqa", dtype=torch.bfloat16)
+    expected = model_output(untouched, x)
+    trained = model_output(model, x)
+    with inilora.original(model, base=untouched):
+        exact = model_output(model, x)
+    assert torch.equal(exact, expected)
+    assert torch.equal(model_output(model, x), trained)  # the residual is back
+    with inilora.original(model):
+        approx_back = model_output(model, x)
+    assert not torch.equal(approx_back, expected)  # why the option exists
+    with pytest.raises(FingerprintMismatch):
+        with inilora.original(model, base=tiny_model("llama-gqa", seed=5)):
+            pass

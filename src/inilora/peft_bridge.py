@@ -500,14 +500,21 @@ def _warn_drift(drift: dict) -> None:
 
 
 @contextlib.contextmanager
-def original(model: PeftModel) -> Iterator[PeftModel]:
-    """Inside the block the model computes the *starting* model (R + s·B0A0 = W0 to fp32 rounding).
+def original(model: PeftModel, base: torch.nn.Module | str | os.PathLike | None = None) -> Iterator[PeftModel]:
+    """Inside the block the model computes the *starting* model.
 
+    By default through the frozen A0/B0 adapter: ``R + s·B0A0`` = W0 to fp32 rounding.
     ``disable_adapter()`` would give the bare residual base instead, which is not the
-    pretrained model for residual methods.  Methods without residual just disable.
+    pretrained model for residual methods.  On a bf16 base ``R + s·B0A0`` rounds
+    differently from the checkpoint; pass ``base`` (the unmodified model, or its name or
+    folder) to swap the checkpoint's own weights in instead: bit-exact W0.
     """
     if INIT_ADAPTER not in model.peft_config:
         with model.disable_adapter():
+            yield model
+        return
+    if base is not None:
+        with _exact_base_weights(model, base), model.disable_adapter():
             yield model
         return
     active = model.active_adapter
@@ -519,6 +526,29 @@ def original(model: PeftModel) -> Iterator[PeftModel]:
         model.set_adapter(active)
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
+
+
+@contextlib.contextmanager
+def _exact_base_weights(model: PeftModel, base: torch.nn.Module | str | os.PathLike) -> Iterator[None]:
+    """Swap the checkpoint's exact targeted weights in for the residual, then back."""
+    if not isinstance(base, torch.nn.Module):
+        from .models import load_model
+
+        base = load_model(str(base))
+    adapter = model.active_adapter
+    config = model.peft_config[adapter]
+    found = check_fingerprint(base, config, config._inilora) if hasattr(config, "_inilora") else \
+        predicted_targets(base, config)
+    tgts = targets(model, adapter)
+    saved = {n: t.base.weight.data for n, t in tgts.items()}
+    try:
+        for name, t in tgts.items():
+            w = found[name].weight.data.to(t.base.weight.device)
+            t.base.weight.data = w  # stored layout and dtype: the checkpoint's own bytes
+        yield
+    finally:
+        for name, t in tgts.items():
+            t.base.weight.data = saved[name]
 
 
 # --------------------------------------------------------------------------- load
