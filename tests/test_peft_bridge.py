@@ -276,3 +276,8 @@ def test_original_with_base_is_bit_exact_on_bf16():
     with pytest.raises(FingerprintMismatch):
         with inilora.original(model, base=tiny_model("llama-gqa", seed=5)):
             pass
+
+
+def test_default_targets_follow_peft():
+    model = inilora.get_peft_model(tiny_model("llama-gqa"), LoraConfig(r=4), "inilora-alpha", cache=False)
+    assert sorted({n.rsplit(".", 1)[-1] for n in targets(model, "default")}) == ["q_proj", "v_proj"]

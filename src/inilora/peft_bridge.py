@@ -214,6 +214,20 @@ def _check_targets(method: Method, found: Mapping[str, torch.nn.Module], model: 
                 )
 
 
+def _default_targets(model: torch.nn.Module, config: LoraConfig) -> None:
+    """Fill ``target_modules`` as PEFT would (its per-architecture defaults: q/v for LLaMA)."""
+    if config.target_modules is not None or config.target_parameters:
+        return
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    found = defaults.get(model_type)
+    if found is None:
+        raise InitError(f"LoraConfig has no target_modules and PEFT knows no default for model type {model_type!r}; "
+                        "pass target_modules=[...] (e.g. the query and value projections).")
+    config.target_modules = found if isinstance(found, str) else set(found)
+
+
 def _rank_of(config: LoraConfig, name: str) -> int:
     """The rank PEFT will give ``name`` (rank_pattern keys match by suffix or regex)."""
     from peft.utils.other import get_pattern_key
@@ -359,6 +373,7 @@ def get_peft_model(
     if residual_dtype is not None and not spec.residual:
         raise InitError(f"residual_dtype applies to residual methods only; {method!r} leaves the base unchanged.")
 
+    _default_targets(model, config)
     found = predicted_targets(model, config)
     _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
     fitcache = _fit_cache(cache) if spec.name == "inilora" else None
