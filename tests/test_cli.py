@@ -84,3 +84,23 @@ def test_engine_imports_no_model_libraries():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_approximate_fills_the_cache_init_reads(base_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("INILORA_CACHE", str(tmp_path / "cache"))
+    rep = tmp_path / "report.json"
+    result = runner.invoke(app, ["approximate", "--model", str(base_dir), "--rank", "4", "--steps", "30",
+                                 "--checkpoints", "10,20", "--report", str(rep)])
+    assert result.exit_code == 0, result.output
+    fit = json.loads(rep.read_text())["fit"]
+    assert fit and all(0 <= f["optimum"] <= f["rel_error"] for f in fit.values())
+    assert len(list((tmp_path / "cache" / "fits").glob("*.json"))) == 3  # 30 steps + checkpoints 10, 20
+    import inilora.methods.inilora as m
+
+    monkeypatch.setattr(m.approx, "approximate", lambda *a, **k: pytest.fail("recomputed"))
+    for steps in ("30", "10"):
+        out = tmp_path / f"adapter{steps}"
+        result = runner.invoke(app, ["init", "--model", str(base_dir), "--method", "inilora", "--rank", "4",
+                                     "--steps", steps, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "inilora.json").read_text())["info"]["cache"] == "hit"

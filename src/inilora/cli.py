@@ -109,8 +109,55 @@ def init(
     _print_report(peft_model.inilora_report, out)
 
 
-def _print_report(report, out: Path) -> None:
-    console.print(f"[bold green]wrote[/] {out}  (method {report.method})")
+@app.command()
+def approximate(
+    model: str = typer.Option(..., help="Hub name, local folder or embedded:smollm2 / embedded:minilm."),
+    rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
+    targets: Optional[List[str]] = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
+    seed: int = typer.Option(0, help="Seed of the initial factors."),
+    steps: int = typer.Option(20000, help="Approximation steps."),
+    checkpoints: Optional[str] = typer.Option(None, help="Also cache these iterations, e.g. 100,1000,4000."),
+    engine: Optional[str] = typer.Option(None, help="Approximation engine."),
+    device: Optional[str] = typer.Option(None, help="Run the fit on this device (cpu, cuda, cuda:1)."),
+    dtype: Optional[str] = typer.Option(None, help="Load the base in this dtype."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    report: Optional[Path] = typer.Option(None, help="Write the per-matrix report (JSON) here."),
+) -> None:
+    """Precompute IniLoRA's fit once per base model and fill the cache that `init` and
+    `get_peft_model` read (same options, same cache keys)."""
+    from peft import LoraConfig
+
+    from . import get_peft_model
+    from .errors import InitError
+    from .models import load_model
+    from .progress import approximation_progress
+
+    opts = parse_options(option or [])
+    opts["steps"] = steps
+    if engine is not None:
+        opts["engine"] = engine
+    if checkpoints:
+        opts["checkpoints"] = [int(t) for t in checkpoints.split(",") if t.strip()]
+    try:
+        base = load_model(model, dtype=dtype)
+        if device:
+            base = base.to(device)
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets) if targets else default_targets(base))
+        peft_model = get_peft_model(base, config, "inilora", seed=seed, cache=True, measure_drift=False,
+                                    progress=approximation_progress(force=True), **opts)
+    except (InitError, OSError) as exc:
+        _fail(exc)
+    rep = peft_model.inilora_report
+    _print_report(rep, None)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({"model": model, "rank": rank, "seed": seed, "info": rep.info,
+                                      "fit": rep.fit}, indent=2, default=str))
+
+
+def _print_report(report, out: Path | None) -> None:
+    if out is not None:
+        console.print(f"[bold green]wrote[/] {out}  (method {report.method})")
     init = report.info.get("init")
     if init:
         console.print("  init distribution: " + ", ".join(f"{g}: N({v['mean']:g}, {v['std']:g}²)"
@@ -126,7 +173,7 @@ def _print_report(report, out: Path) -> None:
         d = report.drift
         extra = f", top-1 agreement {d['top1_agreement']:.1%}" if "top1_agreement" in d else ""
         console.print(f"  output drift at init: {d['max_rel']:.2e} ({d['dtype']}){extra}")
-    if report.residual:
+    if report.residual and out is not None:
         console.print("  This adapter belongs to a residual base: load it with inilora.load(base, dir) or "
                       "convert it with `inilora export`.")
 
