@@ -172,13 +172,15 @@ def test_plain_adapter_goes_through_peft(tmp_path):
     assert relative_drift(model_output(loaded, x), model_output(model, x)) == 0.0
 
 
-def test_residual_dtype_float32_on_bf16_base():
+@pytest.mark.parametrize("method", ["normal", "pissa"])
+def test_residual_dtype_float32_on_bf16_base(method):
     x = probe_inputs(tiny_model("llama-gqa"))
     ref = model_output(tiny_model("llama-gqa", dtype=torch.bfloat16), x).float()
     cfg = LoraConfig(r=4, lora_alpha=64, target_modules=TINY_TARGETS["llama-gqa"])
-    plain = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16), cfg, "normal", std=1.0, cache=False)
-    kept = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16), cfg, "normal", std=1.0,
-                                  residual_dtype="float32", cache=False)
+    opts = {"std": 1.0} if method == "normal" else {}
+    plain = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16), cfg, method, cache=False, **opts)
+    kept = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16), cfg, method,
+                                  residual_dtype="float32", cache=False, **opts)
     d_plain = relative_drift(model_output(plain, x).float(), ref)
     d_kept = relative_drift(model_output(kept, x).float(), ref)
     assert d_kept * 5 < d_plain

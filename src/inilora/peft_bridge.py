@@ -386,10 +386,17 @@ def get_peft_model(
     before = _output(model, probe) if probe is not None else None
 
     if spec.peft_backed:
+        # PEFT rounds its residual to the base dtype in place; to keep it in another dtype we
+        # need W0 back, so hold a copy of the targeted weights only in that case.
+        w0_copy = {n: w.detach().clone() for n, w in weights.items()} if residual_dtype is not None else None
         config.init_lora_weights = spec.peft_init
         peft_model = _inject(model, config, adapter_name, seed)
         tgts = targets(peft_model, adapter_name)
         factors = _factors_of(tgts, adapter_name) if spec.residual else {}
+        if w0_copy is not None:
+            for name, t in tgts.items():
+                t.set_weight(w0_copy[name])
+            _apply_residual(tgts, adapter_name, factors, residual_dtype)
         report = InitReport(spec.name, spec.residual)
     else:
         config.init_lora_weights = False
