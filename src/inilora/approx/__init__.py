@@ -28,6 +28,8 @@ from .result import (
     relative_error,
     validate_checkpoints,
 )
+from .triton_engine import engine as _triton_engine
+from .cpu_fused import cpu_fused_engine as _cpu_fused_engine
 
 __all__ = [
     "ENGINES",
@@ -64,9 +66,13 @@ def _torch_engine(weights, inits, *, progress=None, **kw):
 
 
 _ENGINES: dict[str, Engine] = {"reference": _reference_engine, "torch": _torch_engine}
+_ENGINES["triton"] = _triton_engine  # CUDA (fused Triton kernels); raises TritonUnavailable elsewhere
+_ENGINES["cpu-fused"] = _cpu_fused_engine  # CPU, fused C++ kernel built on first use; else warns, runs "torch"
 ENGINES: tuple[str, ...] = tuple(_ENGINES)
 #: Bumped whenever an engine's numerics change, so cached fits (keyed on it) are recomputed.
 ENGINE_VERSION: dict[str, str] = {"reference": "1", "torch": "1"}
+ENGINE_VERSION["triton"] = "1"
+ENGINE_VERSION["cpu-fused"] = "1"
 
 #: ``progress(done, total, loss)``: done/total count matrix-iterations over the whole call.
 Progress = Callable[[int, int, float], None]

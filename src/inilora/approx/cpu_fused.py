@@ -1,0 +1,331 @@
+"""The "cpu-fused" engine: the "torch" engine's math in one C++ pass per step (SPEC §3, §7).
+
+Per step and matrix, one read of W feeds both ``W P`` and ``Wᵀ U`` (the two products that
+dominate the step: 2·d·k·r flops each); the r×r Gram matrices, the analytic gradients
+``c (U (PᵀP) − W P)`` / ``c (P (UᵀU) − Wᵀ U)`` with each matrix's own ``c = 2/(d·k)``, and
+Adam (torch.optim.Adam's formula) follow in the same call, so a step costs one OpenMP region
+and no Python.  The kernel is ``csrc/fused_step.cpp``; see its header for the design.
+
+The library is built on first use with ``torch.utils.cpp_extension.load`` (``-O3
+-march=native -fopenmp``), cached under ``$INILORA_CACHE/build`` (default
+``~/.cache/inilora/build``) in a folder named after the hash of the source, the flags and
+the CPU, and loaded with ctypes (the source includes no torch header: it builds in seconds).
+Builds are serialised by a file lock; where no compiler (or ninja) is found or the build
+fails, the engine warns once and runs the portable "torch" engine instead: installing
+inilora never needs a compiler.
+
+Numerics: fp32 factors and Adam state, fp32 products with fp32 accumulation; W is read in
+fp32 (bf16/fp16 weights are cast up once, exactly; fp32 weights are used in place, never
+copied).  Results are bit-identical for the same machine whatever the thread count (work
+is split by shape only), and follow the "torch" engine to fp32 rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .result import BETAS, EPS, LOG_EVERY, LR, STEPS, EngineProgress, Trajectory, lr_at, validate_checkpoints
+
+__all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
+
+SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
+# -ffp-contract=fast: the products are written as a*b + c and must become FMAs (cpp_extension's
+# -std=c++17 would otherwise turn contraction off); -fno-math-errno lets sqrt vectorise.
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-std=c++17", "-Wno-psabi")
+LDFLAGS = ("-fopenmp",)
+#: Most W elements per work item: big matrices are split by rows into items (each with its
+#: own Wᵀ·U accumulator), so one matrix can use several cores.  Depends on shapes only.
+CHUNK = 1 << 20
+#: W up to this many fp32 bytes in all is copied into one buffer on transparent huge pages
+#: (≈10 % faster: the kernel streams W from memory every step); beyond it fp32 W is read in
+#: place (no second copy of a big model).  bf16 W is always cast up into that buffer.
+PACK_LIMIT = 4 << 30
+_ALIGN = 16  # floats: every factor block starts on a 64-byte boundary
+
+
+class CpuFusedUnavailable(RuntimeError):
+    """The C++ library could not be built or loaded here."""
+
+
+_lock = threading.Lock()
+_libs: dict[int | None, ctypes.CDLL | BaseException] = {}
+
+
+def _cpu_tag() -> str:
+    """What ``-march=native`` depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        keep = [ln.strip() for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+        return "\n".join(sorted(set(keep)))
+    except OSError:
+        return f"{platform.machine()}|{platform.processor()}|{platform.platform()}"
+
+
+def _build_root() -> Path:
+    """``$INILORA_CACHE/build`` (default ``~/.cache/inilora/build``)."""
+    return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora") / "build"
+
+
+def _compile(vector_width: int | None) -> str:
+    """Build (or find) the shared library; returns its path.
+
+    ``cpp_extension.load`` serialises builders of one folder with a lock *file* (created
+    with O_EXCL, waited on until it disappears) and links in place, so nobody loads a
+    half-written library while it holds the lock.  That lock file outlives a builder killed
+    mid-build and would then block every later load forever: we therefore hold our own
+    ``flock`` (released by the OS whatever happens to its holder) around ``load``; whoever
+    holds it is the only cooperating builder, so a lock file found then is stale and removed.
+    """
+    from filelock import FileLock
+    from torch.utils import cpp_extension
+
+    flags = list(CFLAGS) + ([] if vector_width is None else [f"-DINILORA_VL={int(vector_width)}"])
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update("\0".join(flags + list(LDFLAGS)).encode())
+    key.update(_cpu_tag().encode())
+    key.update(f"{torch.__version__}|{os.environ.get('CXX', 'c++')}".encode())
+    name = f"inilora_fused_step_{key.hexdigest()[:16]}"
+    root = _build_root()
+    build_dir = root / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{name}.flock")):
+        stale = build_dir / "lock"
+        if stale.exists():
+            stale.unlink()
+        path = cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=list(LDFLAGS),
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
+    return str(path)
+
+
+def _bind(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    vp, i64p, dp, f32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p
+    lib.ifs_vector_width.restype = ctypes.c_int
+    lib.ifs_isa.restype = ctypes.c_char_p
+    lib.ifs_padded_rank.argtypes = [ctypes.c_int]
+    lib.ifs_padded_rank.restype = ctypes.c_int
+    lib.ifs_create.argtypes = [ctypes.c_int, i64p, f32p, f32p, f32p, ctypes.c_int, ctypes.c_int64, ctypes.c_int]
+    lib.ifs_create.restype = vp
+    lib.ifs_run.argtypes = [vp, ctypes.c_int, dp, dp, ctypes.c_double, ctypes.c_double, ctypes.c_double]
+    lib.ifs_run.restype = ctypes.c_int
+    lib.ifs_losses.argtypes = [vp, dp]
+    lib.ifs_losses.restype = None
+    lib.ifs_refresh.argtypes = [vp]
+    lib.ifs_refresh.restype = None
+    lib.ifs_steps_done.argtypes = [vp]
+    lib.ifs_steps_done.restype = ctypes.c_int64
+    lib.ifs_destroy.argtypes = [vp]
+    lib.ifs_destroy.restype = None
+    return lib
+
+
+def load_library(vector_width: int | None = None) -> ctypes.CDLL:
+    """The built library (built on first call; the outcome, success or failure, is kept).
+
+    ``vector_width`` (4, 8 or 16 floats) overrides the native SIMD width — for tests that
+    check the other lane layouts on one machine; ``None`` builds for this CPU.
+    Raises :class:`CpuFusedUnavailable` with the reason when it cannot be built.
+    """
+    with _lock:
+        got = _libs.get(vector_width)
+        if got is None:
+            try:
+                got = _bind(_compile(vector_width))
+            except Exception as exc:  # no compiler, no ninja, build error, unloadable library
+                got = exc
+            _libs[vector_width] = got
+    if isinstance(got, BaseException):
+        raise CpuFusedUnavailable(_short(got)) from got
+    return got
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
+
+
+def _fallback(reason: str, weights, inits, progress, kw) -> list[Trajectory]:
+    from .batched import fit_batched
+
+    warnings.warn(f"cpu-fused engine unavailable ({reason}); running the portable 'torch' engine", RuntimeWarning, stacklevel=3)
+    n = len(weights)
+    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
+    return fit_batched(weights, inits, progress=cb, **kw)
+
+
+def cpu_fused_engine(weights, inits, *, progress=None, vector_width: int | None = None, **kw) -> list[Trajectory]:
+    """Registry entry: every matrix on the CPU at once; ``progress(done, loss)`` counts
+    matrix-iterations.  Falls back to the "torch" engine (one warning) where the library
+    cannot be built or the weights are not on the CPU."""
+    n = len(weights)
+    if any(w.device.type != "cpu" for w in weights):
+        return _fallback("weights are not on the CPU", weights, inits, progress, kw)
+    if any(w.numel() == 0 for w in weights):
+        return _fallback("empty weight matrix", weights, inits, progress, kw)
+    try:
+        lib = load_library(vector_width)
+    except CpuFusedUnavailable as exc:
+        return _fallback(str(exc), weights, inits, progress, kw)
+    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
+    return fit_cpu_fused(weights, inits, progress=cb, lib=lib, **kw)
+
+
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def _weight_source(W: Tensor, pack: bool) -> tuple[Tensor, int]:
+    """What the kernel reads: (tensor with unit column stride, dtype code).  Packing reads
+    fp32 and bf16 as they are (the C side casts up); otherwise, and for any other dtype,
+    W is cast up to fp32 here (exact for fp16 / bf16)."""
+    W = W.detach()
+    code = _DTYPE_CODE.get(W.dtype)
+    if code is not None and (pack or code == 0) and W.stride(1) == 1 and W.stride(0) >= W.shape[1]:
+        return W, code
+    return W.to(torch.float32).contiguous(), 0
+
+
+def _schedule(t0: int, t1: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step ``−step_size`` and ``√(1 − β2^t)`` for iterations [t0, t1), exactly as the
+    "torch" engine's Python computes them (Adam step t+1, lr from ``lr_at``)."""
+    beta1, beta2 = BETAS
+    neg, bc2 = np.empty(t1 - t0), np.empty(t1 - t0)
+    for q, t in enumerate(range(t0, t1)):
+        step = t + 1
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        neg[q] = -(lr_at(t, lr) / bias_correction1)
+        bc2[q] = bias_correction2**0.5
+    return neg, bc2
+
+
+def fit_cpu_fused(
+    weights: Sequence[Tensor],
+    inits: Sequence[tuple[Tensor, Tensor]],
+    *,
+    steps: int = STEPS,
+    lr: float = LR,
+    log_every: int = LOG_EVERY,
+    checkpoints: Sequence[int] = (),
+    progress: EngineProgress | None = None,
+    lib: ctypes.CDLL | None = None,
+    threads: int | None = None,
+) -> list[Trajectory]:
+    """Fit every ``U_i P_iᵀ ≈ W_i`` (CPU tensors) with the fused kernel; same semantics and
+    outputs as ``fit_batched``.  Raises :class:`CpuFusedUnavailable` if ``lib`` is None and
+    the library cannot be built.  ``threads`` defaults to ``torch.get_num_threads()``."""
+    if len(weights) != len(inits):
+        raise ValueError("weights and inits must have the same length")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    wanted = set(validate_checkpoints(checkpoints, steps))
+    n = len(weights)
+    if n == 0:
+        return []
+    if lib is None:
+        lib = load_library()
+    pack = sum(W.numel() for W in weights) * 4 <= PACK_LIMIT
+    sources = [_weight_source(W, pack) for W in weights]
+    Ws = [W for W, _ in sources]
+    ranks = [int(U0.shape[1]) for U0, _ in inits]
+    rps = [lib.ifs_padded_rank(r) for r in ranks]
+    layout, total = [], 0
+    for W, rp in zip(Ws, rps):
+        d, k = W.shape
+        offU = total
+        offP = offU + -(-d * rp // _ALIGN) * _ALIGN
+        total = offP + -(-k * rp // _ALIGN) * _ALIGN
+        layout.append((offU, offP))
+    params = torch.zeros(total, dtype=torch.float32)
+    exp_avg = torch.zeros(total, dtype=torch.float32)
+    exp_avg_sq = torch.zeros(total, dtype=torch.float32)
+
+    def views(i: int) -> tuple[Tensor, Tensor]:
+        (d, k), rp, (offU, offP) = Ws[i].shape, rps[i], layout[i]
+        return params[offU : offU + d * rp].view(d, rp), params[offP : offP + k * rp].view(k, rp)
+
+    def factors(i: int) -> tuple[Tensor, Tensor]:
+        U, P = views(i)
+        r = ranks[i]
+        return U[:, :r].clone(memory_format=torch.contiguous_format), P[:, :r].clone(memory_format=torch.contiguous_format)
+
+    for i, (U0, P0) in enumerate(inits):
+        U, P = views(i)
+        U[:, : ranks[i]].copy_(U0.detach().to("cpu", torch.float32))
+        P[:, : ranks[i]].copy_(P0.detach().to("cpu", torch.float32))
+    desc = torch.tensor(
+        [
+            [W.data_ptr(), W.stride(0), W.shape[0], W.shape[1], rp, offU, offP, code]
+            for (W, code), rp, (offU, offP) in zip(sources, rps, layout)
+        ],
+        dtype=torch.int64,
+    )
+    nthreads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+    plan = lib.ifs_create(
+        n,
+        ctypes.cast(desc.data_ptr(), ctypes.POINTER(ctypes.c_int64)),
+        params.data_ptr(),
+        exp_avg.data_ptr(),
+        exp_avg_sq.data_ptr(),
+        nthreads,
+        CHUNK,
+        int(pack),
+    )
+    if not plan:
+        raise MemoryError("cpu-fused: could not set up the work plan (out of memory?)")
+
+    losses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n)]
+    out = np.zeros(n, dtype=np.float64)
+
+    def log(t: int) -> None:
+        lib.ifs_losses(plan, out.ctypes.data)
+        values = out.tolist()
+        for i, v in enumerate(values):
+            losses[i].append((t, v))
+        if progress is not None:
+            progress(t, sum(values) / n)
+
+    try:
+        events = sorted(set(range(0, steps, log_every)) | wanted | {steps})
+        neg, bc2 = _schedule(0, steps, lr)
+        t = 0
+        for e in events:
+            if e > t:
+                rc = lib.ifs_run(plan, e - t, neg[t:].ctypes.data, bc2[t:].ctypes.data, BETAS[0], BETAS[1], EPS)
+                if rc != 0:
+                    raise RuntimeError(f"cpu-fused: kernel failed ({rc})")
+                t = e
+            if t in wanted:
+                for i in range(n):
+                    snaps[i][t] = factors(i)
+            if t % log_every == 0 or t == steps:
+                log(t)
+        result = []
+        for i in range(n):
+            U, P = factors(i)
+            result.append(Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i]))
+    finally:
+        lib.ifs_destroy(plan)
+        del sources, Ws, desc  # the plan may point into these
+    return result
