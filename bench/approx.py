@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import os
 import platform
 import sys
@@ -89,7 +90,7 @@ class PeakMemory:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -157,10 +158,8 @@ def measure_floor(weights, rank: int, device: torch.device, reps: int) -> dict:
     flops = sum(4 * W.shape[0] * W.shape[1] * rank for W in weights)
     read_s = best_of(lambda: [W.sum() for W in weights], reps, device)
     dtype = weights[0].dtype
-    a = torch.randn(2048, 2048, device=device).to(dtype)
-    b = torch.randn(2048, 2048, device=device).to(dtype)
-    mm_s = best_of(lambda: torch.mm(a, b), reps, device)
-    del a, b
+    x = torch.randn(2, 2048, 2048, device=device).to(dtype)
+    mm_s = best_of(lambda: torch.mm(x[0], x[1]), reps, device)
     bandwidth = nbytes / read_s
     peak = 2 * 2048**3 / mm_s
     return dict(
@@ -217,7 +216,7 @@ def run_engine(name: str, weights, inits, steps: int, device: torch.device) -> d
     for w in caught:
         print(f"  warning ({name}): {w.message}", file=sys.stderr)
     # (the reference engine reports per matrix, one matrix after the other: no per-step windows)
-    windows = [(tb - ta) / (sb - sa) for (sa, ta), (sb, tb) in zip(marks, marks[1:]) if sb > sa] if name != "reference" else []
+    windows = [(tb - ta) / (sb - sa) for (sa, ta), (sb, tb) in itertools.pairwise(marks) if sb > sa] if name != "reference" else []
     return dict(seconds=seconds, per_step=seconds / max(steps, 1), min_window=min(windows) if windows else None, peak=mem.peak,
                 fell_back=any("unavailable" in str(w.message) for w in caught), runs=runs)
 
@@ -274,7 +273,7 @@ def main(argv=None) -> int:
             print(f"cpu-fused: {lib.ifs_isa().decode()} kernel, {lib.ifs_vector_width()} fp32 lanes", file=sys.stderr)
         except cpu_fused.CpuFusedUnavailable as exc:
             print(f"cpu-fused: unavailable ({exc}); it will run the torch engine", file=sys.stderr)
-    names, weights, inits = make_problem(args, device)
+    _, weights, inits = make_problem(args, device)
     label = args.preset + (" (real W)" if args.real else "")
     dname = device_name(device)
     shapes = sorted({(tuple(W.shape), str(W.dtype).replace("torch.", "")) for W in weights})

@@ -1,23 +1,26 @@
-"""The "cpu-fused" engine: the "torch" engine's math in one C++ pass per step (SPEC §3, §7).
+"""The "cpu-fused" engine: the "torch" engine's math as one C++ kernel (SPEC §3, §7).
 
 Per step and matrix, one read of W feeds both ``W P`` and ``Wᵀ U`` (the two products that
 dominate the step: 2·d·k·r flops each); the r×r Gram matrices, the analytic gradients
 ``c (U (PᵀP) − W P)`` / ``c (P (UᵀU) − Wᵀ U)`` with each matrix's own ``c = 2/(d·k)``, and
-Adam (torch.optim.Adam's formula) follow in the same call, so a step costs one OpenMP region
-and no Python.  The kernel is ``csrc/fused_step.cpp``; see its header for the design.
+Adam (torch.optim.Adam's formula, lr from ``lr_at``) follow at once.  All the steps between
+two log points / checkpoints run in one call (one OpenMP region, no Python); since matrices
+are independent there, each matrix that fits in cache runs those steps in a row, so its W is
+read from cache rather than memory.  The kernel is ``csrc/fused_step.cpp``; see its header.
 
 The library is built on first use with ``torch.utils.cpp_extension.load`` (``-O3
 -march=native -fopenmp``), cached under ``$INILORA_CACHE/build`` (default
 ``~/.cache/inilora/build``) in a folder named after the hash of the source, the flags and
 the CPU, and loaded with ctypes (the source includes no torch header: it builds in seconds).
-Builds are serialised by a file lock; where no compiler (or ninja) is found or the build
-fails, the engine warns once and runs the portable "torch" engine instead: installing
-inilora never needs a compiler.
+Builds are serialised by a file lock (see ``_compile``); where no compiler (or no ninja) is
+found or the build fails, the engine says so in one warning and runs the portable "torch"
+engine instead: installing inilora never needs a compiler.
 
 Numerics: fp32 factors and Adam state, fp32 products with fp32 accumulation; W is read in
-fp32 (bf16/fp16 weights are cast up once, exactly; fp32 weights are used in place, never
-copied).  Results are bit-identical for the same machine whatever the thread count (work
-is split by shape only), and follow the "torch" engine to fp32 rounding.
+fp32, never rounded: bf16 is cast up exactly; up to ``PACK_LIMIT`` bytes of W are copied into
+one huge-page buffer, beyond it fp32 W is read in place.  Results are bit-identical on one
+machine whatever the thread count (work is split by shape only), and follow the "torch"
+engine to fp32 rounding (measured: 2e-7 on the logged losses after 20000 steps on SmolLM2).
 """
 
 from __future__ import annotations
@@ -28,14 +31,24 @@ import os
 import platform
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .result import BETAS, EPS, LOG_EVERY, LR, STEPS, EngineProgress, Trajectory, lr_at, validate_checkpoints
+from .result import (
+    BETAS,
+    EPS,
+    LOG_EVERY,
+    LR,
+    STEPS,
+    EngineProgress,
+    Trajectory,
+    lr_at,
+    validate_checkpoints,
+)
 
 __all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
 
@@ -326,6 +339,5 @@ def fit_cpu_fused(
             U, P = factors(i)
             result.append(Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i]))
     finally:
-        lib.ifs_destroy(plan)
-        del sources, Ws, desc  # the plan may point into these
+        lib.ifs_destroy(plan)  # before sources / Ws / desc, which it may point into, go
     return result
