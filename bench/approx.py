@@ -27,7 +27,6 @@ import argparse
 import datetime as _dt
 import itertools
 import os
-import platform
 import sys
 import time
 import warnings
@@ -35,6 +34,8 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+
+from _common import device_name
 
 # (module type, d, k) per layer, number of layers, W dtype, W std.
 PRESETS: dict[str, dict] = {
@@ -46,19 +47,6 @@ PRESETS: dict[str, dict] = {
     "roberta-base": dict(layers=12, shapes=[("query", 768, 768), ("value", 768, 768)], dtype="float32", std=0.05),
     "roberta-large": dict(layers=24, shapes=[("query", 1024, 1024), ("value", 1024, 1024)], dtype="float32", std=0.05),
 }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def sync(device: torch.device) -> None:

@@ -34,6 +34,8 @@ from .result import (
     Trajectory,
     fp32_matmul,
     lr_at,
+    record_losses,
+    snapshot_factors,
     validate_checkpoints,
 )
 
@@ -199,17 +201,10 @@ def fit_batched(
         groups, adams = _build(weights, inits)
 
         def log(t: int) -> None:
-            values = torch.cat([g.losses() for g in groups]).tolist()
-            flat = [i for g in groups for i in g.index]
-            for i, v in zip(flat, values):
-                losses[i].append((t, v))
-            if progress is not None:
-                progress(t, sum(values) / len(values))
+            record_losses(losses, t, groups, torch.cat([g.losses() for g in groups]).tolist(), progress)
 
         def snapshot(t: int) -> None:
-            for g in groups:
-                for j, i in enumerate(g.index):
-                    snaps[i][t] = g.factors(j)
+            snapshot_factors(snaps, t, groups)
 
         for t in range(steps):
             if t in wanted:

@@ -122,3 +122,23 @@ def fp32_matmul() -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def record_losses(losses: list[list[tuple[int, float]]], t: int, groups: Sequence, values: Sequence[float],
+                  progress: EngineProgress | None) -> None:
+    """Append step ``t``'s per-matrix losses (``values`` in group order) and report their mean.
+
+    Shared by the batched engines: ``groups`` have ``.index`` (positions in the caller's list).
+    """
+    flat = [i for g in groups for i in g.index]
+    for i, value in zip(flat, values):
+        losses[i].append((t, value))
+    if progress is not None:
+        progress(t, sum(values) / len(values))
+
+
+def snapshot_factors(snaps: list[dict[int, tuple[Tensor, Tensor]]], t: int, groups: Sequence) -> None:
+    """Store every matrix's (U, P) after ``t`` iterations (``groups`` have ``.index`` and ``.factors(j)``)."""
+    for g in groups:
+        for j, i in enumerate(g.index):
+            snaps[i][t] = g.factors(j)

@@ -61,6 +61,8 @@ from .result import (
     Trajectory,
     fp32_matmul,
     lr_at,
+    record_losses,
+    snapshot_factors,
     validate_checkpoints,
 )
 
@@ -581,17 +583,10 @@ def fit_triton(
                 return group_losses(g)
 
         def log(t: int) -> None:
-            values = [v for g in groups for v in losses_of(g).tolist()]
-            flat = [i for g in groups for i in g.index]
-            for i, value in zip(flat, values):
-                losses[i].append((t, value))
-            if progress is not None:
-                progress(t, sum(values) / len(values))
+            record_losses(losses, t, groups, [v for g in groups for v in losses_of(g).tolist()], progress)
 
         def snapshot(t: int) -> None:
-            for g in groups:
-                for j, i in enumerate(g.index):
-                    snaps[i][t] = g.factors(j)
+            snapshot_factors(snaps, t, groups)
 
         for t in range(steps):
             if t in wanted:
