@@ -1,0 +1,275 @@
+"""Run configurations: documented dataclasses loaded strictly from YAML.
+
+A config is the user surface of training and comparison (litgpt-style): every field has a
+default and a comment, and the loader refuses what it does not understand *before* any work —
+an unknown key (with a "did you mean" suggestion), a wrong type, a value out of range — naming
+the key path (``lora.rank``) and the file. Typos in a config must never silently fall back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Union
+
+import yaml
+
+from .errors import InitError
+
+
+class ConfigError(InitError):
+    """A configuration file or mapping that cannot be run as written."""
+
+
+#: training modes that are not an init method of the registry (paper Table 1's non-LoRA rows)
+TRAINING_MODES = ("full", "bitfit")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters. ``alpha`` defaults to ``rank`` (s = 1), as in every released script."""
+
+    rank: int = 8
+    alpha: float | None = None  # None: alpha = rank, so the scaling s = alpha / rank is 1
+    dropout: float = 0.0
+    targets: list[str] | None = None  # None: the model's query/value projections
+    use_rslora: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "rank", f"must be ≥ 1, got {self.rank}")
+        _check(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.targets is None or len(self.targets) > 0, "targets", "must name at least one module")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding for generative evaluation (paper: greedy for GSM8K/MATH; HumanEval n=20, T=0.1, top-p 0.95)."""
+
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    num_samples: int = 1  # completions per problem (HumanEval pass@k needs n ≥ k)
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", "must be ≥ 1")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.num_samples >= 1, "num_samples", "must be ≥ 1")
+        _check(self.temperature >= 0, "temperature", "must be ≥ 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run: model × method × task × hyper-parameters × seed."""
+
+    model: str = "embedded:minilm"  # hub name, local folder or embedded:minilm / embedded:smollm2
+    task: str = "offline-topic"  # a task of inilora.tasks (`inilora tasks` lists them)
+    method: str = "lora"  # an init method of the registry, or a training mode: full, bitfit
+    method_options: dict[str, Any] = field(default_factory=dict)  # passed to the init method
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    seed: int = 0  # seeds the init (so inilora's fit too) and training
+    output_dir: str = "runs/run"
+    # data
+    train_size: int | None = None  # None: the whole training split
+    eval_size: int | None = None  # None: the whole evaluation split
+    max_length: int | None = None  # None: the task's default
+    eval_tasks: list[str] | None = None  # generative evals after SFT; None: the task's defaults
+    # optimisation (paper NLU: AdamW 3e-4, warmup 0.06, batch 32)
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 3e-4
+    batch_size: int = 32
+    grad_accum: int = 1
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"  # any transformers SchedulerType: linear, cosine, constant, ...
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every_epoch: bool = True  # NLU: evaluate each epoch, report the best epoch
+    logging_steps: int = 10
+    # hardware
+    device: str = "auto"  # auto: cuda when present, else cpu
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
+    shared_fit: bool = False  # inilora: reuse the seed-0 fit for every training seed (paper)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0 or self.max_steps > 0, "epochs", "must be > 0 (or set max_steps)")
+        _check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _check(self.grad_accum >= 1, "grad_accum", "must be ≥ 1")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        for key in ("train_size", "eval_size", "max_length"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
+        _check(self.seed >= 0, "seed", "must be ≥ 0")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method not in TRAINING_MODES
+
+
+@dataclass
+class CompareConfig:
+    """A grid: methods × seeds × swept settings, each cell one TrainConfig.
+
+    ``sweep`` maps a dotted TrainConfig key to a list of values (``lora.rank: [8, 16, 32]``,
+    ``method_options.std: [1e-4, 1e-2, 1]``); the grid is their product.
+    """
+
+    base: TrainConfig = field(default_factory=TrainConfig)
+    methods: list[str] = field(default_factory=lambda: ["lora", "inilora", "inilora-alpha"])
+    seeds: list[int] = field(default_factory=lambda: [0, 11, 22])
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    baseline: str = "lora"  # the method every other is tested against (paired t-test, Holm)
+    output_dir: str = "runs/compare"
+    title: str = "inilora comparison"
+
+    def __post_init__(self) -> None:
+        _check(len(self.methods) > 0, "methods", "must list at least one method")
+        _check(len(self.seeds) > 0, "seeds", "must list at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
+        for key, values in self.sweep.items():
+            _check(isinstance(values, list) and len(values) > 0, f"sweep.{key}", "must be a non-empty list")
+
+
+# ------------------------------------------------------------------------------------------------
+# strict loading
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and, for dataclasses, built as) the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {_convert(k, k_tp, key): _convert(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not input
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types."""
+    prefix = f"{where}." if where else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of settings, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key {prefix}{key}{hint}")
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a range check in __post_init__: name the key's full path
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-data form of a config (round-trips through ``from_dict``)."""
+    return dataclasses.asdict(config)
+
+
+def load_yaml(path: str | Path, cls: type) -> Any:
+    """Read ``path`` as ``cls``; every error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data['lora']['rank'] = value`` for ``key='lora.rank'`` (creating sub-mappings)."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"sweep key {key}: {part} is not a group of settings")
+    node[parts[-1]] = value

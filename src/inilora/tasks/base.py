@@ -1,0 +1,143 @@
+"""What a task is, and the one registry of tasks.
+
+Four kinds, one small class each, so the training pipeline dispatches on the kind and never on a
+task's name:
+
+- :class:`ClassificationTask` — NLU (GLUE and the offline analogues): one or two text columns and a
+  label (``num_labels == 1`` is regression, STS-B), the paper's metrics.
+- :class:`SFTTask` — NLG fine-tuning data (MetaMathQA, CodeAlpaca, ShareGPT, offline arithmetic):
+  rows of ``prompt`` (already in the task's template) and ``response``; the loss is on the response.
+- :class:`GenerationEval` — graded generation (GSM8K, MATH, HumanEval, offline arithmetic):
+  examples with a ``prompt`` and a ``reference``; ``score`` turns completions into metrics.
+- :class:`ChoiceEval` — multiple choice by next-token scoring (MMLU 0-shot, A/B/C/D).
+
+Tasks know nothing of LoRA or models (SPEC §9): they hand out ``datasets.Dataset`` rows / example
+dicts and grade strings. Hub loaders are the defaults; offline tasks share the hub schemas.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import InitError
+
+
+class TaskError(InitError):
+    """Unknown task, missing column, unavailable split: raised before any training starts."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Fields every task has. ``source`` says where the data comes from (hub id, package, generated)."""
+
+    name: str
+    description: str
+    source: str
+
+    def load(self, split: str, limit: int | None = None, seed: int = 0) -> Any:  # pragma: no cover
+        """Rows of ``split`` (a ``datasets.Dataset`` or a list of example dicts), at most ``limit``,
+        subsampled deterministically with ``seed`` when ``limit`` is smaller than the split."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ClassificationTask(Task):
+    """NLU: ``load`` returns a Dataset with ``text_columns`` and an int (float for regression) ``label``."""
+
+    text_columns: tuple[str, ...] = ("sentence",)
+    num_labels: int = 2  # 1: regression
+    metrics: tuple[str, ...] = ("accuracy",)  # the first is the headline (best-epoch selection)
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_length: int = 128
+
+    def compute_metrics(self, predictions: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]:  # pragma: no cover
+        """Metrics of predicted class ids (or scores, regression) against labels, in [0, 1] scale."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SFTTask(Task):
+    """NLG training data: ``load`` returns a Dataset with ``prompt`` (templated) and ``response``."""
+
+    max_length: int = 512
+    eval_tasks: tuple[str, ...] = ()  # GenerationEval / ChoiceEval names run after training
+    train_split: str = "train"
+
+
+@dataclass(frozen=True)
+class GenerationEval(Task):
+    """Graded generation: ``load`` returns example dicts with ``id``, ``prompt``, ``reference``."""
+
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()  # completion is cut at the first of these
+    metrics: tuple[str, ...] = ("accuracy",)
+    eval_split: str = "test"
+
+    def grade(self, completion: str, example: dict[str, Any]) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def score(self, examples: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]]) -> dict[str, float]:
+        """Default: the fraction of examples whose first completion grades correct."""
+        if len(examples) != len(completions):
+            raise ValueError(f"{len(examples)} examples but {len(completions)} completion lists")
+        if not examples:
+            return {self.metrics[0]: 0.0}
+        right = sum(bool(c) and self.grade(c[0], ex) for ex, c in zip(examples, completions))
+        return {self.metrics[0]: right / len(examples)}
+
+
+@dataclass(frozen=True)
+class ChoiceEval(Task):
+    """Multiple choice: examples with ``id``, ``prompt``, ``choices`` (e.g. "A".."D") and ``answer``."""
+
+    eval_split: str = "test"
+    metrics: tuple[str, ...] = ("accuracy",)
+
+
+# ------------------------------------------------------------------------------------------------
+# the registry
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; an unknown name lists the close ones."""
+    from . import _load_all
+
+    _load_all()
+    try:
+        return _TASKS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_TASKS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TaskError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(_TASKS))}") from None
+
+
+def available_tasks() -> dict[str, Task]:
+    from . import _load_all
+
+    _load_all()
+    return dict(sorted(_TASKS.items()))
+
+
+def require_columns(columns: Sequence[str], required: Sequence[str], where: str) -> None:
+    """Raise a :class:`TaskError` naming every missing column and those present."""
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise TaskError(f"{where}: missing column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
+
+
+__all__ = [
+    "Task", "ClassificationTask", "SFTTask", "GenerationEval", "ChoiceEval", "TaskError",
+    "register_task", "get_task", "available_tasks", "require_columns",
+]
