@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import importlib
 
-from .base import (ChoiceEval, ClassificationTask, GenerationEval, SFTTask, Task, TaskError, available_tasks,
-                   get_task, register_task, require_columns)
+from .base import (
+    ChoiceEval,
+    ClassificationTask,
+    GenerationEval,
+    SFTTask,
+    Task,
+    TaskError,
+    available_tasks,
+    get_task,
+    register_task,
+    require_columns,
+)
 
 #: one module per task family; each registers its tasks when imported
 _FAMILIES = ("glue", "sft", "evals", "offline")
@@ -19,10 +29,20 @@ _loaded = False
 def _load_all() -> None:
     global _loaded
     if not _loaded:
-        _loaded = True
-        for family in _FAMILIES:
+        for family in _FAMILIES:  # a family that failed to import is retried (and re-raises) next time
             importlib.import_module(f"{__name__}.{family}")
+        _loaded = True
 
 
-__all__ = ["Task", "ClassificationTask", "SFTTask", "GenerationEval", "ChoiceEval", "TaskError",
-           "get_task", "available_tasks", "register_task", "require_columns"]
+__all__ = [
+    "ChoiceEval",
+    "ClassificationTask",
+    "GenerationEval",
+    "SFTTask",
+    "Task",
+    "TaskError",
+    "available_tasks",
+    "get_task",
+    "register_task",
+    "require_columns",
+]

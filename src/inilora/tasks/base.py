@@ -18,8 +18,9 @@ dicts and grade strings. Hub loaders are the defaults; offline tasks share the h
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InitError
 
@@ -36,9 +37,11 @@ class Task:
     description: str
     source: str
 
-    def load(self, split: str, limit: int | None = None, seed: int = 0) -> Any:  # pragma: no cover
+    def load(self, split: str, limit: int | None = None, seed: int = 0, source: Any = None) -> Any:  # pragma: no cover
         """Rows of ``split`` (a ``datasets.Dataset`` or a list of example dicts), at most ``limit``,
-        subsampled deterministically with ``seed`` when ``limit`` is smaller than the split."""
+        subsampled deterministically with ``seed`` when ``limit`` is smaller than the split.
+        ``source``: a local copy in the hub schema instead of the hub (see ``tasks.sources``); tasks
+        that are generated or shipped offline refuse one."""
         raise NotImplementedError
 
 
@@ -52,10 +55,14 @@ class ClassificationTask(Task):
     train_split: str = "train"
     eval_split: str = "validation"
     max_length: int = 128
+    label_names: tuple[str, ...] = ()  # id → name (id2label); empty for regression
 
-    def compute_metrics(self, predictions: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]:  # pragma: no cover
-        """Metrics of predicted class ids (or scores, regression) against labels, in [0, 1] scale."""
-        raise NotImplementedError
+    def compute_metrics(self, predictions: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]:
+        """``metrics`` of predicted class ids (or logits, argmax taken; or scores for regression)
+        against labels, in [0, 1] scale (correlations in [-1, 1])."""
+        from .metrics import compute
+
+        return compute(self.metrics, predictions, labels, regression=self.num_labels == 1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,11 @@ class GenerationEval(Task):
     def grade(self, completion: str, example: dict[str, Any]) -> bool:  # pragma: no cover
         raise NotImplementedError
 
+    def truncate(self, completion: str) -> str:
+        """``completion`` cut at the first of ``stop`` (for generators that do not stop on strings)."""
+        cut = min((i for i in (completion.find(s) for s in self.stop) if i >= 0), default=len(completion))
+        return completion[:cut]
+
     def score(self, examples: Sequence[dict[str, Any]], completions: Sequence[Sequence[str]]) -> dict[str, float]:
         """Default: the fraction of examples whose first completion grades correct."""
         if len(examples) != len(completions):
@@ -95,6 +107,13 @@ class ChoiceEval(Task):
 
     eval_split: str = "test"
     metrics: tuple[str, ...] = ("accuracy",)
+
+    def score(self, examples: Sequence[dict[str, Any]], predictions: Sequence[str]) -> dict[str, float]:
+        """Accuracy of the predicted choices (e.g. the highest-scoring letter) against ``answer``."""
+        if len(examples) != len(predictions):
+            raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
+        right = sum(p == ex["answer"] for ex, p in zip(examples, predictions))
+        return {self.metrics[0]: right / len(examples) if examples else 0.0}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,6 +157,14 @@ def require_columns(columns: Sequence[str], required: Sequence[str], where: str)
 
 
 __all__ = [
-    "Task", "ClassificationTask", "SFTTask", "GenerationEval", "ChoiceEval", "TaskError",
-    "register_task", "get_task", "available_tasks", "require_columns",
+    "ChoiceEval",
+    "ClassificationTask",
+    "GenerationEval",
+    "SFTTask",
+    "Task",
+    "TaskError",
+    "available_tasks",
+    "get_task",
+    "register_task",
+    "require_columns",
 ]
