@@ -220,6 +220,37 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def snapshot_cost(args) -> int:
+    """What resuming costs a run: one snapshot of the whole engine state (factors and Adam's two
+    moments, fp32, as the "torch"/"cpu-fused" engines hold them; logged losses of 20000 steps),
+    written atomically with fsync beside the cache, and one load.  Best and median of 5."""
+    import statistics
+    import tempfile
+
+    from inilora.approx import Resume
+
+    p = PRESETS[args.preset]
+    n = p["layers"] * sum(args.rank * (d + k) for _, d, k in p["shapes"])
+    mats = p["layers"] * len(p["shapes"])
+    bufs = {k: torch.randn(n) for k in ("params", "exp_avg", "exp_avg_sq")}
+    losses = [[(t, 0.1) for t in range(0, 20000, 100)] for _ in range(mats)]
+    with tempfile.TemporaryDirectory(dir=os.environ.get("INILORA_CACHE")) as tmp:
+        r = Resume(os.path.join(tmp, "bench.resume.pt"), "bench")
+        saves, loads = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            r.save(1000, bufs, losses, [{} for _ in range(mats)])
+            saves.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            r.load()
+            loads.append(time.perf_counter() - t0)
+    size = 3 * n * 4
+    print(f"# {args.preset}: resume state {fmt_bytes(size)} ({mats} matrices, r={args.rank}) on {device_name(torch.device('cpu'))}")
+    print(f"save (atomic, fsync): best {min(saves) * 1e3:.1f} ms, median {statistics.median(saves) * 1e3:.1f} ms; "
+          f"load: best {min(loads) * 1e3:.1f} ms, median {statistics.median(loads) * 1e3:.1f} ms")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="smollm2-135m")
@@ -236,7 +267,11 @@ def main(argv=None) -> int:
     ap.add_argument("--floor-reps", type=int, default=30, help="repetitions of each floor measurement (best kept)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps of each engine first (builds, JIT; default 10)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snapshot-cost", action="store_true",
+                    help="only time a resume snapshot (save, fsync, load) of the preset's engine state, then exit")
     args = ap.parse_args(argv)
+    if args.snapshot_cost:
+        return snapshot_cost(args)
     if args.baseline_steps < 1 or args.steps < 1:
         ap.error("--steps and --baseline-steps must be >= 1")
     if args.baseline_steps < 500 and not args.no_baseline:

@@ -402,3 +402,37 @@ def test_checkpoints_requested_after_a_plain_run_are_stored(tmp_path, spy, forbi
     forbid()
     assert build(str(tmp_path), steps=10).inilora_report.info["cache"] == "hit"
     assert build(str(tmp_path), steps=30, checkpoints=[10]).inilora_report.info["cache"] == "hit"
+
+
+# --------------------------------------------------------------------------- damaged files (SPEC §8)
+
+
+def test_edited_names_in_metadata_miss_with_warning(tmp_path, caplog):
+    """The JSON's key still matches but its list of matrices was edited: never a crash, a miss."""
+    c = FitCache(tmp_path)
+    meta_path = c.put(FIELDS, factors())
+    for names in (["model.layers.0.self_attn.q_proj"], ["model.layers.0.self_attn.q_proj", "other"]):
+        meta = json.loads(meta_path.read_text())
+        meta["names"] = names
+        meta_path.write_text(json.dumps(meta))
+        with caplog.at_level(logging.WARNING, logger="inilora.cache"):
+            assert c.get(FIELDS) is None
+        assert "does not match its metadata" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncate-json", "truncate-data"])
+def test_truncated_entry_is_recomputed_through_get_peft_model(tmp_path, spy, one_thread, caplog, damage):
+    first = build(str(tmp_path))
+    (meta_path,), (data_path,) = entry_files(tmp_path)
+    target = meta_path if damage == "truncate-json" else data_path
+    raw = target.read_bytes()
+    target.write_bytes(raw[: len(raw) // 3])
+    with caplog.at_level(logging.WARNING, logger="inilora.cache"):
+        second = build(str(tmp_path))
+    assert second.inilora_report.info["cache"] == "miss" and len(spy) == 2
+    assert "recomputing" in caplog.text
+    a, b = lora_state(first), lora_state(second)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n
+    assert build(str(tmp_path)).inilora_report.info["cache"] == "hit"  # rewritten whole
+    assert len(spy) == 2

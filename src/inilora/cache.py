@@ -106,6 +106,10 @@ class FitCache:
                 "Set INILORA_CACHE to a writable directory, or pass cache=False to skip caching."
             ) from None
 
+    def resume_path(self, fields: Mapping[str, Any]) -> Path:
+        """Where an unfinished fit of this entry keeps its resume state (removed when done)."""
+        return self.dir / f"{self.key(fields)}.resume.pt"
+
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.dir / f"{key}.safetensors", self.dir / f"{key}.json", self.dir / f"{key}.lock"
 
@@ -127,8 +131,14 @@ class FitCache:
         if not data_path.exists() or file_digest(data_path) != meta.get("sha256"):
             log.warning("inilora cache entry %s is corrupt (checksum mismatch); recomputing.", key)
             return None
-        tensors = load_file(str(data_path))
-        factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::P"]) for name in meta["names"]}
+        try:
+            tensors = load_file(str(data_path))
+            factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::P"]) for name in meta["names"]}
+            if sorted(tensors) != sorted(f"{n}::{x}" for n in meta["names"] for x in ("U", "P")):
+                raise KeyError("tensor names differ from the metadata's")
+        except Exception as exc:  # an edited "names" list, or a file safetensors refuses
+            log.warning("inilora cache entry %s does not match its metadata (%s); recomputing.", key, exc)
+            return None
         return factors, meta
 
     def put(self, fields: Mapping[str, Any], factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],

@@ -153,6 +153,7 @@ def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | 
     from .models import load_model
 
     if isinstance(model_or_dir, PeftModel):
+        _refuse_quantized(model_or_dir)
         work = copy.deepcopy(model_or_dir)
         w0 = None
         if base is not None:
@@ -171,12 +172,25 @@ def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | 
         if not base:
             raise InitError(f"{directory} does not record its base model; pass base=NAME_OR_PATH.")
     base_model = load_model(str(base)) if isinstance(base, (str, os.PathLike)) else base
+    _refuse_quantized(base_model)
     config.init_lora_weights = False
     found = predicted_targets(base_model, config)
     w0 = {n: _oriented(m).detach().float().clone() for n, m in found.items()} if meta else None
     work = load(base_model, directory, adapter_name=adapter_name)
     name = str(base) if isinstance(base, (str, os.PathLike)) else getattr(base_model, "name_or_path", None)
     return work, w0, name
+
+
+def _refuse_quantized(model: torch.nn.Module) -> None:
+    """Exports write float weights; a bitsandbytes base cannot be cast or merged into in place."""
+    from .quantized import quant_kind
+
+    kinds = sorted({k for k in map(quant_kind, model.modules()) if k})
+    if kinds:
+        raise InitError(
+            f"cannot export from a {'/'.join(kinds)} quantized base: the layouts hold float weights. Load the "
+            "saved adapter with inilora.load() on the same quantized base to use it, or initialise and train on an "
+            "unquantized base to export.")
 
 
 def _factors(t: Target, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,7 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-from . import __version__
+from . import __version__, distributed, quantized
 from .cache import FitCache, atomic_write_json, tensor_digest
 from .errors import FingerprintMismatch, InitError
 from .methods import get_method
@@ -108,11 +108,17 @@ class Target:
         return self.layer.get_base_layer()
 
     def w0(self) -> torch.Tensor:
-        """The base weight oriented ``(out, in)``: Conv1D (``fan_in_fan_out``) is transposed."""
+        """The base weight oriented ``(out, in)``: Conv1D (``fan_in_fan_out``) is transposed,
+        a bitsandbytes layer dequantized to float32."""
+        if quantized.quant_kind(self.base):
+            return quantized.dequantize(self.base)
         w = self.base.weight
         return w.T if self.layer.fan_in_fan_out else w
 
     def set_weight(self, w_out_in: torch.Tensor) -> None:
+        if quantized.quant_kind(self.base):  # re-quantized with the layer's own settings
+            quantized.requantize(self.base, w_out_in)
+            return
         w = w_out_in.T if self.layer.fan_in_fan_out else w_out_in
         self.base.weight.data = w.contiguous()
 
@@ -139,6 +145,8 @@ def predicted_targets(model: torch.nn.Module, config: LoraConfig) -> dict[str, t
 
 
 def _oriented(module: torch.nn.Module) -> torch.Tensor:
+    if quantized.quant_kind(module):
+        return quantized.dequantize(module)
     w = module.weight
     return w.T if type(module).__name__ == "Conv1D" else w
 
@@ -187,15 +195,11 @@ def _check_targets(method: Method, found: Mapping[str, torch.nn.Module], model: 
             f"target_modules={config.target_modules!r} match no module of this model. "
             f"Its linear layers are named: {', '.join(linear[:30])}."
         )
+    quantized.check_model(model, method)
     for name, module in found.items():
-        w = getattr(module, "weight", None)
+        quantized.check_layer(name, module, method)  # non-float / unsupported quantization: refused here
+        w = _oriented(module)
         kind = type(module).__name__
-        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or "4bit" in kind or "8bit" in kind:
-            raise InitError(
-                f"{name} is a quantized {kind} (weight dtype {getattr(w, 'dtype', None)}); method "
-                f"{method.name!r} needs a float weight. Load the base unquantized (or dequantize it "
-                "explicitly) before initializing."
-            )
         if kind == "Conv1D" and method.name == "olora":
             raise InitError(f"{name} is a GPT-2 Conv1D layer; PEFT's OLoRA mis-shapes its factors on Conv1D "
                             "(fan_in_fan_out). Use pissa, milora or an inilora method for this model.")
@@ -278,8 +282,13 @@ def _factors_of(tgts: Mapping[str, Target], adapter: str) -> dict[str, tuple[tor
 
 @torch.no_grad()
 def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                    residual_dtype: torch.dtype | None) -> None:
-    """``R = W0 - s·B0A0`` in float32 on the weight's device, then cast (SPEC §1)."""
+                    residual_dtype: torch.dtype | None) -> dict[str, float]:
+    """``R = W0 - s·B0A0`` in float32 on the weight's device, then cast (SPEC §1).
+
+    A bitsandbytes layer gets R re-quantized; returned per such layer:
+    ``‖deq(R_q) − R‖_F / ‖W0‖_F``, the error the re-quantization added.
+    """
+    requant = {}
     for name, (a0, b0) in factors.items():
         t = tgts[name]
         w = t.w0()
@@ -287,9 +296,16 @@ def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[s
         dev = w.device
         stored = w.dtype  # read before set_weight: it changes the same Parameter in place
         r = w.float() - s * (b0.to(dev, torch.float32) @ a0.to(dev, torch.float32))
-        t.set_weight(r.to(residual_dtype or stored))
-        if residual_dtype is not None and residual_dtype != stored:
+        if residual_dtype is not None and quantized.quant_kind(t.base):  # R kept exactly, unquantized
+            quantized.unquantize_layer(t.layer, r.to(residual_dtype))
             _keep_in(t, residual_dtype)
+            continue
+        t.set_weight(r.to(residual_dtype or stored))
+        if quantized.quant_kind(t.base):
+            requant[name] = float((t.w0() - r).norm()) / max(float(w.float().norm()), 1e-30)
+        elif residual_dtype is not None and residual_dtype != stored:
+            _keep_in(t, residual_dtype)
+    return requant
 
 
 def _keep_in(target: Target, dtype: torch.dtype) -> None:
@@ -359,7 +375,8 @@ def get_peft_model(
     Residual methods freeze ``R = W0 - s·B0A0`` as the base, so the model computes what
     it computed before.  ``options`` are the method's own (see ``inilora methods``),
     e.g. ``steps``, ``lr``, ``std``, ``engine`` for ``inilora``.  ``residual_dtype=
-    "float32"`` keeps replaced base weights in fp32 on a bf16/fp16 model.  ``cache``
+    "float32"`` keeps replaced base weights in fp32 on a bf16/fp16 model (on a bitsandbytes
+    4/8-bit model: the targeted layers become fp32 layers holding R, instead of re-quantizing R).  ``cache``
     (inilora only): True for ``$INILORA_CACHE``, a folder, or False.  The report of
     what was done is ``model.inilora_report``.
     """
@@ -376,6 +393,8 @@ def get_peft_model(
     _default_targets(model, config)
     found = predicted_targets(model, config)
     _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
+    quant = sorted({k for k in map(quantized.quant_kind, found.values()) if k})
+    gguf = quantized.drop_gguf_marker(model)
     fitcache = _fit_cache(cache) if spec.name == "inilora" else None
     if fitcache is not None and int(opts.get("steps", 0)) > 0:
         fitcache.check_writable()
@@ -392,6 +411,7 @@ def get_peft_model(
         config.init_lora_weights = spec.peft_init
         peft_model = _inject(model, config, adapter_name, seed)
         tgts = targets(peft_model, adapter_name)
+        _share_peft_init(tgts, adapter_name, spec.residual, fp)  # torchrun: rank 0's init everywhere
         factors = _factors_of(tgts, adapter_name) if spec.residual else {}
         if w0_copy is not None:
             for name, t in tgts.items():
@@ -412,12 +432,23 @@ def get_peft_model(
         ranks = {n: t.layer.r[adapter_name] for n, t in tgts.items()}
         scalings = {n: t.layer.scaling[adapter_name] for n, t in tgts.items()}
         oriented = {n: t.w0().detach() for n, t in tgts.items()}
-        result = spec.fn(oriented, ranks, scalings, rng_factory(seed), **opts)
+        # torchrun/accelerate: computed once (rank 0, or inilora's fit split by matrix), broadcast
+        result = distributed.share_init(lambda: spec.fn(oriented, ranks, scalings, rng_factory(seed), **opts),
+                                        split=spec.name == "inilora", digest=fp["sha256"] if fp else None)
         factors = result.factors
         _set_factors(tgts, adapter_name, factors)
-        _apply_residual(tgts, adapter_name, factors, residual_dtype)
+        requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
         report = InitReport(spec.name, True, info=result.info,
                             fit={n: {k: v for k, v in f.items() if k != "losses"} for n, f in result.fit.items()})
+        if requant:
+            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(requant),
+                                        "requant_rel_error_max": max(requant.values()),
+                                        "requant_rel_error_mean": sum(requant.values()) / len(requant)}
+        elif quant and residual_dtype is not None:
+            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(tgts),
+                                        "kept_unquantized": str(residual_dtype).replace("torch.", "")}
+    if gguf:
+        report.info["gguf"] = "dequantised GGUF base; transformers' quantizer marker dropped (weights unchanged)"
 
     if spec.residual:
         meta = {
@@ -437,7 +468,9 @@ def get_peft_model(
         if before is not None:
             report.drift = _drift(before, _output(peft_model, probe))
             meta["init_drift"] = report.drift
-            _warn_drift(report.drift)
+            q = report.info.get("quantized", {})
+            _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
+                        "kept" if q else None)
     peft_model.inilora_report = report
     return peft_model
 
@@ -449,6 +482,20 @@ def _finish_residual(peft_model: PeftModel, adapter: str, factors, meta: dict, s
     _mark(config, meta)
     _mark(peft_model.peft_config[INIT_ADAPTER], {**meta, "role": "initial factors A0, B0"})
     _set_trainable(peft_model, adapter, trainable)
+
+
+def _share_peft_init(tgts: Mapping[str, Target], adapter: str, residual: bool, fp: dict | None) -> None:
+    """Under torchrun: every rank takes rank 0's PEFT-made factors (and residual base weights),
+    so an SVD that rounds differently on another GPU cannot make the ranks diverge."""
+    if not distributed.active():
+        return
+    distributed.check_same(fp["sha256"] if fp else "")
+    tensors = []
+    for t in tgts.values():
+        tensors += [t.layer.lora_A[adapter].weight.data, t.layer.lora_B[adapter].weight.data]
+        if residual and t.base.weight.is_floating_point():
+            tensors.append(t.base.weight.data)
+    distributed.broadcast_(tensors)
 
 
 def _fit_cache(cache: bool | str | os.PathLike | FitCache) -> FitCache | None:
@@ -507,10 +554,26 @@ def _drift(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def _warn_drift(drift: dict) -> None:
+def _warn_drift(drift: dict, quant_mode: str | None = None) -> None:
+    """Say how far the output moved at init, and why; ``quant_mode``: "requantized", "kept" or None."""
     msg = f"inilora: output drift at init max|Δout|/max|out| = {drift['max_rel']:.2e} ({drift['dtype']})"
     if "top1_agreement" in drift:
         msg += f", top-1 agreement {drift['top1_agreement']:.1%}"
+    if quant_mode == "requantized":
+        if drift["max_rel"] > quantized.DRIFT_WARN:
+            warnings.warn(msg + ". The residual was re-quantized into the quantized base layers, which moved the "
+                          "output at init; to start exactly from the pretrained model, pass residual_dtype='float32' (the "
+                          f"targeted layers then stay unquantized), {quantized.ALTERNATIVES}.",
+                          stacklevel=3)
+        else:
+            log.info(msg + " (residual re-quantized)")
+        return
+    if quant_mode == "kept":
+        (log.warning if drift["max_rel"] > 1e-3 else log.info)(
+            msg + ". The targeted layers hold R in float now; the quantized layers they replace computed with "
+            "quantized weights (and, for LLM.int8, int8-rounded inputs), so this is the quantized model's own "
+            "error on those layers, not a fault of the init.")
+        return
     if drift["max_rel"] > 1e-3:
         log.warning(msg + ". The residual was rounded to a low-precision dtype; pass residual_dtype='float32' "
                     "to keep replaced base weights in fp32.")
@@ -558,6 +621,9 @@ def _exact_base_weights(model: PeftModel, base: torch.nn.Module | str | os.PathL
 
         base = load_model(str(base))
     adapter = model.active_adapter
+    if any(quantized.quant_kind(t.base) for t in targets(model, adapter).values()):
+        raise InitError("original(model, base=...) swaps stored weights and cannot do so on a quantized base; "
+                        "use original(model) (the A0/B0 adapter) instead.")
     config = model.peft_config[adapter]
     found = check_fingerprint(base, config, config._inilora) if hasattr(config, "_inilora") else \
         predicted_targets(base, config)
@@ -650,6 +716,7 @@ def load(
     config = _plain_config(directory)
     config.inference_mode = not is_trainable  # as PEFT's from_pretrained does
     check_fingerprint(model, config, meta)
+    quantized.drop_gguf_marker(model)
     if isinstance(residual_dtype, str):
         residual_dtype = getattr(torch, residual_dtype)
     if residual_dtype is None and meta.get("residual_dtype"):

@@ -4,57 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _fixtures import assert_matches, problem, rel
 
 from inilora.approx import ENGINE_VERSION, ENGINES, FitResult, approximate
 from inilora.approx.batched import fit_batched
 from inilora.approx.reference import fit_reference
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread. With two threads on a loaded 2-core machine the
-    reference loop's many small ops spin-wait on each other (measured 15x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 SHAPES = {"a": (64, 48), "b": (64, 48), "c": (32, 48), "d": (80, 80)}
-
-
-def _problem(shapes, r=8, w_std=0.02, f_std=0.02, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    W, init = {}, {}
-    for name, (d, k) in shapes.items():
-        std = w_std[name] if isinstance(w_std, dict) else w_std
-        fs = f_std[name] if isinstance(f_std, dict) else f_std
-        W[name] = (torch.randn(d, k, generator=g) * std).to(dtype)
-        init[name] = (torch.randn(d, r, generator=g) * fs, torch.randn(k, r, generator=g) * fs)
-    return W, init
-
-
-def _rel(x, y):
-    return ((x - y).norm() / y.norm()).item()
-
-
-def _assert_matches(ref, ours, names):
-    for n in names:
-        a, b = ref[n], ours[n]
-        assert _rel(b.U @ b.P.T, a.U @ a.P.T) <= 1e-3, n
-        assert [t for t, _ in a.losses] == [t for t, _ in b.losses]
-        for (_, la), (_, lb) in zip(a.losses, b.losses):
-            assert abs(lb - la) <= 0.01 * la, n
-        for t in a.checkpoints:
-            ua, pa = a.checkpoints[t]
-            ub, pb = b.checkpoints[t]
-            assert _rel(ub @ pb.T, ua @ pa.T) <= 1e-3, (n, t)
 
 
 @pytest.fixture(scope="module")
 def mixed():
-    W, init = _problem(SHAPES)
+    W, init = problem(SHAPES)
     kw = dict(steps=2000, checkpoints=(200, 1000))
     return W, init, approximate(W, init, engine="reference", **kw), approximate(W, init, engine="torch", **kw)
 
@@ -62,7 +23,7 @@ def mixed():
 def test_batched_matches_reference(mixed):
     W, _, ref, ours = mixed
     assert list(ours) == list(W)
-    _assert_matches(ref, ours, W)
+    assert_matches(ref, ours, W)
 
 
 def test_results_report(mixed):
@@ -79,10 +40,10 @@ def test_results_report(mixed):
 
 
 def test_bf16_weights_upcast():
-    W, init = _problem(SHAPES, dtype=torch.bfloat16)
+    W, init = problem(SHAPES, dtype=torch.bfloat16)
     ref = approximate(W, init, engine="reference", steps=2000)
     ours = approximate(W, init, engine="torch", steps=2000)
-    _assert_matches(ref, ours, W)
+    assert_matches(ref, ours, W)
     # the engine reads bf16 exactly: identical to fitting the fp32 copy
     up = approximate({n: w.float() for n, w in W.items()}, init, engine="torch", steps=2000)
     for n in W:
@@ -94,17 +55,17 @@ def test_each_matrix_keeps_its_own_mean():
     shapes = {"small": (64, 48), "small2": (64, 48), "big": (512, 384)}
     # stds chosen so the per-matrix mean gradients sit near Adam's eps (1e-8)
     stds = {"small": 1.5e-3, "small2": 1.5e-3, "big": 6e-3}
-    W, init = _problem(shapes, r=4, w_std=stds, f_std=stds, seed=3)
+    W, init = problem(shapes, r=4, w_std=stds, f_std=stds, seed=3)
     together = approximate(W, init, engine="torch", steps=300)
     for n in W:
         alone = approximate({n: W[n]}, {n: init[n]}, engine="torch", steps=300)[n]
-        assert _rel(together[n].U @ together[n].P.T, alone.U @ alone.P.T) <= 1e-6, n
+        assert rel(together[n].U @ together[n].P.T, alone.U @ alone.P.T) <= 1e-6, n
         ref = fit_reference(W[n], *init[n], steps=300)
-        assert _rel(together[n].U @ together[n].P.T, ref.U @ ref.P.T) <= 1e-3, n
+        assert rel(together[n].U @ together[n].P.T, ref.U @ ref.P.T) <= 1e-3, n
 
 
 def test_checkpoints_equal_shorter_runs():
-    W, init = _problem({"a": (64, 48), "d": (80, 80)}, r=4, w_std=0.1, f_std=0.1)
+    W, init = problem({"a": (64, 48), "d": (80, 80)}, r=4, w_std=0.1, f_std=0.1)
     ws, inits = list(W.values()), list(init.values())
     full = fit_batched(ws, inits, steps=120, checkpoints=(0, 7, 120))
     for t in (7, 120):
@@ -116,7 +77,7 @@ def test_checkpoints_equal_shorter_runs():
 
 
 def test_deterministic():
-    W, init = _problem(SHAPES, r=4)
+    W, init = problem(SHAPES, r=4)
     a = approximate(W, init, steps=150)
     b = approximate(W, init, steps=150)
     for n in W:
@@ -125,7 +86,7 @@ def test_deterministic():
 
 
 def test_progress_and_zero_steps():
-    W, init = _problem(SHAPES, r=4)
+    W, init = problem(SHAPES, r=4)
     for engine in ENGINES:
         if engine == "triton":  # CUDA only: its progress/zero-step checks are in test_triton_engine.py
             continue
@@ -139,7 +100,7 @@ def test_progress_and_zero_steps():
 
 
 def test_bad_input():
-    W, init = _problem({"a": (64, 48)}, r=4)
+    W, init = problem({"a": (64, 48)}, r=4)
     with pytest.raises(ValueError, match="reference.*torch"):
         approximate(W, init, engine="triton-nope")
     with pytest.raises(ValueError, match="missing"):

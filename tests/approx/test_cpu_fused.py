@@ -14,22 +14,11 @@ import warnings
 
 import pytest
 import torch
+from _fixtures import close, problem, rel
 
 from inilora.approx import ENGINE_VERSION, ENGINES, approximate, cpu_fused
 from inilora.approx.batched import fit_batched
 from inilora.approx.cpu_fused import fit_cpu_fused
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one intra-op thread for torch (the reference loop's tiny ops spin-wait
-    on a loaded 2-core machine); the fused engine's own thread count is passed explicitly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +29,6 @@ def lib():
         pytest.skip(f"the cpu-fused library cannot be built here: {exc}")
 
 
-def _problem(shapes, r=8, w_std=0.02, f_std=0.02, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    W, init = {}, {}
-    for name, (d, k) in shapes.items():
-        rr = r[name] if isinstance(r, dict) else r
-        W[name] = (torch.randn(d, k, generator=g) * w_std).to(dtype)
-        init[name] = (torch.randn(d, rr, generator=g) * f_std, torch.randn(k, rr, generator=g) * f_std)
-    return W, init
-
-
-def _rel(x, y):
-    return ((x - y).norm() / y.norm()).item()
-
-
-def _close(a, b, tol):
-    """Trajectories a (ours) vs b: products within tol relative, same log steps, losses within tol."""
-    assert _rel(a.U @ a.P.T, b.U @ b.P.T) <= tol
-    assert [t for t, _ in a.losses] == [t for t, _ in b.losses]
-    for (_, la), (_, lb) in zip(a.losses, b.losses):
-        assert abs(la - lb) <= tol * lb
-
-
 def test_registered():
     assert "cpu-fused" in ENGINES and ENGINE_VERSION["cpu-fused"] == "1"
 
@@ -70,7 +37,7 @@ def test_matches_reference_mixed(lib):
     """SPEC §3: 2000 steps on ≤ 4 small matrices of mixed shapes, products within 1e-3 of the
     released loop and every logged loss within 1 %."""
     shapes = {"a": (64, 48), "b": (64, 48), "c": (32, 48), "d": (80, 80)}
-    W, init = _problem(shapes)
+    W, init = problem(shapes)
     kw = dict(steps=2000, checkpoints=(200, 1000))
     ref = approximate(W, init, engine="reference", **kw)
     ours = approximate(W, init, engine="cpu-fused", **kw)
@@ -79,12 +46,12 @@ def test_matches_reference_mixed(lib):
         a, b = ours[n], ref[n]
         assert a.engine == "cpu-fused" and a.steps == 2000
         assert a.U.shape == b.U.shape and a.P.shape == b.P.shape and a.U.is_contiguous()
-        assert _rel(a.U @ a.P.T, b.U @ b.P.T) <= 1e-3, n
+        assert rel(a.U @ a.P.T, b.U @ b.P.T) <= 1e-3, n
         assert [t for t, _ in a.losses] == [t for t, _ in b.losses]
         for (_, la), (_, lb) in zip(a.losses, b.losses):
             assert abs(la - lb) <= 0.01 * lb, n
         for t in (200, 1000):
-            assert _rel(a.checkpoints[t][0] @ a.checkpoints[t][1].T, b.checkpoints[t][0] @ b.checkpoints[t][1].T) <= 1e-3
+            assert rel(a.checkpoints[t][0] @ a.checkpoints[t][1].T, b.checkpoints[t][0] @ b.checkpoints[t][1].T) <= 1e-3
         assert a.rel_error == pytest.approx(b.rel_error, rel=1e-3)
         assert a.optimum == b.optimum
 
@@ -95,12 +62,12 @@ def test_matches_torch_engine_smollm2_shapes(lib):
     for layer in range(6):
         shapes[f"{layer}.q"] = (576, 576)
         shapes[f"{layer}.v"] = (192, 576)
-    W, init = _problem(shapes, w_std=0.2, f_std=0.2, seed=1)
+    W, init = problem(shapes, w_std=0.2, f_std=0.2, seed=1)
     ws, inits = list(W.values()), list(init.values())
     torch_runs = fit_batched(ws, inits, steps=200, log_every=50)
     fused_runs = fit_cpu_fused(ws, inits, steps=200, log_every=50, lib=lib, threads=2)
     for a, b in zip(fused_runs, torch_runs):
-        _close(a, b, 1e-5)
+        close(a, b, 1e-5)
 
 
 def test_eps_sensitive_2048(lib):
@@ -113,7 +80,7 @@ def test_eps_sensitive_2048(lib):
     torch_runs = fit_batched(ws, inits, steps=100, log_every=10)
     fused_runs = fit_cpu_fused(ws, inits, steps=100, log_every=10, lib=lib, threads=2)
     for a, b in zip(fused_runs, torch_runs):
-        _close(a, b, 1e-5)
+        close(a, b, 1e-5)
     alone = fit_cpu_fused(ws[1:], inits[1:], steps=100, log_every=10, lib=lib)[0]
     assert torch.equal(alone.U, fused_runs[1].U) and torch.equal(alone.P, fused_runs[1].P)
 
@@ -123,13 +90,13 @@ def test_odd_shapes_and_ranks(lib, r):
     """d, k not multiples of 8 / 16 (the partial column group and row-block remainders),
     a row or a column only, ranks that pad (3 → 4, 12 → 16)."""
     shapes = {"a": (37, 53), "b": (5, 9), "c": (130, 77), "row": (1, 17), "col": (19, 1), "e": (24, 40)}
-    W, init = _problem(shapes, r=r, w_std=0.1, f_std=0.1, seed=r)
+    W, init = problem(shapes, r=r, w_std=0.1, f_std=0.1, seed=r)
     ws, inits = list(W.values()), list(init.values())
     torch_runs = fit_batched(ws, inits, steps=150, log_every=30)
     fused_runs = fit_cpu_fused(ws, inits, steps=150, log_every=30, lib=lib, threads=2)
     for a, b in zip(fused_runs, torch_runs):
         assert a.U.shape == b.U.shape and a.P.shape == b.P.shape
-        _close(a, b, 1e-5)
+        close(a, b, 1e-5)
 
 
 @pytest.mark.parametrize("width", [4, 16])
@@ -143,17 +110,17 @@ def test_other_vector_widths(width):
     assert other.ifs_vector_width() == width
     shapes = {"a": (37, 53), "b": (64, 48), "c": (19, 1)}
     for r in (1, 2, 4, 8, 16, 24):
-        W, init = _problem(shapes, r=r, w_std=0.1, f_std=0.1, seed=10 + r)
+        W, init = problem(shapes, r=r, w_std=0.1, f_std=0.1, seed=10 + r)
         ws, inits = list(W.values()), list(init.values())
         torch_runs = fit_batched(ws, inits, steps=100, log_every=50)
         fused_runs = fit_cpu_fused(ws, inits, steps=100, log_every=50, lib=other, threads=2)
         for a, b in zip(fused_runs, torch_runs):
-            _close(a, b, 1e-5)
+            close(a, b, 1e-5)
 
 
 def test_deterministic_and_thread_count_independent(lib):
     shapes = {"a": (300, 200), "b": (64, 48), "big": (1100, 1000)}  # "big" is split into items
-    W, init = _problem(shapes, r=8, w_std=0.1, f_std=0.1, seed=4)
+    W, init = problem(shapes, r=8, w_std=0.1, f_std=0.1, seed=4)
     ws, inits = list(W.values()), list(init.values())
     runs = [fit_cpu_fused(ws, inits, steps=60, log_every=20, lib=lib, threads=t) for t in (2, 2, 1, 3)]
     for other in runs[1:]:
@@ -163,7 +130,7 @@ def test_deterministic_and_thread_count_independent(lib):
 
 
 def test_checkpoints_equal_shorter_runs(lib):
-    W, init = _problem({"a": (64, 48), "d": (80, 80)}, r=4, w_std=0.1, f_std=0.1)
+    W, init = problem({"a": (64, 48), "d": (80, 80)}, r=4, w_std=0.1, f_std=0.1)
     ws, inits = list(W.values()), list(init.values())
     full = fit_cpu_fused(ws, inits, steps=120, checkpoints=(0, 7, 120), lib=lib)
     for t in (7, 120):
@@ -177,7 +144,7 @@ def test_checkpoints_equal_shorter_runs(lib):
 def test_bf16_and_strided_weights_read_exactly(lib):
     """bf16 W is cast up exactly (on the C side) and a row-padded fp32 view is read in place:
     both give bit-for-bit the fit of the contiguous fp32 copy."""
-    W, init = _problem({"a": (64, 48), "b": (37, 53)}, dtype=torch.bfloat16)
+    W, init = problem({"a": (64, 48), "b": (37, 53)}, dtype=torch.bfloat16)
     ws, inits = list(W.values()), list(init.values())
     ours = fit_cpu_fused(ws, inits, steps=100, lib=lib)
     up = fit_cpu_fused([w.float() for w in ws], inits, steps=100, lib=lib)
@@ -189,11 +156,11 @@ def test_bf16_and_strided_weights_read_exactly(lib):
         assert torch.equal(c.U, b.U) and torch.equal(c.P, b.P)
     ref = fit_batched(ws, inits, steps=100)
     for a, b in zip(ours, ref):
-        _close(a, b, 1e-5)
+        close(a, b, 1e-5)
 
 
 def test_progress_counts_matrix_iterations(lib):
-    W, init = _problem({"a": (64, 48), "b": (32, 48)})
+    W, init = problem({"a": (64, 48), "b": (32, 48)})
     seen = []
     approximate(W, init, engine="cpu-fused", steps=250, progress=lambda done, total, loss: seen.append((done, total)))
     assert seen == [(0, 500), (200, 500), (400, 500), (500, 500)]
@@ -207,7 +174,7 @@ def test_fallback_without_compiler(monkeypatch):
 
     monkeypatch.setattr(cpu_fused, "_libs", {})
     monkeypatch.setattr(cpu_fused, "_compile", broken)
-    W, init = _problem({"a": (64, 48), "c": (32, 48)})
+    W, init = problem({"a": (64, 48), "c": (32, 48)})
     with pytest.warns(RuntimeWarning, match="cpu-fused engine unavailable .*no C\\+\\+ compiler found.*'torch' engine"):
         ours = approximate(W, init, engine="cpu-fused", steps=100)
     theirs = approximate(W, init, engine="torch", steps=100)

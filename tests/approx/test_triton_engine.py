@@ -19,57 +19,13 @@ import time
 
 import pytest
 import torch
+from _fixtures import assert_matches, problem, rel
 
 from inilora.approx import ENGINE_VERSION, ENGINES, approximate
 from inilora.approx import triton_engine as te
 from inilora.approx.batched import fit_batched
 
 CUDA = torch.cuda.is_available()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread (the reference's small ops spin-wait on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _problem(spec, w_std=0.02, f_std=0.02, seed=0, device="cpu"):
-    """spec: name -> (d, k, r, dtype[, transposed]). W ~ N(0, w_std²) stored in ``dtype``."""
-    g = torch.Generator().manual_seed(seed)
-    W, init = {}, {}
-    for name, (d, k, r, dtype, *rest) in spec.items():
-        if rest and rest[0]:  # a non-contiguous view (as a transposed Conv1D weight would be)
-            W[name] = (torch.randn(k, d, generator=g) * w_std).to(device, dtype).T
-        else:
-            W[name] = (torch.randn(d, k, generator=g) * w_std).to(device, dtype)
-        init[name] = (torch.randn(d, r, generator=g) * f_std, torch.randn(k, r, generator=g) * f_std)
-    return W, init
-
-
-def _rel(x, y):
-    return ((x - y).norm() / y.norm()).item()
-
-
-def _assert_matches(ref, ours, names, tol=1e-3, loss_tol=0.01):
-    """SPEC §3: ‖B0A0 − ref‖/‖ref‖ ≤ 1e-3, every logged loss within 1 %, checkpoints too."""
-    for n in names:
-        a, b = ref[n], ours[n]
-        assert b.U.shape == a.U.shape and b.P.shape == a.P.shape
-        assert b.U.dtype == torch.float32 and b.U.is_contiguous() and b.P.is_contiguous()
-        assert _rel(b.U.cpu() @ b.P.cpu().T, a.U.cpu() @ a.P.cpu().T) <= tol, n
-        assert [t for t, _ in a.losses] == [t for t, _ in b.losses], n
-        for (t, la), (_, lb) in zip(a.losses, b.losses):
-            assert abs(lb - la) <= loss_tol * la, (n, t, la, lb)
-        assert sorted(a.checkpoints) == sorted(b.checkpoints), n
-        for t in a.checkpoints:
-            ua, pa = a.checkpoints[t]
-            ub, pb = b.checkpoints[t]
-            assert _rel(ub.cpu() @ pb.cpu().T, ua.cpu() @ pa.cpu().T) <= tol, (n, t)
 
 
 # ------------------------------------------------------------------------------ no GPU needed
@@ -82,7 +38,7 @@ def test_registered():
 
 def test_without_triton_a_clear_error(monkeypatch):
     monkeypatch.setattr(te, "_import_triton", lambda: False)
-    W, init = _problem({"a": (16, 8, 2, torch.float32)})
+    W, init = problem({"a": (16, 8, 2, torch.float32)})
     with pytest.raises(te.TritonUnavailable, match="pip install triton"):
         approximate(W, init, steps=1, engine="triton")
 
@@ -90,7 +46,7 @@ def test_without_triton_a_clear_error(monkeypatch):
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    W, init = _problem({"a": (16, 8, 2, torch.float32)})
+    W, init = problem({"a": (16, 8, 2, torch.float32)})
     with pytest.raises(te.TritonUnavailable, match="CUDA"):
         approximate(W, init, steps=1, engine="triton")
     # TritonUnavailable is a RuntimeError: callers may catch either
@@ -108,14 +64,42 @@ def _interpreter_cases() -> dict:
     assert te.interpreting()
     out = {}
     for name, case, kw in (("fp32", FP32_CASE, FP32_KW), ("bf16", BF16_CASE, BF16_KW)):
-        W, init = _problem(case)
+        W, init = problem(case)
         seen: list[tuple[int, int]] = []
         ours = approximate(W, init, engine="triton", progress=lambda done, total, _, s=seen: s.append((done, total)), **kw)
         ref = approximate(W, init, engine="reference", **kw)
         out[name] = dict(ours=ours, ref=ref, seen=seen, contiguous={n: w.is_contiguous() for n, w in W.items()})
-    W, init = _problem(FP32_CASE)
+    W, init = problem(FP32_CASE)
     out["zero"] = dict(init=init, fit=approximate(W, init, steps=0, engine="triton"))
+    out["resume"] = _interrupted_then_resumed(W, init)
     return out
+
+
+class _Stop(Exception):
+    pass
+
+
+def _interrupted_then_resumed(W, init) -> dict:
+    """Interrupted at t=20 (snapshots every 10 steps), then resumed: the factors, moments and the
+    Gram slot come back byte for byte, so the result equals the uninterrupted run's bits."""
+    import tempfile
+
+    from inilora.approx import Resume
+
+    def stop(done, total, loss):
+        if done >= 20 * len(W):
+            raise _Stop
+
+    kw = {"steps": 40, "log_every": 10, "checkpoints": (30,), "engine": "triton"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "s.resume.pt")
+        try:
+            approximate(W, init, resume=Resume(path, "t", every_steps=10, every_seconds=None), progress=stop, **kw)
+        except _Stop:
+            pass
+        again = Resume(path, "t", every_steps=10, every_seconds=None)
+        resumed = approximate(W, init, resume=again, **kw)
+    return dict(clean=approximate(W, init, **kw), resumed=resumed, resumed_from=again.resumed_from)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +119,7 @@ def test_interpreter_fp32_matches_reference(interpreted):
     res = interpreted["fp32"]
     ours, ref = res["ours"], res["ref"]
     assert list(ours) == list(FP32_CASE)
-    _assert_matches(ref, ours, FP32_CASE)
+    assert_matches(ref, ours, FP32_CASE)
     for n, fit in ours.items():
         assert fit.engine == "triton" and fit.steps == 120
         assert fit.rel_error == pytest.approx(ref[n].rel_error, rel=1e-4)
@@ -150,11 +134,21 @@ def test_interpreter_zero_steps(interpreted):
         assert [t for t, _ in res.losses] == [0]
 
 
+def test_interpreter_resume_is_bit_identical(interpreted):
+    res = interpreted["resume"]
+    assert res["resumed_from"] == 20
+    for n, fit in res["clean"].items():
+        other = res["resumed"][n]
+        assert torch.equal(fit.U, other.U) and torch.equal(fit.P, other.P), n
+        assert fit.losses == other.losses
+        assert torch.equal(fit.checkpoints[30][0], other.checkpoints[30][0])
+
+
 def test_interpreter_bf16_split_matches_reference(interpreted):
     """bf16 W through the hi/lo split of the factors; a non-contiguous W in its own group."""
     res = interpreted["bf16"]
     assert res["contiguous"] == {"a": True, "t": False}
-    _assert_matches(res["ref"], res["ours"], BF16_CASE)
+    assert_matches(res["ref"], res["ours"], BF16_CASE)
 
 
 def _sm90_compile(kernel_fn, signature, constexprs, options, divisible=()):
@@ -236,11 +230,11 @@ def test_gpu_matches_reference_and_torch():
     """The eps-sensitive 2048² fixture (SPEC §3) for 300 steps, then 2000 steps on small
     matrices of every W dtype, against the reference loop; the torch engine agrees too."""
     pytest.importorskip("triton")
-    W, init = _problem({"big": (2048, 2048, 8, torch.float32), "big16": (2048, 2048, 8, torch.bfloat16)},
+    W, init = problem({"big": (2048, 2048, 8, torch.float32), "big16": (2048, 2048, 8, torch.bfloat16)},
                        device="cuda")  # fmt: skip
     kw = dict(steps=300, log_every=100)
-    _assert_matches(approximate(W, init, engine="reference", **kw), approximate(W, init, engine="triton", **kw), W)
-    W, init = _problem(
+    assert_matches(approximate(W, init, engine="reference", **kw), approximate(W, init, engine="triton", **kw), W)
+    W, init = problem(
         {
             "q": (576, 576, 8, torch.float32),
             "v": (192, 576, 8, torch.float32),
@@ -253,8 +247,8 @@ def test_gpu_matches_reference_and_torch():
     )
     kw = dict(steps=2000, checkpoints=(500, 2000))
     ours = approximate(W, init, engine="triton", **kw)
-    _assert_matches(approximate(W, init, engine="reference", **kw), ours, W)
-    _assert_matches(approximate(W, init, engine="torch", **kw), ours, W)
+    assert_matches(approximate(W, init, engine="reference", **kw), ours, W)
+    assert_matches(approximate(W, init, engine="torch", **kw), ours, W)
 
 
 @pytest.mark.gpu
@@ -278,7 +272,7 @@ def test_gpu_llama7b_preset_memory():
         assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     # the first matrix against the torch engine (fp32 copy of one matrix only)
     ref = fit_batched([Ws[0]], [inits[0]], steps=30, log_every=10)[0]
-    assert _rel(out[0].U @ out[0].P.T, ref.U @ ref.P.T) <= 1e-3
+    assert rel(out[0].U @ out[0].P.T, ref.U @ ref.P.T) <= 1e-3
 
 
 @pytest.mark.slow

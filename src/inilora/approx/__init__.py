@@ -3,7 +3,16 @@
 Model-agnostic (torch only). Engines:
 
 - ``"reference"``: the released per-matrix autograd loop (the oracle, slow);
-- ``"torch"``: the same math batched by shape with analytic gradients (portable, fast).
+- ``"torch"``: the same math batched by shape with analytic gradients (portable, fast);
+- ``"cpu-fused"``: one C++ kernel per step on the CPU (built on first use);
+- ``"triton"``: fused CUDA kernels;
+- ``"auto"`` (the default) picks one of the last three: "triton" for CUDA weights when triton
+  imports, "cpu-fused" for CPU weights when its library builds, else "torch" (one notice).
+  :func:`resolve_engine` gives the choice, so callers can record it (cache keys must name
+  the engine that really ran).
+
+``resume`` (:class:`Resume`) makes a fit survive interruption; ``devices`` splits the
+matrices over several devices and gathers the factors back.
 
 Both follow SPEC §3: per-matrix mean loss, Adam(5e-4, (0.9, 0.999), 1e-8), StepLR(5000, 0.9)
 stepped before the optimiser, fp32 factors, W never cast below its stored dtype.
@@ -11,11 +20,16 @@ stepped before the optimiser, fp32 factors, W never cast below its stored dtype.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
+from . import cpu_fused as _cpu_fused
+from . import triton_engine as _triton
 from .batched import fit_batched
+from .cpu_fused import cpu_fused_engine as _cpu_fused_engine
 from .reference import fit_reference
 from .result import (
     LOG_EVERY,
@@ -28,19 +42,23 @@ from .result import (
     relative_error,
     validate_checkpoints,
 )
+from .resume import Resume, run_fingerprint
+from .split import assign
 from .triton_engine import engine as _triton_engine
-from .cpu_fused import cpu_fused_engine as _cpu_fused_engine
 
 __all__ = [
     "ENGINES",
     "ENGINE_VERSION",
     "FitResult",
+    "Resume",
     "approximate",
+    "assign",
     "eckart_young",
     "fit_batched",
     "fit_reference",
     "lr_at",
     "relative_error",
+    "resolve_engine",
 ]
 
 #: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress) -> [Trajectory]``;
@@ -49,8 +67,8 @@ __all__ = [
 Engine = Callable[..., "list[Trajectory]"]
 
 
-def _reference_engine(weights, inits, *, steps, progress=None, **kw):
-    """The oracle, one matrix after the other."""
+def _reference_engine(weights, inits, *, steps, progress=None, resume=None, **kw):
+    """The oracle, one matrix after the other (not resumable: it is the slow test oracle)."""
     runs = []
     for i, (W, (U0, P0)) in enumerate(zip(weights, inits)):
         cb = None if progress is None else (lambda t, loss, base=i * steps: progress(base + t, loss))
@@ -76,6 +94,54 @@ ENGINE_VERSION["cpu-fused"] = "1"
 
 #: ``progress(done, total, loss)``: done/total count matrix-iterations over the whole call.
 Progress = Callable[[int, int, float], None]
+
+AUTO = "auto"
+_noticed: set[str] = set()
+
+
+def _notice(text: str) -> None:
+    """One line, once per process and reason: falling back is worth saying, not repeating."""
+    if text not in _noticed:
+        _noticed.add(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
+
+
+def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
+    """The engine that will run: ``engine`` itself, or for ``"auto"`` the fastest available
+    for these weight devices — "triton" (all CUDA, triton importable), "cpu-fused" (all CPU,
+    its C++ library builds: a compiler and ninja are there), else "torch" with a notice."""
+    if engine != AUTO:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
+        return engine
+    kinds = {torch.device(d).type for d in devices}
+    if kinds == {"cuda"}:
+        if _triton._import_triton():
+            return "triton"
+        _notice("inilora: engine 'auto' runs the portable 'torch' engine: triton is not importable (pip install triton)")
+        return "torch"
+    if kinds <= {"cpu"}:
+        try:
+            _cpu_fused.load_library()
+            return "cpu-fused"
+        except _cpu_fused.CpuFusedUnavailable as exc:
+            _notice(f"inilora: engine 'auto' runs the portable 'torch' engine: the cpu-fused kernel is unavailable ({exc})")
+            return "torch"
+    return "torch"
+
+
+def _placement(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, Tensor]],
+               devices: Sequence[torch.device | str]) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+    """Weights and initial factors moved to their share of ``devices`` (see :func:`assign`)."""
+    devs = [torch.device(d) for d in devices]
+    names = list(weights)
+    owner = assign([weights[n].numel() * init[n][0].shape[1] for n in names], len(devs))
+    placed_w, placed_i = {}, {}
+    for n, j in zip(names, owner):
+        dev = devs[j]
+        placed_w[n] = weights[n].detach().to(dev)
+        placed_i[n] = (init[n][0].to(dev), init[n][1].to(dev))
+    return placed_w, placed_i
 
 
 def _check(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, Tensor]]) -> None:
@@ -103,10 +169,12 @@ def approximate(
     *,
     steps: int = STEPS,
     lr: float = LR,
-    engine: str = "torch",
+    engine: str = AUTO,
     log_every: int = LOG_EVERY,
     checkpoints: Sequence[int] = (),
     progress: Progress | None = None,
+    resume: Resume | None = None,
+    devices: Sequence[torch.device | str] | None = None,
 ) -> dict[str, FitResult]:
     """Fit every ``weights[name] ≈ U Pᵀ`` from ``init[name] = (U0, P0)``.
 
@@ -115,9 +183,16 @@ def approximate(
     Eckart–Young optimum; ``checkpoints`` adds the factors after each listed iteration
     count (0 = the initial factors), so one run serves every point of a sweep.
     ``progress(done, total, loss)`` counts matrix-iterations (display only).
+
+    ``engine="auto"`` resolves with :func:`resolve_engine`; ``FitResult.engine`` names the
+    engine that ran.  ``resume``: snapshot the state periodically and continue from an
+    earlier snapshot of the same run (bit-identical result; not for "reference").
+    ``devices``: fit each matrix on one of these devices (a deterministic, balanced split by
+    size; the engines run the devices' shares side by side) and return every factor on its
+    weight's own device.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {', '.join(ENGINES)}")
+    if engine != AUTO and engine not in ENGINES:
+        raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if log_every < 1:
@@ -127,22 +202,32 @@ def approximate(
     validate_checkpoints(checkpoints, steps)
     _check(weights, init)
     names = list(weights)
+    work_w, work_i = (weights, init) if not devices else _placement(weights, init, devices)
+    engine = resolve_engine(engine, {w.device for w in work_w.values()})
     total = steps * len(names)
     cb = None if progress is None else (lambda done, loss: progress(done, total, loss))
+    ws, inits = [work_w[n] for n in names], [work_i[n] for n in names]
+    if resume is not None:
+        resume = resume.bind(run_fingerprint(engine, ws, inits, steps=steps, lr=lr, log_every=log_every,
+                                             checkpoints=checkpoints))
     runs = _ENGINES[engine](
-        [weights[n] for n in names], [init[n] for n in names],
-        steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb,
+        ws, inits, steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb, resume=resume,
     )
     out: dict[str, FitResult] = {}
     for name, run in zip(names, runs):
         W = weights[name]
+        home = W.device
+
+        def back(x: Tensor, home=home) -> Tensor:
+            return x if x.device == home else x.to(home)
+
         out[name] = FitResult(
-            U=run.U,
-            P=run.P,
+            U=back(run.U),
+            P=back(run.P),
             losses=run.losses,
-            rel_error=relative_error(W, run.U, run.P),
-            optimum=eckart_young(W, run.U.shape[1]),
-            checkpoints=run.checkpoints,
+            rel_error=relative_error(work_w[name], run.U, run.P),
+            optimum=eckart_young(work_w[name], run.U.shape[1]),
+            checkpoints={t: (back(u), back(p)) for t, (u, p) in run.checkpoints.items()},
             steps=steps,
             engine=engine,
         )

@@ -38,6 +38,7 @@ from .result import (
     snapshot_factors,
     validate_checkpoints,
 )
+from .resume import Resume, restore
 
 
 _LOSS_CHUNK = 1 << 25  # elements of E formed at once when logging (128 MiB in fp32)
@@ -168,6 +169,14 @@ def _build(
     return groups, list(adams.values())
 
 
+def _buffers(adams: list[_Adam]) -> dict[str, Tensor]:
+    """The whole optimisation state (besides the step count): factors and Adam's moments."""
+    out = {}
+    for j, adam in enumerate(adams):
+        out[f"{j}.params"], out[f"{j}.exp_avg"], out[f"{j}.exp_avg_sq"] = adam.params, adam.exp_avg, adam.exp_avg_sq
+    return out
+
+
 def fit_batched(
     weights: Sequence[Tensor],
     inits: Sequence[tuple[Tensor, Tensor]],
@@ -177,12 +186,14 @@ def fit_batched(
     log_every: int = LOG_EVERY,
     checkpoints: Sequence[int] = (),
     progress: EngineProgress | None = None,
+    resume: Resume | None = None,
 ) -> list[Trajectory]:
     """Fit every ``U_i P_iᵀ ≈ W_i`` at once; same semantics and outputs as ``fit_reference``.
 
     ``inits[i] = (U0, P0)`` (d×r, k×r). Returns one Trajectory per matrix, in input order.
     ``progress(t, loss)`` is called at every logged iteration with the mean of the
     matrices' losses (display only: each matrix is optimised on its own mean).
+    ``resume`` (see :mod:`.resume`): continue from its snapshot and save new ones periodically.
     """
     if len(weights) != len(inits):
         raise ValueError("weights and inits must have the same length")
@@ -206,7 +217,21 @@ def fit_batched(
         def snapshot(t: int) -> None:
             snapshot_factors(snaps, t, groups)
 
-        for t in range(steps):
+        t0 = 0
+        state = resume.load() if resume is not None else None
+        if state is not None:
+            restore(_buffers(adams), state)
+            t0 = state["t"]
+            for adam in adams:
+                adam.step = t0
+            losses[:] = [list(x) for x in state["losses"]]
+            snaps[:] = [dict(x) for x in state["snaps"]]
+        if resume is not None:
+            resume.start(t0)
+
+        for t in range(t0, steps):
+            if resume is not None and resume.due(t):
+                resume.save(t, _buffers(adams), losses, snaps)
             if t in wanted:
                 snapshot(t)
             if t % log_every == 0:

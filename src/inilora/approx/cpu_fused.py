@@ -41,14 +41,17 @@ from torch import Tensor
 from .result import (
     BETAS,
     EPS,
+    GAMMA,
     LOG_EVERY,
     LR,
+    STEP_SIZE,
     STEPS,
     EngineProgress,
     Trajectory,
     lr_at,
     validate_checkpoints,
 )
+from .resume import Resume, restore
 
 __all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
 
@@ -90,6 +93,19 @@ def _build_root() -> Path:
     return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora") / "build"
 
 
+def _ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` PyPI package (a dependency) installs its
+    binary next to the interpreter, which is not on PATH when a venv's python is run directly."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    path = os.environ.get("PATH", "")
+    if bin_dir and bin_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(p for p in (bin_dir, path) if p)
+
+
 def _compile(vector_width: int | None) -> str:
     """Build (or find) the shared library; returns its path.
 
@@ -103,6 +119,7 @@ def _compile(vector_width: int | None) -> str:
     from filelock import FileLock
     from torch.utils import cpp_extension
 
+    _ninja_on_path()
     flags = list(CFLAGS) + ([] if vector_width is None else [f"-DINILORA_VL={int(vector_width)}"])
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
@@ -180,6 +197,8 @@ def _fallback(reason: str, weights, inits, progress, kw) -> list[Trajectory]:
     from .batched import fit_batched
 
     warnings.warn(f"cpu-fused engine unavailable ({reason}); running the portable 'torch' engine", RuntimeWarning, stacklevel=3)
+    if kw.get("resume") is not None:  # the torch engine's buffers differ: never mix the two
+        kw = {**kw, "resume": kw["resume"].bind("fallback:torch")}
     n = len(weights)
     cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
     return fit_batched(weights, inits, progress=cb, **kw)
@@ -221,11 +240,14 @@ def _schedule(t0: int, t1: int, lr: float) -> tuple[np.ndarray, np.ndarray]:
     "torch" engine's Python computes them (Adam step t+1, lr from ``lr_at``)."""
     beta1, beta2 = BETAS
     neg, bc2 = np.empty(t1 - t0), np.empty(t1 - t0)
+    rate = lr_at(t0, lr)
     for q, t in enumerate(range(t0, t1)):
+        if t > t0 and (t + 1) % STEP_SIZE == 0:
+            rate = rate * GAMMA  # lr_at's chain of multiplications, continued (linear, not quadratic)
         step = t + 1
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
-        neg[q] = -(lr_at(t, lr) / bias_correction1)
+        neg[q] = -(rate / bias_correction1)
         bc2[q] = bias_correction2**0.5
     return neg, bc2
 
@@ -241,10 +263,14 @@ def fit_cpu_fused(
     progress: EngineProgress | None = None,
     lib: ctypes.CDLL | None = None,
     threads: int | None = None,
+    resume: Resume | None = None,
 ) -> list[Trajectory]:
     """Fit every ``U_i P_iᵀ ≈ W_i`` (CPU tensors) with the fused kernel; same semantics and
     outputs as ``fit_batched``.  Raises :class:`CpuFusedUnavailable` if ``lib`` is None and
-    the library cannot be built.  ``threads`` defaults to ``torch.get_num_threads()``."""
+    the library cannot be built.  ``threads`` defaults to ``torch.get_num_threads()``.
+    ``resume``: continue from its snapshot (the padded buffers, byte for byte) and save new
+    ones at segment boundaries; the kernel's arithmetic does not depend on how the steps are
+    cut into calls, so a resumed run ends bit-identical to an uninterrupted one."""
     if len(weights) != len(inits):
         raise ValueError("weights and inits must have the same length")
     if steps < 0:
@@ -319,16 +345,31 @@ def fit_cpu_fused(
         if progress is not None:
             progress(t, sum(values) / n)
 
+    buffers = {"params": params, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     try:
-        events = sorted(set(range(0, steps, log_every)) | wanted | {steps})
-        neg, bc2 = _schedule(0, steps, lr)
         t = 0
+        state = resume.load() if resume is not None else None
+        if state is not None:
+            restore(buffers, state)
+            lib.ifs_refresh(plan)  # re-derive the kernel's interleaved copy of P
+            t = state["t"]
+            losses[:] = [list(x) for x in state["losses"]]
+            snaps[:] = [dict(x) for x in state["snaps"]]
+        events = set(range(0, steps, log_every)) | wanted | {steps}
+        if resume is not None:
+            resume.start(t)
+            if resume.every_steps is not None:
+                events |= set(range(0, steps, resume.every_steps))
+        events = sorted(e for e in events if e >= t)
+        neg, bc2 = _schedule(0, steps, lr)
         for e in events:
             if e > t:
                 rc = lib.ifs_run(plan, e - t, neg[t:].ctypes.data, bc2[t:].ctypes.data, BETAS[0], BETAS[1], EPS)
                 if rc != 0:
                     raise RuntimeError(f"cpu-fused: kernel failed ({rc})")
                 t = e
+                if resume is not None and t < steps and resume.due(t):
+                    resume.save(t, buffers, losses, snaps)
             if t in wanted:
                 for i in range(n):
                     snaps[i][t] = factors(i)

@@ -65,6 +65,7 @@ from .result import (
     snapshot_factors,
     validate_checkpoints,
 )
+from .resume import Resume, restore
 
 # Optional dependency, imported on first use (``_import_triton``) so that importing the package
 # stays cheap; the kernels below look ``tl`` up only when Triton compiles or interprets them.
@@ -511,12 +512,16 @@ def fit_triton(
     log_every: int = LOG_EVERY,
     checkpoints: Sequence[int] = (),
     progress: EngineProgress | None = None,
+    resume: Resume | None = None,
 ) -> list[Trajectory]:
     """Fit every ``U_i P_iᵀ ≈ W_i`` with the fused Triton kernels; same outputs as ``fit_batched``.
 
     Needs triton and CUDA weights (``TritonUnavailable`` otherwise: the caller decides any
     fallback), or ``TRITON_INTERPRET=1`` and CPU weights (tests). Factors are returned on
     W's device. ``progress(t, loss)`` gets the mean of the matrices' losses at logged steps.
+    ``resume``: continue from its snapshot — factors, moments and the Gram matrices of the
+    current step's slot (they are accumulated with atomics: recomputing them could round
+    differently) — and save new ones periodically.
     """
     if len(weights) != len(inits):
         raise ValueError("weights and inits must have the same length")
@@ -588,7 +593,28 @@ def fit_triton(
         def snapshot(t: int) -> None:
             snapshot_factors(snaps, t, groups)
 
-        for t in range(steps):
+        def buffers(t: int) -> dict[str, Tensor]:
+            out = {}
+            for j, g in enumerate(groups):
+                out[f"{j}.x"], out[f"{j}.m"], out[f"{j}.v"] = g.x, g.m, g.v
+                out[f"{j}.grams"] = g.grams[t % 2]
+            return out
+
+        t0 = 0
+        state = resume.load() if resume is not None else None
+        if state is not None:
+            t0 = state["t"]
+            restore(buffers(t0), state)
+            losses[:] = [list(x) for x in state["losses"]]
+            snaps[:] = [dict(x) for x in state["snaps"]]
+        if resume is not None:
+            resume.start(t0)
+
+        for t in range(t0, steps):
+            if resume is not None and resume.due(t):
+                if not interpret:
+                    torch.cuda.synchronize()
+                resume.save(t, buffers(t), losses, snaps)
             if t in wanted:
                 snapshot(t)
             if t % log_every == 0:

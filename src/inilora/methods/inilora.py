@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .. import approx
+from .. import approx, distributed
 from ..cache import FitCache, tensor_digest
 from ..errors import InitError
 from ..naming import module_type
@@ -32,8 +32,10 @@ OPTIONS: dict[str, Any] = {
     "std_source": "weight",
     "std_scope": "module_type",
     "mean": 0.0,
-    "engine": "torch",
+    "engine": "auto",
     "checkpoints": (),
+    "resume": True,
+    "devices": None,
     # supplied by the bridge, not usually by users:
     "cache": None,
     "biases": None,
@@ -139,16 +141,50 @@ def _report(fits: Mapping[str, Any]) -> dict[str, Any]:
     return {n: {"rel_error": f.rel_error, "optimum": f.optimum, "losses": f.losses} for n, f in fits.items()}
 
 
+def _every(resume: bool | int) -> dict[str, Any]:
+    """``resume=True``: snapshot every 30 s; an int N: every N steps too."""
+    if resume is True:
+        return {}
+    if isinstance(resume, int) and resume >= 1:
+        return {"every_steps": int(resume)}
+    raise InitError(f"resume must be True, False or a number of steps ≥ 1, got {resume!r}.")
+
+
+def _engine(engine: str, weights: Mapping[str, torch.Tensor], devices: Sequence[str] | None) -> str:
+    """The engine that will run (``"auto"`` resolved), decided on rank 0 under torchrun: the
+    cache key must name it exactly, and every rank must run the same one."""
+    where = [torch.device(d) for d in devices] if devices else [w.device for w in weights.values()]
+    try:
+        return distributed.on_rank0(lambda: approx.resolve_engine(engine, where))
+    except ValueError as exc:
+        raise InitError(str(exc)) from None
+
+
+def _store(cache: FitCache, fields: dict, todo: list[int], weights, results, unscaled, fit) -> None:
+    """The final entry, then one entry per checkpoint (SPEC §4: Fig. 2's points are hits)."""
+    cache.put(fields, unscaled, fit)
+    for t in todo:
+        cache.put({**fields, "steps": t}, {n: r.checkpoints[t] for n, r in results.items()},
+                  {n: {"rel_error": approx.relative_error(weights[n], *r.checkpoints[t]),
+                       "optimum": r.optimum, "losses": [x for x in r.losses if x[0] <= t]}
+                   for n, r in results.items()})
+
+
 @register("inilora", summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual",
           options=OPTIONS)
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
-            std_source="weight", std_scope="module_type", mean=0.0, engine="torch",
-            checkpoints: Sequence[int] = (), cache: FitCache | None = None, biases=None,
-            progress=None) -> InitResult:
+            std_source="weight", std_scope="module_type", mean=0.0, engine="auto",
+            checkpoints: Sequence[int] = (), resume: bool | int = True, devices: Sequence[str] | None = None,
+            cache: FitCache | None = None, biases=None, progress=None) -> InitResult:
+    """The registry entry.  ``engine="auto"`` picks the fastest engine available (the key
+    records the one that ran); ``resume``: with a cache, the fit snapshots its state next to
+    the entry (every 30 s, and every ``resume`` steps when it is a number) and a
+    rerun with the same key continues from it; ``devices``: split the matrices over these
+    devices.  Under torchrun the matrices are split over the ranks (see ``distributed``)."""
     if int(steps) < 0:
         raise InitError(f"steps must be ≥ 0, got {steps}.")
-    if engine not in approx.ENGINES:
-        raise InitError(f"unknown approximation engine {engine!r}; engines: {', '.join(approx.ENGINES)}.")
+    if engine != approx.AUTO and engine not in approx.ENGINES:
+        raise InitError(f"unknown approximation engine {engine!r}; engines: {approx.AUTO}, {', '.join(approx.ENGINES)}.")
     bad_ckpt = [t for t in checkpoints if not 0 <= int(t) <= int(steps)]
     if bad_ckpt:
         raise InitError(f"checkpoints must lie in [0, steps={steps}], got {bad_ckpt}.")
@@ -161,11 +197,17 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     if int(steps) == 0:
         unscaled = init
     else:
+        engine = info["engine"] = _engine(engine, weights, devices)
         fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=engine)
         todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
-        hit = cache.get(fields) if cache is not None else None
-        if hit is not None and any(cache.get({**fields, "steps": t}) is None for t in todo):
-            hit = None  # checkpoints asked for but not all cached: one run stores them all
+
+        def lookup():
+            found = cache.get(fields) if cache is not None else None
+            if found is not None and any(cache.get({**fields, "steps": t}) is None for t in todo):
+                found = None  # checkpoints asked for but not all cached: one run stores them all
+            return found
+
+        hit = distributed.on_rank0(lookup)
         if hit is not None:
             unscaled, meta = hit
             fit = meta["report"]
@@ -173,18 +215,21 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
         else:
             if cache is not None:
                 cache.check_writable()
-            results = approx.approximate(weights, init, steps=int(steps), lr=float(lr), engine=engine,
-                                         checkpoints=todo, progress=progress)
+            snap = distributed.per_rank(
+                approx.Resume(cache.resume_path(fields), FitCache.key(fields), **_every(resume))
+                if cache is not None and resume else None)
+            results = distributed.split_approximate(
+                approx.approximate, weights, init, steps=int(steps), lr=float(lr), engine=engine,
+                checkpoints=todo, progress=progress, resume=snap, devices=devices)
             unscaled = {n: (r.U, r.P) for n, r in results.items()}
             fit = _report(results)
             if cache is not None:
-                cache.put(fields, unscaled, fit)
-                for t in todo:
-                    cache.put({**fields, "steps": t}, {n: r.checkpoints[t] for n, r in results.items()},
-                              {n: {"rel_error": approx.relative_error(weights[n], *r.checkpoints[t]),
-                                   "optimum": r.optimum, "losses": [x for x in r.losses if x[0] <= t]}
-                               for n, r in results.items()})
+                distributed.on_rank0(lambda: _store(cache, fields, todo, weights, results, unscaled, fit))
                 info["cache"] = "miss"
+            if snap is not None:
+                if snap.resumed_from is not None:
+                    info["resumed_from"] = snap.resumed_from
+                snap.clear()  # the entry is written: the snapshot has served its purpose
     factors = {}
     for name, (u, p) in unscaled.items():
         root = math.sqrt(scalings[name])

@@ -58,7 +58,7 @@ class Method:
         """Defaults overlaid with ``given``; unknown names fail with the valid list."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
-            valid = ", ".join(sorted(self.options)) or "none"
+            valid = ", ".join(sorted(set(self.options) - _INTERNAL)) or "none"
             raise InitError(
                 f"method {self.name!r} does not take option(s) {', '.join(unknown)}; "
                 f"its options are: {valid}."
@@ -66,6 +66,8 @@ class Method:
         return {**self.options, **given}
 
 
+#: options the bridge fills in itself (not for users): left out of the "its options are" list
+_INTERNAL = frozenset({"biases", "cache", "progress"})
 _REGISTRY: dict[str, Method] = {}
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
 
