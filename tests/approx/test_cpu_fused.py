@@ -181,6 +181,7 @@ def test_fallback_without_compiler(monkeypatch):
     for n in W:
         assert torch.equal(ours[n].U, theirs[n].U) and torch.equal(ours[n].P, theirs[n].P)
         assert ours[n].losses == theirs[n].losses
+        assert ours[n].engine == "torch"  # what ran, so a cache key built from it is honest
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(RuntimeWarning):  # the failure is remembered, and said again per call

@@ -110,11 +110,20 @@ def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
     """The engine that will run: ``engine`` itself, or for ``"auto"`` the fastest available
     for these weight devices — "triton" (all CUDA, triton importable), "cpu-fused" (all CPU,
     its C++ library builds: a compiler and ninja are there), else "torch" with a notice."""
+    kinds = {torch.device(d).type for d in devices}
     if engine != AUTO:
         if engine not in ENGINES:
             raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
+        if engine == "cpu-fused" and kinds <= {"cpu"}:
+            # resolved here, not inside the engine, so a cache key never names an engine that did not run
+            try:
+                _cpu_fused.load_library()
+            except _cpu_fused.CpuFusedUnavailable as exc:
+                # asked for by name: said on every call, not once
+                warnings.warn(f"cpu-fused engine unavailable ({exc}); running the portable 'torch' engine",
+                              RuntimeWarning, stacklevel=3)
+                return "torch"
         return engine
-    kinds = {torch.device(d).type for d in devices}
     if kinds == {"cuda"}:
         if _triton._import_triton():
             return "triton"
