@@ -1,0 +1,25 @@
+"""Training pipelines: one :class:`~inilora.config.TrainConfig` in, one finished run out.
+
+``run(config)`` loads the model (a sequence classifier for NLU tasks, a causal LM for SFT tasks),
+applies the method (an init method of the registry through :func:`inilora.get_peft_model`, or
+``full`` / ``bitfit``), trains with transformers' ``Trainer`` and evaluates with the task's own
+metrics. It writes into ``config.output_dir``:
+
+- ``config.yaml`` — the resolved config (the folder belongs to this config from then on);
+- ``checkpoint-N/`` — Trainer checkpoints: re-running the same config resumes from the newest;
+- ``adapter/`` — the trained adapter (LoRA methods; residual ones load with ``inilora.load``);
+- ``train_log.json`` — training loss per logging step, evaluation per epoch, eval records;
+- ``metrics.json`` — the result below, written last and atomically; a run that has it is finished
+  and ``run`` returns it as stored.
+
+The result holds ``metrics`` (flat name → float, the headline first: the task's first metric for
+NLU at the best epoch; ``<eval task>/<metric>`` for NLG), ``headline``, ``train_loss``
+(``[step, loss]`` pairs), ``trainable_params``, ``wall_s``, ``output_dir``, the best epoch and
+per-epoch metrics (NLU), the device and library versions.
+"""
+
+from __future__ import annotations
+
+from .pipeline import Plan, load_config, plan, run
+
+__all__ = ["Plan", "load_config", "plan", "run"]

@@ -1,0 +1,356 @@
+"""One run: check everything, load, apply the method, train with transformers' Trainer, evaluate, record.
+
+Every check that can fail (task, method, eval tasks, model kind, data columns, scheduler) runs
+before the model is loaded, so a typo costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..config import ConfigError, TrainConfig, to_dict
+from ..errors import InitError
+from ..tasks import ClassificationTask, SFTTask, Task, TaskError, get_task
+from . import evaluate, modes, nlu, outputs, sft
+
+
+@dataclass
+class Plan:
+    """What a run will do, resolved and checked before any model is loaded."""
+
+    config: TrainConfig
+    kind: str  # "nlu" or "nlg"
+    task: Task
+    train_rows: Any
+    eval_rows: Any = None  # NLU: a Dataset
+    evals: list[tuple[Task, list[dict[str, Any]]]] = field(default_factory=list)  # NLG: (task, examples)
+    device: str = "cpu"
+    bf16: bool = False
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length or self.task.max_length
+
+
+def plan(config: TrainConfig) -> Plan:
+    """Resolve and check ``config``; raises TaskError / InitError / ConfigError naming the problem."""
+    task = get_task(config.task)
+    if isinstance(task, ClassificationTask):
+        kind = "nlu"
+    elif isinstance(task, SFTTask):
+        kind = "nlg"
+    else:
+        raise TaskError(f"task {task.name!r} is an evaluation ({type(task).__name__}); train on a classification "
+                        "or SFT task and list this one in eval_tasks")
+    if config.is_lora:
+        from ..methods import get_method
+
+        get_method(config.method)  # unknown method: InitError with the known names
+    _check_scheduler(config.scheduler)
+    _check_model_kind(config.model, kind, task.name)
+    device = _device(config.device)
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
+    p = Plan(config, kind, task, None, device=device, bf16=bf16)
+    if kind == "nlu":
+        if config.eval_tasks:
+            raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
+                              "validation split; eval_tasks apply to SFT tasks only")
+        p.train_rows = nlu.load_split(task, task.train_split, config.train_size)
+        p.eval_rows = nlu.load_split(task, task.eval_split, config.eval_size)
+    else:
+        p.train_rows = sft.load_split(task, config.train_size)
+        names = task.eval_tasks if config.eval_tasks is None else config.eval_tasks
+        for name in names:
+            ev = get_task(name)
+            p.evals.append((ev, evaluate.load_examples(ev, config.eval_size)))
+    return p
+
+
+def _check_scheduler(name: str) -> None:
+    from transformers import SchedulerType
+
+    known = [s.value for s in SchedulerType]
+    if name not in known:
+        raise ConfigError(f"scheduler: unknown schedule {name!r}; known: {', '.join(known)}")
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but no CUDA device is available")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"device: expected auto, cpu or cuda[:N], got {name!r}")
+    return name
+
+
+def _check_model_kind(model: str, kind: str, task: str) -> None:
+    """An NLU task needs a model with a sequence-classification class, an SFT task a causal LM."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    from ..models import _from_pretrained, _is_causal_config, resolve
+
+    cfg = _from_pretrained(AutoConfig.from_pretrained, model, resolve(model))
+    causal = _is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
+    if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise InitError(f"task {task!r} is a classification task, but {model!r} ({cfg.model_type}) has no "
+                        "sequence-classification head in transformers; use an encoder such as embedded:minilm")
+    if kind == "nlg" and not causal:
+        raise InitError(f"task {task!r} fine-tunes a causal LM, but {model!r} ({cfg.model_type}) is an encoder; "
+                        "use a causal LM such as embedded:smollm2")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from YAML with dotted-key ``overrides`` (``{"lora.rank": 16}``) applied before the
+    strict checks, so an override with a typo or a wrong type is refused like the file's own keys."""
+    import yaml
+
+    from ..config import from_dict, set_dotted
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return from_dict(TrainConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# model and Trainer
+
+
+def load(p: Plan) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """Tokenizer, the model with the method applied (seeded: the head's init and the LoRA init)."""
+    from ..models import load_model, load_tokenizer
+
+    cfg = p.config
+    tokenizer = load_tokenizer(cfg.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    transformers.set_seed(cfg.seed)
+    if p.kind == "nlu":
+        model = load_model(cfg.model, kind="sequence-classification", num_labels=p.task.num_labels,
+                           dtype=torch.float32)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    else:
+        model = load_model(cfg.model, kind="causal-lm", dtype=torch.float32)
+    model, info = modes.apply_mode(model, cfg, p.kind)
+    _check_trainable(model, cfg, p.kind)
+    return model, tokenizer, info
+
+
+def _check_trainable(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> None:
+    """LoRA runs train only the adapter's factors (and the classifier head for NLU): a guard against
+    a base weight left trainable, which would silently turn LoRA into full fine-tuning."""
+    names = modes.trainable_parameters(model)
+    if not names:
+        raise InitError(f"method {cfg.method!r} left nothing to train")
+    if cfg.is_lora:
+        bad = [n for n in names if "lora_" not in n and not (kind == "nlu" and ".modules_to_save." in n)]
+        if bad:
+            raise RuntimeError(f"base parameters would train under LoRA: {bad[:5]}")
+
+
+def training_args(p: Plan, out: Path, progress: bool) -> TrainingArguments:
+    cfg = p.config
+    evaluate_epochs = p.kind == "nlu" and cfg.eval_every_epoch
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch",
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="epoch" if evaluate_epochs else "no",
+        save_strategy="steps" if cfg.save_steps else "epoch",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        report_to=[],
+        disable_tqdm=not progress,
+        use_cpu=p.device == "cpu",
+        bf16=p.bf16,
+        remove_unused_columns=False,  # the datasets hold exactly the model's inputs
+        label_names=["labels"],
+        dataloader_num_workers=0,
+    )
+
+
+def trainer(p: Plan, model, tokenizer, out: Path, progress: bool, callbacks: Sequence[TrainerCallback]) -> Trainer:
+    if p.kind == "nlu":
+        train = nlu.tokenize(p.train_rows, p.task, tokenizer, p.max_length)
+        evalset = nlu.tokenize(p.eval_rows, p.task, tokenizer, p.max_length)
+        kw = {"eval_dataset": evalset, "data_collator": nlu.collator(tokenizer), "compute_metrics": nlu.metrics_fn(p.task)}
+    else:
+        train = sft.tokenize(p.train_rows, tokenizer, p.max_length)
+        kw = {"data_collator": sft.collator(tokenizer)}
+    t = Trainer(model=model, args=training_args(p, out, progress), train_dataset=train, processing_class=tokenizer,
+                callbacks=list(callbacks), **kw)
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        t.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict instead
+    return t
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Train and evaluate one configuration; see :mod:`inilora.train`."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    out = Path(config.output_dir)
+    resolved = to_dict(config)
+    done = outputs.finished(out, resolved)
+    if done is not None:
+        return done
+    with _quiet(not progress):
+        p = plan(config)
+        outputs.write_config(out, resolved)
+        model, tokenizer, info = load(p)
+        trainable = modes.trainable_parameters(model)
+        t = trainer(p, model, tokenizer, out, progress, callbacks)
+        resume = outputs.last_checkpoint(out)
+        _train(t, resume)
+        history = t.state.log_history
+        if p.kind == "nlu":
+            metrics, headline, extra, records = _nlu_results(p, t, history)
+        else:
+            metrics, headline, extra, records = _nlg_results(p, model, tokenizer, history)
+    adapter_dir = None
+    if config.is_lora:
+        adapter_dir = out / "adapter"
+        model.save_pretrained(str(adapter_dir))
+    train_loss = [[int(h["step"]), float(h["loss"])] for h in history if "loss" in h]
+    outputs.write_log(out, {"train_loss": train_loss, "eval": extra.get("epochs", []), "log_history": history,
+                            "eval_records": records})
+    result = {
+        "metrics": metrics,
+        "headline": headline,
+        **extra,
+        "train_loss": train_loss,
+        "trainable_params": int(sum(trainable.values())),
+        "trainable_tensors": len(trainable),
+        "total_params": int(sum(q.numel() for q in model.parameters())),
+        "global_step": int(t.state.global_step),
+        "resumed_from": resume.name if resume else None,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "cpu_s": round(time.process_time() - cpu_start, 2),  # all threads; on a shared machine wall_s swells
+        "device": _device_name(p.device),
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if p.bf16 else "fp32",
+        "mode": info["mode"],
+        "method": config.method,
+        "task": config.task,
+        "model": config.model,
+        "seed": config.seed,
+        "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "output_dir": str(out),
+        "versions": outputs.environment(),
+    }
+    outputs.write_metrics(out, result)  # last: its presence marks the run finished
+    return result
+
+
+def _train(t: Trainer, resume: Path | None) -> None:
+    """Train, resuming from ``resume``. A checkpoint that already holds the last step (killed during
+    evaluation) only has its weights and state loaded: Trainer's own resume would fast-forward into
+    a partial epoch and could take one step too many."""
+    from transformers import TrainerState
+
+    if resume is not None:
+        state = TrainerState.load_from_json(str(resume / outputs.TRAINER_STATE))
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            t._load_from_checkpoint(str(resume))  # the same loader Trainer's resume uses (PEFT or full)
+            t.state = state
+            return
+    t.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool) -> Iterator[None]:
+    """progress=False: no datasets bars, no transformers load reports (warnings still show)."""
+    if not quiet:
+        yield
+        return
+    import datasets
+
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    level = transformers.logging.get_verbosity()
+    datasets.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def _nlu_results(p: Plan, t: Trainer, history: list[dict]):
+    task = p.task
+    epochs = nlu.epoch_metrics(history, task)
+    if not epochs:  # eval_every_epoch off: one evaluation at the end
+        final = t.evaluate()
+        epochs = nlu.epoch_metrics([{**final, "epoch": t.state.epoch, "step": t.state.global_step}], task)
+    headline = task.metrics[0]
+    best = nlu.best_epoch(epochs, headline)
+    metrics = {m: best[m] for m in task.metrics if m in best}
+    extra = {"best_epoch": best["epoch"], "best_step": best["step"], "epochs": epochs,
+             "final": {m: epochs[-1][m] for m in task.metrics if m in epochs[-1]}}
+    return metrics, headline, extra, {}
+
+
+def _nlg_results(p: Plan, model, tokenizer, history: list[dict]):
+    metrics: dict[str, float] = {}
+    records: dict[str, list] = {}
+    for task, examples in p.evals:
+        scores, recs = evaluate.run_eval(task, examples, model, tokenizer, p.config.generation, bf16=p.bf16)
+        metrics.update({f"{task.name}/{k}": v for k, v in scores.items()})
+        records[task.name] = recs
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    if not metrics:  # eval_tasks: [] — training only
+        metrics["train_loss"] = losses[-1] if losses else float("nan")
+    headline = next(iter(metrics))
+    return metrics, headline, {"best_epoch": None, "eval_examples": {t.name: len(e) for t, e in p.evals}}, records
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
