@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import InitError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Better starting points for LoRA: IniLoRA and friends on top of PEFT.")
 console = Console(stderr=True)
@@ -45,7 +47,9 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a key like "[red]" must print as written
     raise typer.Exit(2)
 
 
@@ -95,6 +99,8 @@ def init(
         opts["steps"] = steps
     if engine is not None:
         opts["engine"] = engine
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "adapter_config.json").exists())):
+        _fail(InitError(f"--out {out} exists and is not an adapter folder; it would be replaced. Choose a new folder."))
     try:
         base = load_model(model, dtype=dtype)
         config = LoraConfig(r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank,
@@ -105,8 +111,29 @@ def init(
     except (InitError, OSError) as exc:
         _fail(exc)
     peft_model.peft_config["default"].base_model_name_or_path = model
-    peft_model.save_pretrained(str(out))
+    _save_adapter(peft_model, out)
     _print_report(peft_model.inilora_report, out)
+
+
+def _save_adapter(peft_model, out: Path) -> None:
+    """Save beside ``out`` and swap it in: an interrupted save never leaves a half-written adapter."""
+    import os
+    import shutil
+    import tempfile
+
+    from .exports import _replace_dir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+        peft_model.save_pretrained(str(tmp))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @app.command()
@@ -117,8 +144,11 @@ def approximate(
     seed: int = typer.Option(0, help="Seed of the initial factors."),
     steps: int = typer.Option(20000, help="Approximation steps."),
     checkpoints: Optional[str] = typer.Option(None, help="Also cache these iterations, e.g. 100,1000,4000."),
-    engine: Optional[str] = typer.Option(None, help="Approximation engine."),
+    engine: Optional[str] = typer.Option(None, help="Approximation engine (default auto: triton on CUDA, "
+                                         "cpu-fused on CPU, else torch)."),
     device: Optional[str] = typer.Option(None, help="Run the fit on this device (cpu, cuda, cuda:1)."),
+    devices: Optional[str] = typer.Option(None, help="Split the matrices over these devices, e.g. cuda:0,cuda:1."),
+    resume: bool = typer.Option(True, help="Snapshot the fit's state in the cache and continue an interrupted run."),
     dtype: Optional[str] = typer.Option(None, help="Load the base in this dtype."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
     report: Optional[Path] = typer.Option(None, help="Write the per-matrix report (JSON) here."),
@@ -138,6 +168,10 @@ def approximate(
         opts["engine"] = engine
     if checkpoints:
         opts["checkpoints"] = [int(t) for t in checkpoints.split(",") if t.strip()]
+    if not resume:
+        opts["resume"] = False  # else the method's default (or -o resume=N: also every N steps)
+    if devices:
+        opts["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
     try:
         base = load_model(model, dtype=dtype)
         if device:
@@ -149,6 +183,9 @@ def approximate(
         _fail(exc)
     rep = peft_model.inilora_report
     _print_report(rep, None)
+    console.print(f"  engine: {rep.info.get('engine')}")
+    if rep.info.get("resumed_from") is not None:
+        console.print(f"  resumed an interrupted fit at iteration {rep.info['resumed_from']}")
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps({"model": model, "rank": rank, "seed": seed, "info": rep.info,
@@ -202,6 +239,124 @@ def export(
     json.dump({"layout": report.layout, "dtype": report.dtype, "drift": report.drift,
                "top1_agreement": report.top1_agreement}, sys.stdout)
     sys.stdout.write("\n")
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="A comparison YAML (configs/paper/, configs/embedded/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs of the grid and exit."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
+) -> None:
+    """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
+    from .runner import run_compare
+
+    try:
+        run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=parse_options(set_ or []),
+                    console=console)
+    except (InitError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A grid's output folder (holding results.jsonl)."),
+    plots: bool = typer.Option(True, help="Also draw the PNG plots."),
+) -> None:
+    """Rebuild report.md, summary.json and the plots of a grid from its results.jsonl alone."""
+    from rich.console import Console as _Console
+
+    from .report import summary_table, write_report
+    from .runner import read_results
+
+    rows = read_results(run_dir)
+    if not rows:
+        _fail(FileNotFoundError(f"no finished runs in {run_dir / 'results.jsonl'}"))
+    path = write_report(run_dir, rows, plots=plots)
+    _Console().print(summary_table(rows, title=rows[0].get("title", "results")))
+    console.print(f"[bold green]wrote[/] {path}")
+
+
+@app.command()
+def demo(
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder, resumed if it exists "
+                                       "(default runs/demo, runs/demo-full with --full)."),
+    full: bool = typer.Option(False, "--full", help="The larger version (more data, seeds and steps)."),
+    nlu_task: str = typer.Option("offline-topic", help="NLU task: offline-topic or offline-qa-pair."),
+    smoke: bool = typer.Option(False, "--smoke", hidden=True, help="Tiny sizes (tests)."),
+) -> None:
+    """The main job: compare init methods on the embedded models, offline, in minutes; report + plots."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, full=full, nlu_task=nlu_task, smoke=smoke, console=console)
+    except (InitError, OSError) as exc:
+        _fail(exc)
+
+
+def _set_value(text: str) -> Any:
+    """A ``--set`` value: a Python literal (1e-3, [8, 16]), else YAML (true, null), else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="A training YAML (e.g. configs/embedded/train-nlu.yaml)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: lora.rank=16, method=inilora "
+                                                                 "(repeatable)."),
+    progress: bool = typer.Option(True, help="Show the Trainer's progress bars."),
+) -> None:
+    """Fine-tune and evaluate one configuration; re-running resumes it, a finished run is shown as stored."""
+    from .train import load_config, run
+
+    overrides = {}
+    for pair in set_ or []:
+        if "=" not in pair:
+            _fail(typer.BadParameter(f"--set takes key=value, got {pair!r}"))
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = _set_value(value.strip())
+    try:
+        result = run(load_config(config, overrides), progress=progress)
+    except (InitError, OSError) as exc:
+        _fail(exc)
+    table = Table(title=f"{result['method']} on {result['task']} (seed {result['seed']})")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in result["metrics"].items():
+        table.add_row(name + (" (headline)" if name == result["headline"] else ""), f"{value:.4f}")
+    Console(stderr=True).print(table)
+    console.print(f"trainable parameters {result['trainable_params']:,}; {result['wall_s']:.0f} s on "
+                  f"{result['device']}; [bold green]wrote[/] {result['output_dir']}/metrics.json")
+    json.dump({k: result[k] for k in ("metrics", "headline", "trainable_params", "wall_s", "output_dir")}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks (training data and evaluations) that `train` and `compare` accept."""
+    from .tasks import available_tasks
+
+    table = Table(title="inilora tasks")
+    table.add_column("task", style="bold")
+    table.add_column("kind")
+    table.add_column("description")
+    table.add_column("source")
+    kinds = {"ClassificationTask": "NLU", "SFTTask": "SFT", "GenerationEval": "eval: generation",
+             "ChoiceEval": "eval: choice"}
+    for name, task in available_tasks().items():
+        kind = next((k for c, k in kinds.items() if c in {b.__name__ for b in type(task).__mro__}), "?")
+        if kind == "SFT" and getattr(task, "eval_tasks", ()):
+            kind += " → " + ", ".join(task.eval_tasks)
+        table.add_row(name, kind, task.description, task.source)
+    Console().print(table)
 
 
 def main() -> None:  # pragma: no cover

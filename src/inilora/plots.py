@@ -1,0 +1,208 @@
+"""PNG plots of a grid's results (matplotlib, Agg: no display needed).
+
+Analogues of the paper's figures: training loss per method (Fig. 5), metric vs a swept setting
+(Fig. 2 approximation steps, Fig. 3 init std, Fig. 6 learning rate, rank, data size), headline per
+method (Fig. 4, distributions), and the approximation loss vs iteration of inilora runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_PANELS = 12
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=_-]+", "-", text).strip("-")
+
+
+def _mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std of (step, value) curves on the first curve's steps (others interpolated)."""
+    steps = np.asarray([c[0] for c in curves[0]], dtype=float)
+    ys = np.stack([np.interp(steps, [c[0] for c in cur], [c[1] for c in cur]) for cur in curves])
+    return steps, ys.mean(0), ys.std(0, ddof=1) if len(ys) > 1 else np.zeros_like(steps)
+
+
+def make_plots(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
+    """Every plot the rows support; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    files += _train_loss(rows, stats, out_dir)
+    files += _sweeps(rows, stats, out_dir)
+    files += _bars(rows, stats, out_dir)
+    files += _approx(rows, out_dir)
+    return files
+
+
+def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
+    from .report import _matches, setting_label
+
+    plt = _plt()
+    files = []
+    for task in dict.fromkeys(s.task for s in stats):
+        settings = list(dict.fromkeys(s.setting for s in stats if s.task == task))[:MAX_PANELS]
+        ncol = min(3, len(settings))
+        nrow = math.ceil(len(settings) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+        drawn = False
+        for ax, setting in zip(axes.flat, settings):
+            trows = [r for r in rows if r["task"] == task and _matches(r, setting) and r.get("train_loss")]
+            for method in dict.fromkeys(r["method"] for r in trows):
+                curves = [r["train_loss"] for r in trows if r["method"] == method]
+                steps, mean, std = _mean_curve(curves)
+                line, = ax.plot(steps, mean, label=f"{method} (n={len(curves)})")
+                ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+                drawn = True
+            ax.set_title(setting_label(setting), fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel("training loss")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(settings):]:
+            ax.axis("off")
+        if drawn:
+            fig.suptitle(f"{task}: training loss (mean ± std over seeds)")
+            fig.tight_layout()
+            path = out_dir / f"train_loss_{_slug(task)}.png"
+            fig.savefig(path, dpi=110)
+            files.append(path)
+        plt.close(fig)
+    return files
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
+    from .report import _sweep_keys, setting_label
+
+    plt = _plt()
+    files = []
+    keys = _sweep_keys(rows)
+    for task in dict.fromkeys(s.task for s in stats):
+        headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
+        cell = [s for s in stats if s.task == task and s.metric == headline]
+        for key in keys:
+            values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))
+            if len(values) < 2:
+                continue
+            numeric = _numeric(values)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            rests = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
+            for rest in rests:
+                for method in dict.fromkeys(s.method for s in cell):
+                    pts = [(dict(s.setting)[key], s.mean, s.std) for s in cell if s.method == method
+                           and tuple((k, v) for k, v in s.setting if k != key) == rest]
+                    if not pts:
+                        continue
+                    xs = [p[0] if numeric else values.index(p[0]) for p in pts]
+                    label = method + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
+                    ax.errorbar(xs, [p[1] for p in pts], yerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
+                                marker="o", capsize=3, label=label)
+            if numeric and min(values) > 0 and max(values) / min(values) > 50:
+                ax.set_xscale("log")
+            if not numeric:
+                ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30)
+            ax.set_xlabel(key)
+            ax.set_ylabel(headline)
+            ax.set_title(f"{task}: {headline} vs {key.rsplit('.', 1)[-1]}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / f"sweep_{_slug(task)}_{_slug(key)}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            files.append(path)
+    return files
+
+
+def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
+    from .report import setting_label
+
+    plt = _plt()
+    files = []
+    for task in dict.fromkeys(s.task for s in stats):
+        headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
+        cell = [s for s in stats if s.task == task and s.metric == headline]
+        settings = list(dict.fromkeys(s.setting for s in cell))[:MAX_PANELS]
+        methods = list(dict.fromkeys(s.method for s in cell))
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(methods) * len(settings)), 4))
+        width = 0.8 / len(settings)
+        for i, setting in enumerate(settings):
+            pts = {s.method: s for s in cell if s.setting == setting}
+            xs = [j + i * width for j, m in enumerate(methods) if m in pts]
+            ax.bar(xs, [pts[m].mean for m in methods if m in pts], width,
+                   yerr=[0 if math.isnan(pts[m].std) else pts[m].std for m in methods if m in pts],
+                   capsize=3, label=setting_label(setting))
+            for m in methods:
+                if m in pts:
+                    x = methods.index(m) + i * width
+                    ax.scatter([x] * len(pts[m].values), pts[m].values, color="k", s=6, zorder=3)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(methods))], methods, rotation=20)
+        ax.set_ylabel(headline)
+        ax.set_title(f"{task}: {headline} per method (mean ± std, dots: seeds)")
+        if len(settings) > 1:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"methods_{_slug(task)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def approx_curve(row: dict) -> list[list[float]] | None:
+    """The run's approximation loss vs iteration (mean over matrices), if the result carries it.
+
+    Accepts ``approx_loss`` as ``[[t, loss], ...]`` or as ``{matrix: [[t, loss], ...]}``."""
+    curve = row.get("approx_loss")
+    if not curve:
+        return None
+    if isinstance(curve, dict):
+        per = [{int(t): float(v) for t, v in c} for c in curve.values() if c]
+        if not per:
+            return None
+        steps = sorted(set.intersection(*(set(p) for p in per)))
+        return [[t, float(np.mean([p[t] for p in per]))] for t in steps]
+    return [[float(t), float(v)] for t, v in curve]
+
+
+def _approx(rows: list[dict], out_dir: Path) -> list[Path]:
+    plt = _plt()
+    curves = [(r, approx_curve(r)) for r in rows]
+    curves = [(r, c) for r, c in curves if c]
+    if not curves:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seen = set()
+    for row, curve in curves:
+        key = (row.get("model"), row["method"], row["seed"], curve[-1][0])
+        if key in seen:  # the same fit serves many runs (tasks, lr, ...): draw it once
+            continue
+        seen.add(key)
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], label=f"{row['method']} seed {row['seed']}")
+    ax.set_yscale("log")
+    ax.set_xlabel("approximation iteration")
+    ax.set_ylabel("MSE ‖W0 − U Pᵀ‖² / dk (mean over matrices)")
+    ax.set_title("IniLoRA approximation loss")
+    if len(seen) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "approx_loss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,372 @@
+"""Aggregation, statistics, tables and plots of a grid's ``results.jsonl`` (SPEC §6).
+
+Everything here reads result rows only, so ``inilora report RUN_DIR`` rebuilds the report of any
+grid (finished or not) without the models. Statistics: mean ± std over seeds (ddof = 1); a paired
+t-test across seeds of each method against the baseline (runs pair by seed: one seed is one number
+for init and training); Holm's correction over the non-baseline methods within one
+(task, metric, setting) cell; all-zero differences give p = 1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runner import read_results
+
+ANY = object()  # a setting that does not apply to a run (it serves every value of that key)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; NaN for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+def paired_p(method: Sequence[float], baseline: Sequence[float]) -> float:
+    """Two-sided paired t-test p-value; 1 when every difference is 0, NaN with < 2 pairs."""
+    from scipy import stats
+
+    a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
+    if a.size < 2:
+        return math.nan
+    if np.all(a - b == 0):
+        return 1.0
+    with warnings.catch_warnings():  # near-constant differences: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_rel(a, b).pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count)."""
+    p = np.asarray(pvalues, dtype=float)
+    valid = np.flatnonzero(~np.isnan(p))
+    out = np.full(p.shape, math.nan)
+    m = valid.size
+    running = 0.0
+    for rank, idx in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return out.tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# aggregation
+
+
+@dataclass
+class Stat:
+    task: str
+    metric: str
+    setting: tuple  # ((key, value), ...) over the grid's sweep keys
+    method: str
+    values: list[float]
+    seeds: list[int]
+    mean: float
+    std: float
+    p: float = math.nan  # paired t-test vs the baseline
+    p_holm: float = math.nan
+    n_pairs: int = 0
+
+
+def _key(value: Any) -> Any:
+    """Settings read back from JSON: lists become tuples so they can key a cell."""
+    return tuple(_key(v) for v in value) if isinstance(value, list) else value
+
+
+def cells(rows: list[dict]) -> list[tuple]:
+    """Every combination of swept values seen in ``rows`` (a row without a key serves all its values)."""
+    keys = _sweep_keys(rows)
+    seen: dict[str, list] = {k: [] for k in keys}
+    for row in rows:
+        for k in keys:
+            if k in row.get("settings", {}):
+                v = _key(row["settings"][k])
+                if v not in seen[k]:
+                    seen[k].append(v)
+    combos = [[]]
+    for k in keys:
+        combos = [c + [(k, v)] for c in combos for v in (seen[k] or [ANY])]
+    return [tuple(c) for c in combos]
+
+
+def _sweep_keys(rows: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        for k in row.get("sweep_keys", list(row.get("settings", {}))):
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def _matches(row: dict, setting: tuple) -> bool:
+    settings = row.get("settings", {})
+    return all(k not in settings or _key(settings[k]) == v for k, v in setting)
+
+
+def methods_of(rows: list[dict]) -> list[str]:
+    out: list[str] = []
+    for row in rows:
+        if row["method"] not in out:
+            out.append(row["method"])
+    return out
+
+
+def metrics_of(rows: list[dict]) -> list[str]:
+    """Metric names, each task's headline first, in the order the runs reported them."""
+    out: list[str] = []
+    for row in rows:
+        for name in [row.get("headline")] + list(row.get("metrics", {})):
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
+def aggregate(rows: list[dict], baseline: str | None = None) -> list[Stat]:
+    """One Stat per (task, metric, setting, method), with the baseline tests filled in."""
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    stats: list[Stat] = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task]
+        for setting in cells(trows):
+            srows = [r for r in trows if _matches(r, setting)]
+            for metric in metrics_of(srows):
+                group: list[Stat] = []
+                for method in methods_of(srows):
+                    by_seed = {r["seed"]: float(r["metrics"][metric]) for r in srows
+                               if r["method"] == method and metric in r.get("metrics", {})}
+                    if not by_seed:
+                        continue
+                    seeds = sorted(by_seed)
+                    values = [by_seed[s] for s in seeds]
+                    m, s = mean_std(values)
+                    group.append(Stat(task, metric, setting, method, values, seeds, m, s))
+                _test(group, baseline)
+                stats.extend(group)
+    return stats
+
+
+def _test(group: list[Stat], baseline: str) -> None:
+    base = next((g for g in group if g.method == baseline), None)
+    if base is None:
+        return
+    others = [g for g in group if g.method != baseline]
+    for g in others:
+        common = [s for s in g.seeds if s in base.seeds]
+        g.n_pairs = len(common)
+        g.p = paired_p([g.values[g.seeds.index(s)] for s in common], [base.values[base.seeds.index(s)] for s in common])
+    for g, adj in zip(others, holm([g.p for g in others])):
+        g.p_holm = adj
+
+
+# ------------------------------------------------------------------------------------------------
+# tables
+
+
+def _percent(metric: str, values: Sequence[float]) -> bool:
+    """Paper tables print scores ×100; losses, times and counts stay as they are."""
+    if re.search(r"loss|perplexity|time|_s$|count|tokens", metric):
+        return False
+    return all(abs(v) <= 1.0 for v in values)
+
+
+def _fmt_ms(mean: float, std: float, scale: float) -> str:
+    if math.isnan(mean):
+        return "—"
+    digits = 1 if scale == 100 else 4
+    text = f"{mean * scale:.{digits}f}"
+    return text + ("" if math.isnan(std) else f" ± {std * scale:.{digits}f}")
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "—"
+    mark = "**" if p < 0.01 else "*" if p < 0.05 else ""
+    return ("<1e-4" if p < 1e-4 else f"{p:.2g}") + mark
+
+
+def _fmt_params(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "—"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(int(n))
+
+
+def setting_label(setting: tuple) -> str:
+    parts = [f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+             for k, v in setting if v is not ANY]
+    return ", ".join(parts) or "default"
+
+
+def _params(rows: list[dict], task: str, method: str, setting: tuple) -> Any:
+    for r in rows:
+        if r["task"] == task and r["method"] == method and _matches(r, setting) and "trainable_params" in r:
+            return r["trainable_params"]
+    return None
+
+
+def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
+    """One paper-style table per (task, setting): methods × metrics (mean ± std, Holm p vs baseline)."""
+    out: list[str] = []
+    for task in dict.fromkeys(s.task for s in stats):
+        for setting in dict.fromkeys(s.setting for s in stats if s.task == task):
+            cell = [s for s in stats if s.task == task and s.setting == setting]
+            metrics = list(dict.fromkeys(s.metric for s in cell))
+            methods = list(dict.fromkeys(s.method for s in cell))
+            scale = {m: 100.0 if _percent(m, [v for s in cell if s.metric == m for v in s.values]) else 1.0
+                     for m in metrics}
+            n = max(len(s.values) for s in cell)
+            out.append(f"### {task} — {setting_label(setting)}\n")
+            header = ["method", "# params"]
+            for m in metrics:
+                header += [f"{m}{' (×100)' if scale[m] == 100 else ''}", f"p vs {baseline} (Holm)"]
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            for method in methods:
+                line = [f"**{method}**" if method == baseline else method,
+                        _fmt_params(_params(rows, task, method, setting))]
+                for m in metrics:
+                    s = next((x for x in cell if x.metric == m and x.method == method), None)
+                    if s is None:
+                        line += ["—", "—"]
+                        continue
+                    line += [_fmt_ms(s.mean, s.std, scale[m]), "baseline" if method == baseline else _fmt_p(s.p_holm)]
+                out.append("| " + " | ".join(line) + " |")
+            out.append(f"\nmean ± std over up to {n} seeds (ddof = 1); p: paired t-test across seeds against "
+                       f"`{baseline}`, Holm-corrected over the other methods of this table and metric "
+                       "(* p < 0.05, ** p < 0.01).\n")
+    return "\n".join(out)
+
+
+def sweep_tables(stats: list[Stat], rows: list[dict]) -> str:
+    """Paper Table 3/4/6 style: headline metric, methods × values of each swept key."""
+    keys = _sweep_keys(rows)
+    out: list[str] = []
+    for key in keys:
+        for task in dict.fromkeys(s.task for s in stats):
+            headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
+            cell = [s for s in stats if s.task == task and s.metric == headline]
+            if not cell:
+                continue
+            others = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
+            values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))
+            if len(values) < 2:
+                continue
+            scale = 100.0 if _percent(headline, [v for s in cell for v in s.values]) else 1.0
+            for rest in others:
+                title = f"### {task}: {headline} vs `{key}`" + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
+                out += [title + "\n", "| method | " + " | ".join(_fmt_value(v) for v in values) + " |",
+                        "|---|" + "---|" * len(values)]
+                for method in dict.fromkeys(s.method for s in cell):
+                    line = [method]
+                    for v in values:
+                        want = tuple((k, v if k == key else dict(rest)[k]) for k in keys)
+                        s = next((x for x in cell if x.method == method and x.setting == want), None)
+                        if s is None:
+                            line.append("—")
+                            continue
+                        p = "" if math.isnan(s.p_holm) else f" (p {_fmt_p(s.p_holm)})"
+                        line.append(_fmt_ms(s.mean, s.std, scale) + p)
+                    out.append("| " + " | ".join(line) + " |")
+                out.append("")
+    return "\n".join(out)
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, title: str | None = None,
+                 baseline: str | None = None, plots: bool = True) -> Path:
+    """Write ``report.md`` (+ ``summary.json`` and PNG plots) into ``output_dir``; return its path."""
+    output_dir = Path(output_dir)
+    rows = read_results(output_dir) if rows is None else rows
+    if not rows:
+        raise FileNotFoundError(f"no finished runs in {output_dir / 'results.jsonl'}")
+    baseline = baseline or rows[0].get("baseline", "lora")
+    title = title or rows[0].get("title", "inilora comparison")
+    stats = aggregate(rows, baseline)
+    figures = []
+    if plots:
+        from .plots import make_plots
+
+        figures = make_plots(rows, stats, output_dir / "plots")
+    lines = [f"# {title}\n",
+             (f"{len(rows)} finished runs: {len(methods_of(rows))} methods, "
+             f"{len({r['seed'] for r in rows})} seeds, tasks {', '.join(dict.fromkeys(r['task'] for r in rows))}; "
+             f"models {', '.join(dict.fromkeys(r.get('model', '?') for r in rows))}.\n"),
+             "## Results\n", markdown_tables(rows, stats, baseline)]
+    sweeps = sweep_tables(stats, rows)
+    if sweeps.strip():
+        lines += ["## Sweeps\n", sweeps]
+    lines += ["## Runs\n", "| run | method | seed | " + "headline | wall (s) |", "|---|---|---|---|---|"]
+    for r in rows:
+        head = r.get("headline")
+        val = r.get("metrics", {}).get(head)
+        lines.append(f"| {r['run_id']} | {r['method']} | {r['seed']} | "
+                     f"{head}={val:.4g} | {r.get('wall_s', float('nan')):.0f} |" if val is not None else
+                     f"| {r['run_id']} | {r['method']} | {r['seed']} | — | — |")
+    if figures:
+        lines += ["\n## Plots\n"] + [f"![{f.stem}](plots/{f.name})" for f in figures]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    _write_summary(output_dir / "summary.json", stats)
+    return path
+
+
+def _write_summary(path: Path, stats: list[Stat]) -> None:
+    import json
+
+    def clean(x: float) -> float | None:
+        return None if isinstance(x, float) and math.isnan(x) else x
+
+    data = [{"task": s.task, "metric": s.metric, "setting": {k: (None if v is ANY else v) for k, v in s.setting},
+             "method": s.method, "mean": clean(s.mean), "std": clean(s.std), "n": len(s.values),
+             "seeds": s.seeds, "p": clean(s.p), "p_holm": clean(s.p_holm)} for s in stats]
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: str | None = None,
+                  title: str = "results"):
+    """A rich table of every task's headline metric per method (the terminal summary); columns that
+    hold one value only (a single task, no sweep) move into the title."""
+    from rich.table import Table
+
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    stats = aggregate(rows, baseline) if stats is None else stats
+    heads = {t: next((r.get("headline") for r in rows if r["task"] == t), None) for t in {r["task"] for r in rows}}
+    shown = [s for s in stats if s.metric == heads.get(s.task)]
+    tasks = list(dict.fromkeys(s.task for s in shown))
+    settings = list(dict.fromkeys(setting_label(s.setting) for s in shown))
+    metrics = list(dict.fromkeys(s.metric for s in shown))
+    cols = [c for c, many in (("task", len(tasks) > 1), ("setting", len(settings) > 1), ("metric", len(metrics) > 1))
+            if many]
+    notes = ([tasks[0]] if len(tasks) == 1 else []) + ([metrics[0]] if len(metrics) == 1 else []) + \
+        ([settings[0]] if len(settings) == 1 and settings[0] != "default" else [])
+    notes = [n for n in notes if n not in title]
+    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""))
+    for col in cols + ["method", "# params", "mean ± std", "n", f"p vs {baseline} (Holm)"]:
+        table.add_column(col)
+    for s in shown:
+        scale = 100.0 if _percent(s.metric, s.values) else 1.0
+        values = {"task": s.task, "setting": setting_label(s.setting), "metric": s.metric}
+        table.add_row(*[values[c] for c in cols], s.method, _fmt_params(_params(rows, s.task, s.method, s.setting)),
+                      _fmt_ms(s.mean, s.std, scale) + (" (×100)" if scale == 100 else ""), str(len(s.values)),
+                      "—" if s.method == baseline else _fmt_p(s.p_holm))
+    return table

@@ -1,0 +1,380 @@
+"""Comparison grids: CompareConfig → runs → one ``results.jsonl``, resumable.
+
+Each run is one TrainConfig in its own directory under the grid's output folder. A run counts as
+finished when its ``metrics.json`` exists (the training pipeline writes it last); only then is its
+line appended to ``results.jsonl`` (flush + fsync), so a grid killed at any moment restarts where it
+stopped: finished runs are skipped (a finished run missing from the file is re-read, not re-run), a
+run directory without ``metrics.json`` is wiped and run again — unless it holds a complete Trainer
+checkpoint, from which the pipeline resumes (SPEC §8). A partial result never reaches the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import (
+    TRAINING_MODES,
+    CompareConfig,
+    ConfigError,
+    TrainConfig,
+    from_dict,
+    set_dotted,
+    to_dict,
+)
+
+RESULTS = "results.jsonl"
+RUNS = "runs"
+#: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
+KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "approx_loss", "eval_history", "info")
+
+RunFn = Callable[..., dict]
+
+
+@dataclass
+class PlannedRun:
+    """One cell of the grid: ``label`` is the method column of the report (a method or variant name)."""
+
+    run_id: str
+    label: str
+    seed: int
+    settings: dict[str, Any]  # the swept keys that apply to this run, key → value
+    config: TrainConfig
+    shared_by: list[dict[str, Any]] = field(default_factory=list)  # settings of every grid cell it serves
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text).strip("-") or "x"
+
+
+def _short_names(keys: Iterable[str]) -> dict[str, str]:
+    """``lora.rank`` → ``rank`` unless two keys end the same way (then the full dotted key)."""
+    keys = list(keys)
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _method_of(config: CompareConfig, label: str) -> tuple[str, dict[str, Any]]:
+    variant = config.variants.get(label)
+    return (variant.method, dict(variant.options)) if variant else (label, {})
+
+
+def _accepts(method: str, option: str) -> bool:
+    if method in TRAINING_MODES:
+        return False
+    from .methods import get_method
+
+    return option in get_method(method).options
+
+
+def _check_methods(config: CompareConfig) -> None:
+    from .errors import InitError
+    from .methods import get_method
+
+    if config.baseline not in config.methods:
+        raise ConfigError(f"baseline: {config.baseline!r} is not one of methods {config.methods}")
+    for label in config.methods:
+        method, options = _method_of(config, label)
+        if method in TRAINING_MODES:
+            if options:
+                raise ConfigError(f"variants.{label}: training mode {method!r} takes no options")
+            continue
+        try:
+            get_method(method).resolve_options({**config.base.method_options, **options})
+        except InitError as exc:
+            raise ConfigError(f"methods: {label}: {exc}") from None
+    unused = sorted(set(config.variants) - set(config.methods))
+    if unused:
+        raise ConfigError(f"variants: {', '.join(unused)} not listed in methods")
+
+
+def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[PlannedRun]:
+    """The grid's runs in execution order (settings, then seed, then method), each with a stable,
+    readable id; raises ConfigError for any key or method that cannot run, before any run starts."""
+    _check_methods(config)
+    root = Path(output_dir or config.output_dir)
+    keys = list(config.sweep)
+    short = _short_names(keys)
+    for key in keys:
+        if key.startswith("method_options."):
+            option = key.split(".", 1)[1]
+            if "." in option:
+                raise ConfigError(f"sweep.{key}: method options are not nested")
+            if not any(_accepts(_method_of(config, m)[0], option) for m in config.methods):
+                raise ConfigError(f"sweep.{key}: no method of {config.methods} takes option {option!r}")
+    base = to_dict(config.base)
+    planned: dict[str, PlannedRun] = {}
+    for values in itertools.product(*(config.sweep[k] for k in keys)):
+        cell = dict(zip(keys, values))
+        for seed in config.seeds:
+            for label in config.methods:
+                method, options = _method_of(config, label)
+                applies = {k: v for k, v in cell.items()
+                           if not k.startswith("method_options.") or _accepts(method, k.split(".", 1)[1])}
+                data = json.loads(json.dumps(base))  # deep copy of plain data
+                data["method"] = method
+                data["seed"] = seed
+                data["method_options"] = {**data.get("method_options", {}), **options}
+                for key, value in applies.items():
+                    set_dotted(data, key, value)
+                parts = [_slug(label)] + [_slug(f"{short[k]}={_fmt(v)}") for k, v in applies.items()] + [f"seed={seed}"]
+                run_id = "_".join(parts)
+                data["output_dir"] = str(root / RUNS / run_id)
+                try:
+                    train_config = from_dict(TrainConfig, data)
+                except ConfigError as exc:
+                    raise ConfigError(f"run {run_id}: {exc}") from None
+                if run_id in planned:
+                    planned[run_id].shared_by.append(cell)
+                    continue
+                planned[run_id] = PlannedRun(run_id, label, seed, applies, train_config, [cell])
+    return list(planned.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# results file
+
+
+def read_results(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The lines of ``results.jsonl`` (last line per run id wins; a torn last line is ignored)."""
+    path = Path(output_dir) / RESULTS
+    if not path.is_file():
+        return []
+    rows: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: its run is not finished as far as the grid knows
+        rows[row["run_id"]] = row
+    return list(rows.values())
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    text = json.dumps(row, default=_json_default) + "\n"
+    with open(path, "a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:  # a line torn by a kill has no newline: do not glue onto it
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(text.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
+    row = {"run_id": run.run_id, "method": run.label, "init": run.config.method, "seed": run.seed,
+           "task": run.config.task, "model": run.config.model, "settings": run.settings,
+           "sweep_keys": list(config.sweep), "baseline": config.baseline, "title": config.title}
+    row.update({k: result[k] for k in KEPT if k in result})
+    row["config"] = to_dict(run.config)
+    row["output_dir"] = run.config.output_dir
+    return row
+
+
+def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root: Path) -> None:
+    """A finished run of the same id but another configuration must not pass for this grid's run."""
+    for run in runs:
+        stored = previous.get(run.run_id, {}).get("config")
+        if stored is not None and stored != json.loads(json.dumps(to_dict(run.config), default=_json_default)):
+            diff = sorted(k for k in set(stored) | set(to_dict(run.config))
+                          if stored.get(k) != to_dict(run.config).get(k))
+            raise ConfigError(f"{root} holds a finished run {run.run_id} of another configuration (differs in: "
+                              f"{', '.join(diff)}); choose another output_dir, or delete it to start over.")
+
+
+def _resumable(out: Path) -> bool:
+    """A complete Trainer checkpoint (its state file is written last): the pipeline resumes from it."""
+    return any((ckpt / "trainer_state.json").is_file() for ckpt in out.glob("checkpoint-*"))
+
+
+def _finished(run: PlannedRun) -> bool:
+    return (Path(run.config.output_dir) / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# the grid
+
+
+def plan_table(runs: list[PlannedRun], done: set[str]):
+    """A rich table of the plan (``--dry-run``)."""
+    from rich.table import Table
+
+    table = Table(title=f"{len(runs)} runs ({len(done)} finished)")
+    for col in ("run id", "method", "seed", "task", "settings", "status"):
+        table.add_column(col)
+    for run in runs:
+        settings = ", ".join(f"{k}={_fmt(v)}" for k, v in run.settings.items()) or "—"
+        table.add_row(run.run_id, run.label, str(run.seed), run.config.task, settings,
+                      "done" if run.run_id in done else "to run")
+    return table
+
+
+def save_config(config: CompareConfig, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / "compare.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    os.replace(tmp, output_dir / "compare.yaml")
+
+
+def run_grid(
+    config: CompareConfig,
+    run_fn: RunFn | None = None,
+    dry_run: bool = False,
+    *,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    run_progress: bool = False,
+    console=None,
+    deadline: float | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or, with ``dry_run``, only print) every unfinished run of the grid; return the rows of
+    ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    root = Path(output_dir or config.output_dir)
+    runs = expand(config, root)
+    previous = {r["run_id"]: r for r in read_results(root)}
+    _check_same_configs(runs, previous, root)
+    done = set(previous)
+    if dry_run:
+        console.print(plan_table(runs, done))
+        return read_results(root)
+    save_config(config, root)
+    results = root / RESULTS
+    todo = [r for r in runs if r.run_id not in done]
+    bar = _progress(progress, console)
+    task = bar.add_task("grid", total=len(runs), completed=len(runs) - len(todo), run="") if bar else None
+    if run_fn is None:
+        run_fn = _train_run(bar)
+    try:
+        for run in todo:
+            if deadline is not None and time.time() > deadline:
+                left = len(runs) - len(done)
+                console.print(f"[yellow]time budget reached: {left} runs not started (run again to add them)[/]")
+                break
+            if bar:
+                bar.update(task, run=run.run_id)
+            out = Path(run.config.output_dir)
+            if out.exists() and not _finished(run) and not _resumable(out):
+                shutil.rmtree(out)  # a partial run without a usable checkpoint: start it again cleanly
+            result = run_fn(run.config, progress=run_progress)
+            if not _finished(run):
+                raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
+            _append(results, _row(run, result, config))
+            done.add(run.run_id)
+            if bar:
+                bar.advance(task)
+    finally:
+        if bar:
+            bar.stop()
+    return read_results(root)
+
+
+def _train_run(bar) -> RunFn:
+    """``inilora.train.run`` reporting its optimizer steps to the grid's progress display."""
+    from transformers.utils import logging as hf_logging
+
+    from .train import run  # the training pipeline (imports torch, transformers)
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for every run would bury the grid's
+    hf_logging.set_verbosity_error()  # per-run load reports ("classifier: newly initialized") likewise
+    if bar is None:
+        return run
+    from transformers import TrainerCallback
+
+    task = bar.add_task("  training", total=None, visible=False, run="")
+
+    class Steps(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            bar.reset(task, total=state.max_steps, completed=state.global_step, visible=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            bar.update(task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kw):
+            bar.update(task, visible=False)
+
+    def run_with_steps(config: TrainConfig, *, progress: bool = False) -> dict:
+        return run(config, progress=progress, callbacks=[Steps()])
+
+    return run_with_steps
+
+
+def _progress(enabled: bool, console):
+    if not enabled:
+        return None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[run]}"), console=console)
+    bar.start()
+    return bar
+
+
+def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: str | Path | None = None,
+                overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None) -> Path | None:
+    """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run, write the report."""
+    from rich.console import Console
+
+    from .config import load_yaml
+
+    config = load_yaml(config_path, CompareConfig)
+    if overrides:
+        data = to_dict(config)
+        for key, value in overrides.items():
+            if key.startswith("sweep."):  # sweep keys are dotted themselves: sweep.lora.rank=[8,16]
+                data["sweep"][key.removeprefix("sweep.")] = value
+            elif key.startswith("variants."):  # variants.NAME.options={...}
+                parts = key.split(".", 2)
+                set_dotted(data["variants"].setdefault(parts[1], {}), parts[2] if len(parts) > 2 else "", value)
+            else:
+                set_dotted(data, key, value)
+        config = from_dict(CompareConfig, data)
+    root = Path(output_dir or config.output_dir)
+    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
+    if dry_run or not rows:
+        return None
+    from .report import summary_table, write_report
+
+    path = write_report(root, rows, title=config.title, baseline=config.baseline)
+    Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
+    (console or Console(stderr=True)).print(f"[bold green]wrote[/] {path}")
+    return path

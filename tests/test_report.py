@@ -1,0 +1,110 @@
+"""Statistics against hand computations, and the report of a tiny grid."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from inilora.report import aggregate, holm, mean_std, paired_p, write_report
+
+
+def _row(method, seed, acc, task="t", settings=None, **extra):
+    return {"run_id": f"{method}-{seed}-{json.dumps(settings)}", "method": method, "seed": seed, "task": task,
+            "model": "m", "settings": settings or {}, "sweep_keys": list(settings or {}), "baseline": "lora",
+            "metrics": {"accuracy": acc}, "headline": "accuracy", "trainable_params": 1234,
+            "train_loss": [[1, 1.0], [2, 0.5]], **extra}
+
+
+def test_mean_std_ddof1():
+    m, s = mean_std([1.0, 2.0, 4.0])
+    assert m == pytest.approx(7 / 3)
+    assert s == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert math.isnan(mean_std([1.0])[1])
+
+
+def test_paired_t_by_hand():
+    a, b = [0.70, 0.74, 0.69, 0.75], [0.68, 0.70, 0.69, 0.71]
+    d = [x - y for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    t = mean / (sd / math.sqrt(n))
+    from scipy.stats import t as student
+
+    assert paired_p(a, b) == pytest.approx(2 * student.sf(abs(t), n - 1), rel=1e-9)
+    assert paired_p([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == 1.0  # all-zero differences
+    assert math.isnan(paired_p([0.5], [0.4]))
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 → 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04)
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = holm([0.02, float("nan")])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+def test_aggregate_pairs_by_seed_and_corrects_within_cell():
+    lora = [0.60, 0.62, 0.61]
+    ini = [0.65, 0.66, 0.66]
+    alpha = [0.61, 0.63, 0.615]
+    rows = [_row("lora", s, v) for s, v in zip([0, 11, 22], lora)]
+    rows += [_row("inilora", s, v) for s, v in zip([22, 0, 11], [ini[2], ini[0], ini[1]])]  # order must not matter
+    rows += [_row("inilora-alpha", s, v) for s, v in zip([0, 11, 22], alpha)]
+    stats = {s.method: s for s in aggregate(rows)}
+    assert stats["inilora"].values == ini and stats["inilora"].seeds == [0, 11, 22]
+    p_ini, p_alpha = paired_p(ini, lora), paired_p(alpha, lora)
+    assert stats["inilora"].p == pytest.approx(p_ini)
+    assert [stats["inilora"].p_holm, stats["inilora-alpha"].p_holm] == pytest.approx(holm([p_ini, p_alpha]))
+    assert math.isnan(stats["lora"].p)
+
+
+def test_baseline_not_swept_serves_every_cell():
+    rows = [_row("lora", s, 0.6 + 0.01 * s) for s in (0, 1, 2)]
+    for std in (0.01, 0.5):
+        rows += [_row("normal", s, 0.6 + std * 0.1 + 0.02 * s, settings={"method_options.std": std}) for s in (0, 1, 2)]
+    stats = aggregate(rows)
+    cells = {s.setting for s in stats}
+    assert cells == {(("method_options.std", 0.01),), (("method_options.std", 0.5),)}
+    for s in stats:
+        if s.method == "normal":
+            assert s.n_pairs == 3 and not math.isnan(s.p)
+
+
+def test_report_of_tiny_grid(tmp_path):
+    from test_runner import fake_metrics, fake_run, grid
+
+    from inilora.runner import run_grid
+
+    rows = run_grid(grid(tmp_path, seeds=[0, 1, 2]), run_fn=fake_run, progress=False)
+    for r in rows:  # an approximation curve for inilora runs, as train.run may carry it
+        if r["method"] == "inilora":
+            r["approx_loss"] = {"q": [[0, 1.0], [100, 0.1]], "v": [[0, 2.0], [100, 0.2]]}
+    path = write_report(tmp_path / "grid", rows)
+    text = path.read_text()
+    lora8 = [fake_metrics("lora", s, 8)["accuracy"] for s in (0, 1, 2)]
+    m, s = mean_std(lora8)
+    assert f"{m * 100:.1f} ± {s * 100:.1f}" in text
+    assert "### offline-topic — rank=16" in text and "p vs lora (Holm)" in text
+    assert "8.0K" in text and "16.0K" in text  # trainable parameters per method
+    plots = {p.name for p in (tmp_path / "grid" / "plots").iterdir()}
+    assert {"train_loss_offline-topic.png", "sweep_offline-topic_lora.rank.png", "methods_offline-topic.png",
+            "approx_loss.png"} <= plots
+    summary = json.loads((tmp_path / "grid" / "summary.json").read_text())
+    assert any(e["method"] == "inilora" and e["p_holm"] is not None for e in summary)
+
+
+def test_report_cli_rebuilds_from_results(tmp_path):
+    from test_runner import fake_run, grid
+    from typer.testing import CliRunner
+
+    from inilora.cli import app
+    from inilora.runner import run_grid
+
+    run_grid(grid(tmp_path, seeds=[0, 1, 2], sweep={}), run_fn=fake_run, progress=False)
+    (tmp_path / "grid" / "compare.yaml").unlink()  # results alone
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "grid"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "inilora" in (tmp_path / "grid" / "report.md").read_text()

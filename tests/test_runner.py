@@ -1,0 +1,220 @@
+"""The comparison grid: expansion, dry run, resume after a SIGKILL (with a fake run function)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inilora.config import (
+    CompareConfig,
+    ConfigError,
+    TrainConfig,
+    Variant,
+    from_dict,
+    load_yaml,
+)
+from inilora.runner import expand, read_results, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_metrics(method: str, seed: int, rank: int) -> dict[str, float]:
+    """Deterministic 'metrics' of a run, from its method, seed and rank only."""
+    bonus = {"lora": 0.0, "inilora": 0.02, "inilora-alpha": 0.03}.get(method, 0.01)
+    return {"accuracy": round(0.6 + bonus + 0.001 * seed + 0.01 * rank / 8, 6), "f1": round(0.5 + bonus, 6)}
+
+
+def fake_run(config: TrainConfig, *, progress: bool = True) -> dict:
+    """Stands in for inilora.train.run: same contract (metrics.json last, existing result returned)."""
+    out = Path(config.output_dir)
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "partial.txt").write_text("training…")
+    time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")))
+    metrics = fake_metrics(config.method, config.seed, config.lora.rank)
+    result = {"metrics": metrics, "headline": "accuracy", "trainable_params": 1000 * config.lora.rank,
+              "train_loss": [[1, 1.0], [2, 0.5 - 0.01 * config.seed]], "wall_s": 0.0,
+              "output_dir": str(out)}
+    (out / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def grid(tmp_path: Path, **kw) -> CompareConfig:
+    kw.setdefault("methods", ["lora", "inilora"])
+    kw.setdefault("seeds", [0, 1])
+    kw.setdefault("sweep", {"lora.rank": [8, 16]})
+    return CompareConfig(base=TrainConfig(task="offline-topic"), output_dir=str(tmp_path / "grid"), **kw)
+
+
+def test_expand_product_ids_and_sweep_values(tmp_path):
+    runs = expand(grid(tmp_path))
+    assert len(runs) == 2 * 2 * 2
+    ids = [r.run_id for r in runs]
+    assert len(set(ids)) == len(ids)
+    assert ids[0] == "lora_rank=8_seed=0" and ids[-1] == "inilora_rank=16_seed=1"
+    by_id = {r.run_id: r for r in runs}
+    assert by_id["inilora_rank=16_seed=1"].config.lora.rank == 16
+    assert by_id["inilora_rank=16_seed=1"].config.seed == 1
+    assert by_id["inilora_rank=16_seed=1"].config.output_dir == str(tmp_path / "grid" / "runs" / "inilora_rank=16_seed=1")
+    assert expand(grid(tmp_path))[3].run_id == runs[3].run_id  # stable
+
+
+def test_method_option_sweep_applies_only_where_accepted(tmp_path):
+    cfg = grid(tmp_path, methods=["lora", "normal"], seeds=[0], sweep={"method_options.std": [0.01, 0.5]})
+    runs = expand(cfg)
+    assert [r.run_id for r in runs] == ["lora_seed=0", "normal_std=0.01_seed=0", "normal_std=0.5_seed=0"]
+    assert runs[2].config.method_options == {"std": 0.5}
+    assert len(runs[0].shared_by) == 2  # the baseline serves both cells
+
+
+def test_variants_give_labels_and_options(tmp_path):
+    cfg = grid(tmp_path, methods=["lora", "inilora-0"], seeds=[0], sweep={},
+               variants={"inilora-0": Variant(method="inilora", options={"steps": 0})})
+    runs = expand(cfg)
+    assert runs[1].label == "inilora-0" and runs[1].config.method == "inilora"
+    assert runs[1].config.method_options == {"steps": 0}
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ({"lora.rnk": [8]}, "rnk"),
+    ({"learning_rat": [1e-3]}, "learning_rat"),
+    ({"method_options.nonsense": [1]}, "nonsense"),
+    ({"lora.rank": [0]}, "rank"),
+])
+def test_bad_sweep_key_fails_before_any_run(tmp_path, sweep, match):
+    calls = []
+    with pytest.raises(ConfigError, match=match):
+        run_grid(grid(tmp_path, sweep=sweep), run_fn=lambda c, **k: calls.append(c))
+    assert not calls and not (tmp_path / "grid").exists()
+
+
+def test_unknown_method_and_baseline_fail(tmp_path):
+    with pytest.raises(ConfigError, match="lorra"):
+        expand(grid(tmp_path, methods=["lora", "lorra"]))
+    with pytest.raises(ConfigError, match="baseline"):
+        expand(grid(tmp_path, methods=["inilora"]))
+
+
+def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    rows = run_grid(grid(tmp_path), run_fn=lambda c, **k: pytest.fail("ran"), dry_run=True, console=console)
+    assert rows == []
+    text = console.export_text()
+    assert "8 runs" in text and "inilora_rank=16_seed=1" in text
+    assert not (tmp_path / "grid").exists()
+
+
+def test_resume_skips_finished_and_restarts_partial(tmp_path):
+    cfg = grid(tmp_path)
+    calls = []
+
+    def counting(config, **kw):
+        calls.append(config.output_dir)
+        return fake_run(config, **kw)
+
+    first = run_grid(cfg, run_fn=counting, progress=False)
+    assert len(first) == 8 and len(calls) == 8
+    # a partial run dir (no metrics.json), and a finished one missing from results.jsonl
+    results = tmp_path / "grid" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:6]) + "\n" + lines[6][:20])  # last two lost, one torn
+    partial = Path(expand(cfg)[7].config.output_dir)
+    (partial / "metrics.json").unlink()
+    (partial / "junk").write_text("x")
+    calls.clear()
+    again = run_grid(cfg, run_fn=counting, progress=False)
+    assert len(calls) == 2 and not (partial / "junk").exists()
+    assert _comparable(again) == _comparable(first)
+
+
+def _comparable(rows):
+    return sorted((r["run_id"], json.dumps(r["metrics"], sort_keys=True), r["seed"], r["method"]) for r in rows)
+
+
+GRID_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_runner import fake_run
+from inilora.config import load_yaml, CompareConfig
+from inilora.runner import run_grid
+run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=fake_run, progress=False)
+"""
+
+
+def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
+    import yaml
+
+    from inilora.config import to_dict
+
+    cfg = grid(tmp_path, seeds=[0, 1, 2], sweep={"lora.rank": [8]})
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "FAKE_RUN_SLEEP": "0.4", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-c", GRID_SCRIPT.format(tests=str(ROOT / "tests")), str(path)]
+    proc = subprocess.Popen(cmd, env=env)
+    results = tmp_path / "grid" / "results.jsonl"
+    deadline = time.time() + 30
+    while time.time() < deadline and len(read_results(tmp_path / "grid")) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_results(tmp_path / "grid"))
+    assert 2 <= killed_at < 6, "the kill must land midway"
+    env["FAKE_RUN_SLEEP"] = "0"
+    subprocess.run(cmd, env=env, check=True)
+    resumed = read_results(tmp_path / "grid")
+    assert len(results.read_text().splitlines()) == 6  # no duplicate lines
+
+    reference = run_grid(grid(tmp_path / "ref", seeds=[0, 1, 2], sweep={"lora.rank": [8]}), run_fn=fake_run,
+                         progress=False)
+    assert _comparable(resumed) == _comparable(reference)
+
+
+def test_shipped_configs_load_and_expand(tmp_path):
+    files = sorted((ROOT / "configs").glob("*/*.yaml"))
+    compare_files = [f for f in files if f.name not in ("train-nlu.yaml", "train-nlg.yaml")]
+    assert len(compare_files) >= 10
+    for f in compare_files:
+        cfg = load_yaml(f, CompareConfig)
+        runs = expand(cfg, tmp_path)
+        assert runs, f
+        assert len(cfg.seeds) >= 3, f"{f}: every comparison has ≥ 3 seeds (SPEC §6)"
+
+
+def test_round_trip_of_compare_config(tmp_path):
+    from inilora.config import to_dict
+
+    cfg = grid(tmp_path, variants={"inilora": Variant(method="inilora", options={"steps": 100})})
+    assert from_dict(CompareConfig, to_dict(cfg)) == cfg
+
+
+def test_compare_from_yaml_with_overrides(tmp_path):
+    import yaml
+
+    from inilora.config import to_dict
+    from inilora.runner import run_compare
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(to_dict(grid(tmp_path, sweep={}))))
+    report = run_compare(path, run_fn=fake_run, overrides={"sweep.lora.rank": [4, 8], "seeds": [0, 1, 2]})
+    rows = read_results(tmp_path / "grid")
+    assert len(rows) == 2 * 2 * 3 and {r["settings"]["lora.rank"] for r in rows} == {4, 8}
+    assert report is not None and "rank=4" in report.read_text()
+
+
+def test_finished_run_of_another_config_is_refused(tmp_path):
+    run_grid(grid(tmp_path, sweep={}), run_fn=fake_run, progress=False)
+    changed = grid(tmp_path, sweep={})
+    changed.base.learning_rate = 1e-2
+    with pytest.raises(ConfigError, match="learning_rate"):
+        run_grid(changed, run_fn=fake_run, progress=False)
