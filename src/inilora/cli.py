@@ -49,7 +49,8 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def _fail(exc: Exception) -> None:
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a key like "[red]" must print as written
+    # escaped: a key like "[red]" prints as written; soft-wrapped: paths in it stay copy-pasteable
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -346,6 +346,20 @@ def _json_safe(options: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
+def _mean_curve(curves: list) -> list[list[float]]:
+    """The fit's loss curve averaged over matrices, at the iterations every matrix logged: one
+    small curve per run (Fig. 2's approximation loss) instead of one per matrix."""
+    if not curves:
+        return []
+    common = set.intersection(*({int(t) for t, _ in c} for c in curves))
+    sums: dict[int, float] = {}
+    for c in curves:
+        for t, v in c:
+            if int(t) in common:
+                sums[int(t)] = sums.get(int(t), 0.0) + float(v)
+    return [[t, sums[t] / len(curves)] for t in sorted(sums)]
+
+
 @dataclass
 class InitReport:
     """What an init did: method, resolved settings, fit quality, output drift at init."""
@@ -440,6 +454,9 @@ def get_peft_model(
         requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
         report = InitReport(spec.name, True, info=result.info,
                             fit={n: {k: v for k, v in f.items() if k != "losses"} for n, f in result.fit.items()})
+        curve = _mean_curve([f["losses"] for f in result.fit.values() if f.get("losses")])
+        if curve:
+            report.info["approx_loss"] = curve
         if requant:
             report.info["quantized"] = {"kind": "/".join(quant), "layers": len(requant),
                                         "requant_rel_error_max": max(requant.values()),

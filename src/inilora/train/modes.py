@@ -49,6 +49,8 @@ def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str) -> tuple[
                                     **config.method_options)
         report = getattr(peft_model, "inilora_report", None)
         info = {"mode": "lora", "residual": bool(getattr(report, "residual", False)), "init_seed": init_seed}
+        if report is not None and report.info.get("approx_loss"):
+            info["approx_loss"] = report.info["approx_loss"]  # mean fit MSE vs iteration, for the report
         return peft_model, info
     if config.method_options:
         raise InitError(f"method {config.method!r} is a training mode and takes no method_options; "

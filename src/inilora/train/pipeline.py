@@ -273,6 +273,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         "threads": torch.get_num_threads(),
         "precision": "bf16" if p.bf16 else "fp32",
         "mode": info["mode"],
+        **({"approx_loss": info["approx_loss"]} if "approx_loss" in info else {}),
         "method": config.method,
         "task": config.task,
         "model": config.model,
