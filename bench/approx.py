@@ -34,7 +34,6 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-
 from _common import device_name
 
 # (module type, d, k) per layer, number of layers, W dtype, W std.

@@ -22,7 +22,14 @@ import torch
 from peft import LoraConfig
 
 import inilora
-from inilora.models import load_model, load_tokenizer, model_output, probe_inputs, relative_drift, top1_agreement
+from inilora.models import (
+    load_model,
+    load_tokenizer,
+    model_output,
+    probe_inputs,
+    relative_drift,
+    top1_agreement,
+)
 
 DEFAULT_METHODS = "inilora,inilora-alpha,inilora-beta-kn,inilora-beta-ku,milora,pissa,olora"
 

@@ -14,7 +14,13 @@ from peft import LoraConfig
 
 import inilora
 from inilora import cache as cache_mod
-from inilora.cache import FitCache, atomic_write_bytes, atomic_write_json, cache_root, tensor_digest
+from inilora.cache import (
+    FitCache,
+    atomic_write_bytes,
+    atomic_write_json,
+    cache_root,
+    tensor_digest,
+)
 from inilora.models import tiny_model
 
 inilora_method = importlib.import_module("inilora.methods.inilora")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _util import bound, rho
 from peft import LoraConfig
 
 import inilora
-from inilora.models import load_model, model_output, probe_inputs, relative_drift, top1_agreement
+from inilora.models import (
+    load_model,
+    model_output,
+    probe_inputs,
+    relative_drift,
+    top1_agreement,
+)
 from inilora.peft_bridge import targets
-
-from _util import bound, rho
 
 METHODS = [("inilora", {"steps": 10}), ("inilora-alpha", {}), ("inilora-beta-kn", {}), ("inilora-beta-ku", {}),
            ("milora", {}), ("pissa", {}), ("olora", {})]

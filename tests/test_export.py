@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from _util import TINY_TARGETS, bound, perturb, rho
 from peft import LoraConfig, PeftModel, TaskType
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -17,8 +18,6 @@ import inilora
 from inilora.errors import InitError
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
 from inilora.peft_bridge import targets
-
-from _util import TINY_TARGETS, bound, perturb, rho
 
 CASES = [
     ("llama-gqa", "inilora", {"steps": 20}),

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from _util import TINY_TARGETS, bound, perturb, rho
 from peft import LoraConfig, PeftModel
 from peft import get_peft_model as peft_get_peft_model
 
@@ -14,8 +15,6 @@ import inilora
 from inilora.errors import FingerprintMismatch, InitError
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
 from inilora.peft_bridge import INIT_ADAPTER, is_marked, targets
-
-from _util import TINY_TARGETS, bound, perturb, rho
 
 RESIDUAL = [
     ("inilora", {"steps": 30}), ("inilora-alpha", {}), ("inilora-beta-kn", {}), ("inilora-beta-ku", {}),

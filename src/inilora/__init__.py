@@ -16,8 +16,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .errors import FingerprintMismatch, InitError  # noqa: E402
-from .methods import available_methods, get_method  # noqa: E402
+from .errors import FingerprintMismatch, InitError
+from .methods import available_methods, get_method
 
 _LAZY = {
     "get_peft_model": "peft_bridge",
@@ -36,6 +36,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "FingerprintMismatch", "InitError", "available_methods", "export", "get_method", "get_peft_model",
-    "load", "original", "__version__",
+    "FingerprintMismatch",
+    "InitError",
+    "__version__",
+    "available_methods",
+    "export",
+    "get_method",
+    "get_peft_model",
+    "load",
+    "original",
 ]

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -75,16 +75,16 @@ def init(
     model: str = typer.Option(..., help="Hub name, local folder or embedded:smollm2 / embedded:minilm."),
     method: str = typer.Option("inilora", help="Init method (`inilora methods` lists them)."),
     rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha; default r (s = 1, as the paper's scripts)."),
-    targets: Optional[List[str]] = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
+    lora_alpha: float | None = typer.Option(None, help="LoRA alpha; default r (s = 1, as the paper's scripts)."),
+    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
     seed: int = typer.Option(0, help="Seed of the random draws."),
     out: Path = typer.Option(..., help="Folder for the ready-to-train adapter."),
-    steps: Optional[int] = typer.Option(None, help="inilora: approximation steps (default 20000)."),
-    engine: Optional[str] = typer.Option(None, help="inilora: approximation engine."),
-    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    steps: int | None = typer.Option(None, help="inilora: approximation steps (default 20000)."),
+    engine: str | None = typer.Option(None, help="inilora: approximation engine."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
     use_rslora: bool = typer.Option(False, help="rsLoRA scaling alpha/√r."),
-    dtype: Optional[str] = typer.Option(None, help="Load the base in this dtype (float32, bfloat16, ...)."),
-    residual_dtype: Optional[str] = typer.Option(None, help="Keep replaced base weights in this dtype."),
+    dtype: str | None = typer.Option(None, help="Load the base in this dtype (float32, bfloat16, ...)."),
+    residual_dtype: str | None = typer.Option(None, help="Keep replaced base weights in this dtype."),
     cache: bool = typer.Option(True, help="Use the fit cache ($INILORA_CACHE)."),
 ) -> None:
     """Write an initialised, ready-to-train adapter: factors, metadata and A0/B0, never a full model."""
@@ -141,18 +141,18 @@ def _save_adapter(peft_model, out: Path) -> None:
 def approximate(
     model: str = typer.Option(..., help="Hub name, local folder or embedded:smollm2 / embedded:minilm."),
     rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
-    targets: Optional[List[str]] = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
+    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
     seed: int = typer.Option(0, help="Seed of the initial factors."),
     steps: int = typer.Option(20000, help="Approximation steps."),
-    checkpoints: Optional[str] = typer.Option(None, help="Also cache these iterations, e.g. 100,1000,4000."),
-    engine: Optional[str] = typer.Option(None, help="Approximation engine (default auto: triton on CUDA, "
+    checkpoints: str | None = typer.Option(None, help="Also cache these iterations, e.g. 100,1000,4000."),
+    engine: str | None = typer.Option(None, help="Approximation engine (default auto: triton on CUDA, "
                                          "cpu-fused on CPU, else torch)."),
-    device: Optional[str] = typer.Option(None, help="Run the fit on this device (cpu, cuda, cuda:1)."),
-    devices: Optional[str] = typer.Option(None, help="Split the matrices over these devices, e.g. cuda:0,cuda:1."),
+    device: str | None = typer.Option(None, help="Run the fit on this device (cpu, cuda, cuda:1)."),
+    devices: str | None = typer.Option(None, help="Split the matrices over these devices, e.g. cuda:0,cuda:1."),
     resume: bool = typer.Option(True, help="Snapshot the fit's state in the cache and continue an interrupted run."),
-    dtype: Optional[str] = typer.Option(None, help="Load the base in this dtype."),
-    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
-    report: Optional[Path] = typer.Option(None, help="Write the per-matrix report (JSON) here."),
+    dtype: str | None = typer.Option(None, help="Load the base in this dtype."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
+    report: Path | None = typer.Option(None, help="Write the per-matrix report (JSON) here."),
 ) -> None:
     """Precompute IniLoRA's fit once per base model and fill the cache that `init` and
     `get_peft_model` read (same options, same cache keys)."""
@@ -219,10 +219,10 @@ def _print_report(report, out: Path | None) -> None:
 @app.command()
 def export(
     adapter_dir: Path = typer.Argument(..., help="Adapter folder saved from an inilora model."),
-    base: Optional[str] = typer.Option(None, help="The unmodified base (default: the one recorded)."),
+    base: str | None = typer.Option(None, help="The unmodified base (default: the one recorded)."),
     layout: str = typer.Option("plain", help="plain | merged | residual"),
     out: Path = typer.Option(..., help="Output folder."),
-    dtype: Optional[str] = typer.Option(None, help="Target dtype (default: the base's)."),
+    dtype: str | None = typer.Option(None, help="Target dtype (default: the base's)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Convert a saved adapter to a layout that loads without inilora."""
@@ -246,8 +246,8 @@ def export(
 def compare(
     config: Path = typer.Argument(..., help="A comparison YAML (configs/paper/, configs/embedded/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs of the grid and exit."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     from .runner import run_compare
@@ -280,7 +280,7 @@ def report(
 
 @app.command()
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder, resumed if it exists "
+    out: Path | None = typer.Option(None, "--out", help="Output folder, resumed if it exists "
                                        "(default runs/demo, runs/demo-full with --full)."),
     full: bool = typer.Option(False, "--full", help="The larger version (more data, seeds and steps)."),
     nlu_task: str = typer.Option("offline-topic", help="NLU task: offline-topic or offline-qa-pair."),
@@ -311,7 +311,7 @@ def _set_value(text: str) -> Any:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="A training YAML (e.g. configs/embedded/train-nlu.yaml)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: lora.rank=16, method=inilora "
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a key: lora.rank=16, method=inilora "
                                                                  "(repeatable)."),
     progress: bool = typer.Option(True, help="Show the Trainer's progress bars."),
 ) -> None:

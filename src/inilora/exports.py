@@ -23,9 +23,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -272,7 +272,13 @@ def _save_tokenizer(name: str | None, out: Path) -> None:
 def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candidate_weights, dtype, adapter_dir,
              tokenizer_name) -> None:
     """Drift of the export against the merged model, both in ``dtype`` (SPEC §4)."""
-    from .models import load_tokenizer, model_output, probe_inputs, relative_drift, top1_agreement
+    from .models import (
+        load_tokenizer,
+        model_output,
+        probe_inputs,
+        relative_drift,
+        top1_agreement,
+    )
 
     tokenizer = None
     if tokenizer_name:
@@ -327,6 +333,6 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
-__all__ = ["ExportReport", "LAYOUTS", "export"]
+__all__ = ["LAYOUTS", "ExportReport", "export"]
 
 

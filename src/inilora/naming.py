@@ -10,7 +10,7 @@ salted per process and is never used.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -23,9 +23,10 @@ import logging
 import os
 import types
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -222,7 +223,9 @@ def _default_targets(model: torch.nn.Module, config: LoraConfig) -> None:
     """Fill ``target_modules`` as PEFT would (its per-architecture defaults: q/v for LLaMA)."""
     if config.target_modules is not None or config.target_parameters:
         return
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults,
+    )
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     found = defaults.get(model_type)

@@ -7,13 +7,19 @@ stderr is a terminal and into nothing otherwise (tests, CI logs).
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def approximation_progress(description: str = "IniLoRA fit", force: bool = False) -> Callable[[int, int, float], None] | None:
     if not (force or sys.stderr.isatty()):
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.3e}"), TimeRemainingColumn(), transient=False)

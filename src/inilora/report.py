@@ -292,6 +292,17 @@ def _fmt_value(v: Any) -> str:
 # the report
 
 
+def _provenance(rows: list[dict]) -> str:
+    """Where and when the numbers were measured: a wall time means nothing without its machine."""
+    devices = ", ".join(dict.fromkeys(f"{r['device']} ({r.get('threads', '?')} threads, {r.get('precision', '?')})"
+                                      for r in rows if r.get("device"))) or "not recorded"
+    stamps = sorted(r["finished_at"] for r in rows if r.get("finished_at"))
+    when = f"{stamps[0][:16]} – {stamps[-1][:16]} UTC" if stamps else "not recorded"
+    versions = next((r["versions"] for r in rows if r.get("versions")), {})
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else ""
+    return f"Measured on {devices}; runs finished {when}" + (f"; {libs}" if libs else "") + ".\n"
+
+
 def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, title: str | None = None,
                  baseline: str | None = None, plots: bool = True) -> Path:
     """Write ``report.md`` (+ ``summary.json`` and PNG plots) into ``output_dir``; return its path."""
@@ -311,6 +322,7 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
              (f"{len(rows)} finished runs: {len(methods_of(rows))} methods, "
              f"{len({r['seed'] for r in rows})} seeds, tasks {', '.join(dict.fromkeys(r['task'] for r in rows))}; "
              f"models {', '.join(dict.fromkeys(r.get('model', '?') for r in rows))}.\n"),
+             _provenance(rows),
              "## Results\n", markdown_tables(rows, stats, baseline)]
     sweeps = sweep_tables(stats, rows)
     if sweeps.strip():

@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from .config import (
 RESULTS = "results.jsonl"
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
-KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "approx_loss", "eval_history", "info")
+KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
+        "info", "device", "threads", "precision", "versions")  # the last four: where a number was measured
 
 RunFn = Callable[..., dict]
 
@@ -199,6 +201,7 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
     row.update({k: result[k] for k in KEPT if k in result})
     row["config"] = to_dict(run.config)
     row["output_dir"] = run.config.output_dir
+    row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return row
 
 

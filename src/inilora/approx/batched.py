@@ -18,8 +18,8 @@ same op sequence as ``torch.optim.Adam``'s default single-tensor path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -39,7 +39,6 @@ from .result import (
     validate_checkpoints,
 )
 from .resume import Resume, restore
-
 
 _LOSS_CHUNK = 1 << 25  # elements of E formed at once when logging (128 MiB in fp32)
 

@@ -10,7 +10,7 @@ draws: IniLoRA draws U = B0 first).  The residual
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
