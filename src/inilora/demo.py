@@ -73,13 +73,15 @@ SMOKE = Sizes(seeds=(0, 1), nlu_methods=("lora", "inilora"), nlu_train=16, nlu_e
 
 
 def _engine(sizes: Sizes) -> str:
-    """The fused C++ kernel on the CPU (it falls back to "torch" by itself where no compiler is found);
-    the batched torch engine on a GPU."""
+    """The engine ``engine="auto"`` picks where the demo trains (cpu-fused on the CPU when its kernel
+    builds, triton on a GPU, else torch), resolved up front so the header can say which ran."""
     if sizes.engine:
         return sizes.engine
     import torch
 
-    return "torch" if torch.cuda.is_available() else "cpu-fused"
+    from .approx import resolve_engine
+
+    return resolve_engine("auto", ["cuda" if torch.cuda.is_available() else "cpu"])
 
 
 def _fit_options(method: str, sizes: Sizes, engine: str) -> dict[str, Any]:
