@@ -38,7 +38,7 @@ from .result import (
     snapshot_factors,
     validate_checkpoints,
 )
-from .resume import Resume, restore
+from .resume import Resume, begin
 
 _LOSS_CHUNK = 1 << 25  # elements of E formed at once when logging (128 MiB in fp32)
 
@@ -216,17 +216,9 @@ def fit_batched(
         def snapshot(t: int) -> None:
             snapshot_factors(snaps, t, groups)
 
-        t0 = 0
-        state = resume.load() if resume is not None else None
-        if state is not None:
-            restore(_buffers(adams), state)
-            t0 = state["t"]
-            for adam in adams:
-                adam.step = t0
-            losses[:] = [list(x) for x in state["losses"]]
-            snaps[:] = [dict(x) for x in state["snaps"]]
-        if resume is not None:
-            resume.start(t0)
+        t0 = begin(resume, lambda t: _buffers(adams), losses, snaps)
+        for adam in adams:
+            adam.step = t0  # Adam's step is the iteration count, not a saved buffer
 
         for t in range(t0, steps):
             if resume is not None and resume.due(t):

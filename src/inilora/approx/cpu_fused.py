@@ -51,7 +51,7 @@ from .result import (
     lr_at,
     validate_checkpoints,
 )
-from .resume import Resume, restore
+from .resume import Resume, begin
 
 __all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
 
@@ -347,19 +347,12 @@ def fit_cpu_fused(
 
     buffers = {"params": params, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     try:
-        t = 0
-        state = resume.load() if resume is not None else None
-        if state is not None:
-            restore(buffers, state)
+        t = begin(resume, lambda _: buffers, losses, snaps)
+        if t > 0:  # restored (snapshots are never taken at iteration 0)
             lib.ifs_refresh(plan)  # re-derive the kernel's interleaved copy of P
-            t = state["t"]
-            losses[:] = [list(x) for x in state["losses"]]
-            snaps[:] = [dict(x) for x in state["snaps"]]
         events = set(range(0, steps, log_every)) | wanted | {steps}
-        if resume is not None:
-            resume.start(t)
-            if resume.every_steps is not None:
-                events |= set(range(0, steps, resume.every_steps))
+        if resume is not None and resume.every_steps is not None:
+            events |= set(range(0, steps, resume.every_steps))
         events = sorted(e for e in events if e >= t)
         neg, bc2 = _schedule(0, steps, lr)
         for e in events:

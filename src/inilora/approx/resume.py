@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,24 @@ def run_fingerprint(engine: str, weights, inits, *, steps: int, lr: float, log_e
         "init": h.hexdigest(),
     }
     return json.dumps(desc, sort_keys=True)
+
+
+def begin(resume: Resume | None, buffers: Callable[[int], dict[str, Tensor]], losses: list, snaps: list) -> int:
+    """The iteration an engine's loop starts at: 0, or that of this run's snapshot, with the
+    engine's state tensors (``buffers(t)``: they may depend on t), the losses and the checkpoint
+    factors restored in place.  Starts the save clock.  One place for every engine, so a resumed
+    run restores the same things whichever engine ran it."""
+    if resume is None:
+        return 0
+    t0 = 0
+    state = resume.load()
+    if state is not None:
+        t0 = int(state["t"])
+        restore(buffers(t0), state)
+        losses[:] = [list(x) for x in state["losses"]]
+        snaps[:] = [dict(x) for x in state["snaps"]]
+    resume.start(t0)
+    return t0
 
 
 def restore(buffers: dict[str, Tensor], state: dict[str, Any]) -> None:

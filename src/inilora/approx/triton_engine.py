@@ -65,7 +65,7 @@ from .result import (
     snapshot_factors,
     validate_checkpoints,
 )
-from .resume import Resume, restore
+from .resume import Resume, begin
 
 # Optional dependency, imported on first use (``_import_triton``) so that importing the package
 # stays cheap; the kernels below look ``tl`` up only when Triton compiles or interprets them.
@@ -600,15 +600,7 @@ def fit_triton(
                 out[f"{j}.grams"] = g.grams[t % 2]
             return out
 
-        t0 = 0
-        state = resume.load() if resume is not None else None
-        if state is not None:
-            t0 = state["t"]
-            restore(buffers(t0), state)
-            losses[:] = [list(x) for x in state["losses"]]
-            snaps[:] = [dict(x) for x in state["snaps"]]
-        if resume is not None:
-            resume.start(t0)
+        t0 = begin(resume, buffers, losses, snaps)
 
         for t in range(t0, steps):
             if resume is not None and resume.due(t):
