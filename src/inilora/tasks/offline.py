@@ -119,7 +119,22 @@ def _to_dataset(rows: list[dict[str, Any]], label_names: tuple[str, ...]) -> Any
 
 
 @dataclass(frozen=True)
-class OfflineTopic(ClassificationTask):
+class _BuiltClassification(ClassificationTask):
+    """An offline classification task whose splits are built once in memory by ``_splits``."""
+
+    def _splits(self) -> dict[str, list[dict[str, Any]]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def load(self, split: str, limit: int | None = None, seed: int = 0, source: Any = None) -> Any:
+        _no_source(self.name, source)
+        splits = self._splits()
+        if split not in splits:
+            raise TaskError(f"{self.name}: no split {split!r}; it has {', '.join(splits)}")
+        return subsample(_to_dataset(splits[split], self.label_names), limit, seed)
+
+
+@dataclass(frozen=True)
+class OfflineTopic(_BuiltClassification):
     """MMLU question → coarse category; balanced: ``per_class_eval`` per class in validation, the
     rest (cut to the smallest class) in train."""
 
@@ -144,16 +159,9 @@ class OfflineTopic(ClassificationTask):
                 r["idx"] = i
         return splits
 
-    def load(self, split: str, limit: int | None = None, seed: int = 0, source: Any = None) -> Any:
-        _no_source(self.name, source)
-        splits = self._splits()
-        if split not in splits:
-            raise TaskError(f"{self.name}: no split {split!r}; it has {', '.join(splits)}")
-        return subsample(_to_dataset(splits[split], self.label_names), limit, seed)
-
 
 @dataclass(frozen=True)
-class OfflineQAPair(ClassificationTask):
+class OfflineQAPair(_BuiltClassification):
     """(question, candidate) → 1 if the candidate is the question's correct option, else 0. Each
     question gives one positive and one negative, so both splits are exactly balanced; questions
     whose correct answer text is also another question's correct answer are left out."""
@@ -185,13 +193,6 @@ class OfflineQAPair(ClassificationTask):
                 r["idx"] = i
             splits[split] = rows
         return splits
-
-    def load(self, split: str, limit: int | None = None, seed: int = 0, source: Any = None) -> Any:
-        _no_source(self.name, source)
-        splits = self._splits()
-        if split not in splits:
-            raise TaskError(f"{self.name}: no split {split!r}; it has {', '.join(splits)}")
-        return subsample(_to_dataset(splits[split], self.label_names), limit, seed)
 
 
 # --------------------------------------------------------------------------------------------------
