@@ -26,6 +26,14 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (one resolution for every plot of a report) and release the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "-", text).strip("-")
 
@@ -76,11 +84,9 @@ def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
             ax.axis("off")
         if drawn:
             fig.suptitle(f"{task}: training loss (mean ± std over seeds)")
-            fig.tight_layout()
-            path = out_dir / f"train_loss_{_slug(task)}.png"
-            fig.savefig(path, dpi=110)
-            files.append(path)
-        plt.close(fig)
+            files.append(_save(fig, out_dir / f"train_loss_{_slug(task)}.png"))
+        else:
+            plt.close(fig)
     return files
 
 
@@ -122,11 +128,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
             ax.set_ylabel(headline)
             ax.set_title(f"{task}: {headline} vs {key.rsplit('.', 1)[-1]}")
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            path = out_dir / f"sweep_{_slug(task)}_{_slug(key)}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            files.append(path)
+            files.append(_save(fig, out_dir / f"sweep_{_slug(task)}_{_slug(key)}.png"))
     return files
 
 
@@ -157,11 +159,7 @@ def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         ax.set_title(f"{task}: {headline} per method (mean ± std, dots: seeds)")
         if len(settings) > 1:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"methods_{_slug(task)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, out_dir / f"methods_{_slug(task)}.png"))
     return files
 
 
@@ -201,8 +199,4 @@ def _approx(rows: list[dict], out_dir: Path) -> list[Path]:
     ax.set_title("IniLoRA approximation loss")
     if len(seen) <= 12:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "approx_loss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out_dir / "approx_loss.png")]
