@@ -37,10 +37,10 @@ from .result import (
     STEPS,
     FitResult,
     Trajectory,
+    check_run,
     eckart_young,
     lr_at,
     relative_error,
-    validate_checkpoints,
 )
 from .resume import Resume, run_fingerprint
 from .split import assign
@@ -202,13 +202,9 @@ def approximate(
     """
     if engine != AUTO and engine not in ENGINES:
         raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    check_run(steps, log_every, checkpoints)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    validate_checkpoints(checkpoints, steps)
     _check(weights, init)
     names = list(weights)
     work_w, work_i = (weights, init) if not devices else _placement(weights, init, devices)

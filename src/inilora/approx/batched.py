@@ -32,11 +32,11 @@ from .result import (
     STEPS,
     EngineProgress,
     Trajectory,
+    check_run,
     fp32_matmul,
     lr_at,
     record_losses,
     snapshot_factors,
-    validate_checkpoints,
 )
 from .resume import Resume, begin
 
@@ -194,13 +194,7 @@ def fit_batched(
     matrices' losses (display only: each matrix is optimised on its own mean).
     ``resume`` (see :mod:`.resume`): continue from its snapshot and save new ones periodically.
     """
-    if len(weights) != len(inits):
-        raise ValueError("weights and inits must have the same length")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
-    wanted = set(validate_checkpoints(checkpoints, steps))
+    wanted = check_run(steps, log_every, checkpoints, weights, inits)
     n = len(weights)
     losses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n)]

@@ -48,8 +48,8 @@ from .result import (
     STEPS,
     EngineProgress,
     Trajectory,
+    check_run,
     lr_at,
-    validate_checkpoints,
 )
 from .resume import Resume, begin
 
@@ -271,13 +271,7 @@ def fit_cpu_fused(
     ``resume``: continue from its snapshot (the padded buffers, byte for byte) and save new
     ones at segment boundaries; the kernel's arithmetic does not depend on how the steps are
     cut into calls, so a resumed run ends bit-identical to an uninterrupted one."""
-    if len(weights) != len(inits):
-        raise ValueError("weights and inits must have the same length")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
-    wanted = set(validate_checkpoints(checkpoints, steps))
+    wanted = check_run(steps, log_every, checkpoints, weights, inits)
     n = len(weights)
     if n == 0:
         return []

@@ -23,8 +23,8 @@ from .result import (
     STEPS,
     EngineProgress,
     Trajectory,
+    check_run,
     fp32_matmul,
-    validate_checkpoints,
 )
 
 
@@ -47,11 +47,7 @@ def fit_reference(
     every t with ``t % log_every == 0`` and the loss of the final factors at ``t = steps``.
     ``checkpoints[t]`` holds the factors after t updates (0: the initial ones).
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
-    wanted = set(validate_checkpoints(checkpoints, steps))
+    wanted = check_run(steps, log_every, checkpoints)
     W32 = W.detach().float()
     U = U0.detach().to(W.device, torch.float32, copy=True).requires_grad_(True)
     P = P0.detach().to(W.device, torch.float32, copy=True).requires_grad_(True)

@@ -94,6 +94,18 @@ def eckart_young(W: Tensor, r: int) -> float:
     return math.sqrt(tail / total)
 
 
+def check_run(steps: int, log_every: int, checkpoints: Sequence[int], weights: Sequence = (),
+              inits: Sequence = ()) -> set[int]:
+    """The argument checks every engine makes before any work; the checkpoint iterations asked for."""
+    if len(weights) != len(inits):
+        raise ValueError("weights and inits must have the same length")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    return set(validate_checkpoints(checkpoints, steps))
+
+
 def validate_checkpoints(checkpoints: Sequence[int], steps: int) -> list[int]:
     """Sorted, de-duplicated checkpoint iterations; each must lie in ``[0, steps]``."""
     out = sorted({int(c) for c in checkpoints})

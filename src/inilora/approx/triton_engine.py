@@ -59,11 +59,11 @@ from .result import (
     STEPS,
     EngineProgress,
     Trajectory,
+    check_run,
     fp32_matmul,
     lr_at,
     record_losses,
     snapshot_factors,
-    validate_checkpoints,
 )
 from .resume import Resume, begin
 
@@ -523,13 +523,7 @@ def fit_triton(
     current step's slot (they are accumulated with atomics: recomputing them could round
     differently) — and save new ones periodically.
     """
-    if len(weights) != len(inits):
-        raise ValueError("weights and inits must have the same length")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
-    wanted = set(validate_checkpoints(checkpoints, steps))
+    wanted = check_run(steps, log_every, checkpoints, weights, inits)
     n_all = len(weights)
     if n_all == 0:
         return []
