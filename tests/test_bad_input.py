@@ -281,7 +281,7 @@ CASES = [
          cli=lambda env: ["export", str(env.disk / "drifty-adapter"), "--base", str(env.disk / "bf16-base"),
                           "--out", str(env.tmp / "out")]),
     Case("`init --out` onto a folder that is not an adapter", None, InitError,
-         r"--out .* exists and is not an adapter folder", r"Choose a new folder",
+         r"--out .* exists and is not empty", r"choose a new folder",
          cli=lambda env: (_user_folder(env), _init_args("--method", "inilora-alpha")(env))[1]),
     Case("interrupted export keeps the previous one", _export_interrupted, None, "", ""),
     Case("interrupted `init --out` keeps the previous adapter", _init_interrupted, None, "", ""),

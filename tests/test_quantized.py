@@ -240,3 +240,147 @@ def test_real_gguf_smollm2(tmp_path):
     assert model.inilora_report.drift["max_rel"] < 1e-4
     model.save_pretrained(str(tmp_path / "adapter"))
     inilora.export(model, tmp_path / "merged", layout="merged")
+
+
+# --------------------------------------------------------------------------- CPU-packed 4-bit layers
+# On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight in place at its first no-grad eval
+# forward (nibbles reordered in 32-row blocks, scales un-nested, transposed, rounded to bf16).
+# The packing is plain torch, so these tests apply it themselves and run on every CPU; the checks
+# that need bitsandbytes' packed kernel run only where it exists.
+
+
+def _has_packed_kernel() -> bool:
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        return bool(has_avx512bf16())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _pack(module) -> None:
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+    data, state = _convert_weight_packed_for_cpu(module.weight.data, module.weight.quant_state)
+    module.weight.data, module.weight.quant_state = data, state
+    module.quant_state = state
+
+
+def _quantized4(base_dir, nested: bool):
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32,
+                             bnb_4bit_use_double_quant=nested)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoModelForCausalLM.from_pretrained(str(base_dir), quantization_config=cfg).eval()
+
+
+@bnb_only
+@pytest.mark.parametrize("nested", [False, True])
+def test_cpu_packed_4bit_layer_dequantizes_to_the_same_weight(base_dir, nested):
+    """Both layouts read back as one matrix: codes × the bf16-rounded scales packing keeps."""
+    base = _quantized4(base_dir, nested)
+    layers = {n: m for n, m in base.named_modules() if quantized.quant_kind(m) == "bnb-4bit"}
+    canonical = {n: quantized.dequantize(m) for n, m in layers.items()}
+    rounded = {n: quantized.dequantize(m, absmax_bf16=True) for n, m in layers.items()}
+    for name, module in layers.items():
+        assert 0 < float((rounded[name] - canonical[name]).norm() / canonical[name].norm()) < 4e-3
+        stored = module.weight.data.clone()
+        _pack(module)
+        assert quantized.is_cpu_packed(module) and not torch.equal(module.weight.data.flatten(), stored.flatten())
+        packed_state = (module.weight.data.clone(), module.weight.quant_state.absmax.clone())
+        assert torch.equal(quantized.dequantize(module), rounded[name])
+        assert torch.equal(quantized.dequantize(module, absmax_bf16=True), rounded[name])
+        # reading changed nothing: the layer keeps its packed data and state
+        assert quantized.is_cpu_packed(module)
+        assert torch.equal(module.weight.data, packed_state[0])
+        assert torch.equal(module.weight.quant_state.absmax, packed_state[1])
+
+
+@bnb_only
+@pytest.mark.skipif(not _has_packed_kernel(), reason="bitsandbytes' packed CPU kernel needs AVX512-BF16")
+def test_packed_layer_forward_is_what_dequantize_reads(base_dir):
+    """Where the packed kernel runs: the layer's own forward agrees with x·deq(W)ᵀ (bf16 compute)."""
+    base = _quantized4(base_dir, nested=False)
+    layer = base.model.layers[0].self_attn.q_proj
+    x = torch.randn(4, layer.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer(x)  # bitsandbytes packs it here, as any eval forward of the user's would
+    assert quantized.is_cpu_packed(layer)
+    quantized.check_dequantized("q_proj", layer, quantized.dequantize(layer))
+
+
+@bnb_only
+@pytest.mark.skipif(not _has_packed_kernel(), reason="bitsandbytes' packed CPU kernel needs AVX512-BF16")
+@pytest.mark.parametrize("nested", [False, True])
+def test_residual_on_a_base_packed_by_an_eval_forward(base_dir, nested, tmp_path):
+    """The reproduction of issue 16: a forward before init packs every 4-bit layer; the residual is
+    still built from what those layers compute, so the output at init is the quantized model's."""
+    base = _quantized4(base_dir, nested)
+    x = probe_inputs(base)
+    with torch.no_grad():
+        base(**x)  # packs (a user's generation or eval)
+    assert all(quantized.is_cpu_packed(m) for m in base.modules() if quantized.quant_kind(m))
+    w0 = {n: quantized.dequantize(m) for n, m in base.named_modules() if quantized.quant_kind(m)
+          and n.rsplit(".", 1)[-1] in QV}
+    with torch.no_grad():
+        before = base(**x).logits
+    model = _quiet(inilora.get_peft_model, base, _cfg(), "inilora-alpha", residual_dtype="float32")
+    init = targets(model, INIT_ADAPTER)
+    for name, t in targets(model, "default").items():  # R + s·B0A0 is the packed layer's own matrix
+        a0, b0 = init[name].layer.lora_A[INIT_ADAPTER].weight, init[name].layer.lora_B[INIT_ADAPTER].weight
+        assert torch.allclose(t.base.weight + t.layer.scaling["default"] * (b0 @ a0), w0[name], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        after = model(**x).logits
+    # the packed kernel multiplies in bf16 and the fp32 residual layers do not: that rounding (≈ 1 %)
+    # is all that moves; the garbage read this replaces moved the output by ≈ 120 %
+    assert relative_drift(after, before) < 0.03
+    model.save_pretrained(str(tmp_path))
+    loaded = _quiet(inilora.load, _quantized4(base_dir, nested), tmp_path)  # fresh, unpacked: same base
+    assert loaded.inilora_report.drift is None or loaded.inilora_report.drift["max_rel"] < 1e-2
+
+
+@bnb_only
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_misread_dequantization_is_an_error_never_an_adapter(base_dir, bits, monkeypatch, tmp_path):
+    """The guard: a dequantization that is not what the layer computes stops the init, naming the layer."""
+    real = quantized.dequantize
+
+    def corrupted(module, **kw):
+        w = real(module, **kw)
+        return w.flip(0)  # rows in the wrong order: the kind of error a layout misread makes
+
+    monkeypatch.setattr(quantized, "dequantize", corrupted)
+    with pytest.raises(InitError, match=r"q_proj.*not what the layer computes.*bitsandbytes \d"):
+        _quiet(inilora.get_peft_model, _quantized(base_dir, bits), _cfg(), "milora")
+
+
+@bnb_only
+def test_a_requantized_layer_is_checked_too(base_dir, monkeypatch):
+    """After re-quantization the same guard runs on R: a layout broken by the write is caught."""
+    real_dequantize, real_requantize = quantized.dequantize, quantized.requantize
+    written: set[int] = set()
+
+    def requantize(module, weight):
+        real_requantize(module, weight)
+        written.add(id(module.weight))
+
+    def dequantize(module, **kw):  # honest for W0, misread for the re-quantized R
+        w = real_dequantize(module, **kw)
+        return w.flip(0) if id(module.weight) in written else w
+
+    monkeypatch.setattr(quantized, "requantize", requantize)
+    monkeypatch.setattr(quantized, "dequantize", dequantize)
+    with pytest.raises(InitError, match=r"_proj.*not what the layer computes"):
+        _quiet(inilora.get_peft_model, _quantized(base_dir, 4), _cfg(), "milora")
+
+
+@bnb_only
+def test_probe_forwards_do_not_repack(base_dir):
+    """inilora's own probes leave the layout alone, so an init does not depend on the CPU it ran on."""
+    base = _quantized4(base_dir, nested=False)
+    model_output(base, probe_inputs(base))
+    assert not any(quantized.is_cpu_packed(m) for m in base.modules())
+    assert all(m.support_avx512bf16_for_cpu == _has_packed_kernel()
+               for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu"))

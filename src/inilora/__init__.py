@@ -5,8 +5,9 @@
     ...train with any trainer, save_pretrained as usual...
     inilora.export(model, "out/plain", layout="plain")   # loads with vanilla PEFT on the unmodified base
 
-The PEFT-facing names are imported on first use, so ``import inilora.approx`` (the
-engine) pulls in neither transformers nor peft.
+Everything but the error types is imported on first use, so ``import inilora.approx`` (the
+engine) pulls in neither transformers nor peft, and the command line answers a mistyped
+option before torch is even imported.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 from .errors import FingerprintMismatch, InitError
-from .methods import available_methods, get_method
 
 _LAZY = {
+    "available_methods": "methods",
+    "get_method": "methods",
     "get_peft_model": "peft_bridge",
     "load": "peft_bridge",
     "original": "peft_bridge",

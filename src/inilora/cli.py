@@ -13,14 +13,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .checks import check_positive
 from .errors import InitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Better starting points for LoRA: IniLoRA and friends on top of PEFT.")
 console = Console(stderr=True)
 
 #: query/value projections under the names common architectures give them (SPEC: default targets)
 DEFAULT_TARGETS = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("q", "v"), ("Wqkv",))
+#: dtype names the options accept, with the short aliases people type
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "half": "float16", "float64": "float64"}
 
 
 def default_targets(model) -> list[str]:
@@ -29,16 +33,16 @@ def default_targets(model) -> list[str]:
     for group in DEFAULT_TARGETS:
         if all(g in names for g in group):
             return list(group)
-    raise typer.BadParameter("cannot find query/value projections in this model; pass --targets NAME [NAME ...]")
+    raise InitError("cannot find query/value projections in this model; pass --targets NAME[,NAME...]")
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: list[str], option: str = "--option") -> dict[str, Any]:
     """``key=value`` pairs; values are Python literals when they parse as one, else strings."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--option takes key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"takes key=value, got {pair!r}", param_hint=f"'{option}'")
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -46,15 +50,100 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _fail(exc: Exception) -> None:
+def split_names(values: list[str] | None) -> list[str] | None:
+    """``--targets q_proj,v_proj`` and ``--targets q_proj --targets v_proj`` alike."""
+    names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def _dtype(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    name = DTYPES.get(value.strip().lower().removeprefix("torch."))
+    if name is None:
+        raise typer.BadParameter(f"unknown dtype {value!r}; use one of float32, bfloat16, float16 "
+                                 "(or fp32, bf16, fp16)", param_hint=f"'{option}'")
+    return name
+
+
+def _iterations(text: str | None) -> list[int]:
+    try:
+        return [int(t) for t in (text or "").split(",") if t.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expects whole numbers separated by commas, e.g. 100,1000,4000; got {text!r}",
+                                 param_hint="'--checkpoints'") from None
+
+
+def _fail(exc: Exception | str, code: int = 2) -> None:
     from rich.markup import escape
 
     # escaped: a key like "[red]" prints as written; soft-wrapped: paths in it stay copy-pasteable
     console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _guarded(fn):
+    """Every command's refusals and failures as one line: ``InitError`` (the input is refused)
+    exit 2, ``OSError`` (a failure while working) exit 1, Ctrl-C during a fit: how to resume."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InitError as exc:
+            _fail(exc, 2)
+        except OSError as exc:
+            _fail(exc, 1)
+        except KeyboardInterrupt as exc:
+            from .approx import FitInterrupted
+
+            if not isinstance(exc, FitInterrupted):
+                raise
+            _fail(f"{exc}. Run the same command again to resume from there.", 130)
+
+    return run
+
+
+def _check_method(method: str, opts: dict[str, Any]) -> None:
+    """The method exists and takes these options with these values (its own checks, no weights)."""
+    from .methods import get_method
+
+    spec = get_method(method)
+    if not spec.peft_backed:
+        spec.resolve_options(opts)
+    elif opts:
+        raise InitError(f"method {method!r} is PEFT's own and takes no options; got {', '.join(opts)}.")
+
+
+def _model_input(model: str) -> list[Path]:
+    """A local model folder is an input the output must not replace."""
+    path = Path(model)
+    return [path] if path.exists() else []
+
+
+def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: list[str] | None,
+              use_rslora: bool = False):
+    """Rank, alpha and targets against the model's *config* (a weightless skeleton): a wrong
+    one fails in a second, before the weights load.  Returns the LoraConfig to use."""
+    from peft import LoraConfig
+
+    from .models import load_skeleton
+    from .checks import check_lora_numbers
+    from .peft_bridge import check_plan
+
+    config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, use_rslora=use_rslora)
+    check_lora_numbers(config)
+    skeleton = load_skeleton(model)
+    if skeleton is not None:
+        if targets is None:
+            config.target_modules = default_targets(skeleton)
+        check_plan(skeleton, config, method)
+    return config
 
 
 @app.command()
+@_guarded
 def methods() -> None:
     """List the initialization methods."""
     from .methods import methods as all_methods
@@ -71,15 +160,18 @@ def methods() -> None:
 
 
 @app.command()
+@_guarded
 def init(
     model: str = typer.Option(..., help="Hub name, local folder or embedded:smollm2 / embedded:minilm."),
     method: str = typer.Option("inilora", help="Init method (`inilora methods` lists them)."),
-    rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
-    lora_alpha: float | None = typer.Option(None, help="LoRA alpha; default r (s = 1, as the paper's scripts)."),
-    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
+    rank: int = typer.Option(8, "--rank", "-r", min=1, help="LoRA rank r."),
+    lora_alpha: float | None = typer.Option(None, help="LoRA alpha > 0; default r (s = 1, as the paper's scripts)."),
+    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names, e.g. q_proj,v_proj "
+                                             "(default: the query/value projections)."),
     seed: int = typer.Option(0, help="Seed of the random draws."),
     out: Path = typer.Option(..., help="Folder for the ready-to-train adapter."),
-    steps: int | None = typer.Option(None, help="inilora: approximation steps (default 20000)."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds an adapter inilora wrote (and nothing else)."),
+    steps: int | None = typer.Option(None, min=0, help="inilora: approximation steps (default 20000)."),
     engine: str | None = typer.Option(None, help="inilora: approximation engine."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
     use_rslora: bool = typer.Option(False, help="rsLoRA scaling alpha/√r."),
@@ -88,29 +180,32 @@ def init(
     cache: bool = typer.Option(True, help="Use the fit cache ($INILORA_CACHE)."),
 ) -> None:
     """Write an initialised, ready-to-train adapter: factors, metadata and A0/B0, never a full model."""
-    from peft import LoraConfig
+    from .outdir import check_output_dir
 
-    from . import get_peft_model
-    from .errors import InitError
-    from .models import load_model
-    from .progress import approximation_progress
-
+    # cheapest checks first: a typo is answered before torch, then the model library, is imported
+    dtype, residual_dtype = _dtype(dtype, "--dtype"), _dtype(residual_dtype, "--residual-dtype")
     opts = parse_options(option or [])
     if steps is not None:
         opts["steps"] = steps
     if engine is not None:
         opts["engine"] = engine
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "adapter_config.json").exists())):
-        _fail(InitError(f"--out {out} exists and is not an adapter folder; it would be replaced. Choose a new folder."))
-    try:
-        base = load_model(model, dtype=dtype)
-        config = LoraConfig(r=rank, lora_alpha=lora_alpha if lora_alpha is not None else rank,
-                            target_modules=list(targets) if targets else default_targets(base),
-                            use_rslora=use_rslora)
+    check_positive(lora_alpha, "lora_alpha (--lora-alpha)")
+    check_output_dir(out, what="--out", overwrite=overwrite, inputs=_model_input(model))
+    _check_method(method, opts)
+
+    from . import get_peft_model
+    from .approx import snapshot_on_interrupt
+    from .models import load_model
+    from .progress import approximation_progress
+
+    config = _precheck(model, method, rank, lora_alpha if lora_alpha is not None else rank, split_names(targets),
+                       use_rslora)
+    base = load_model(model, dtype=dtype)
+    if config.target_modules is None:
+        config.target_modules = default_targets(base)
+    with snapshot_on_interrupt():
         peft_model = get_peft_model(base, config, method, seed=seed, residual_dtype=residual_dtype, cache=cache,
                                     progress=approximation_progress(force=True), **opts)
-    except (InitError, OSError) as exc:
-        _fail(exc)
     peft_model.peft_config["default"].base_model_name_or_path = model
     _save_adapter(peft_model, out)
     _print_report(peft_model.inilora_report, out)
@@ -138,12 +233,14 @@ def _save_adapter(peft_model, out: Path) -> None:
 
 
 @app.command()
+@_guarded
 def approximate(
     model: str = typer.Option(..., help="Hub name, local folder or embedded:smollm2 / embedded:minilm."),
-    rank: int = typer.Option(8, "--rank", "-r", help="LoRA rank r."),
-    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names (default: q/v)."),
+    rank: int = typer.Option(8, "--rank", "-r", min=1, help="LoRA rank r."),
+    targets: list[str] | None = typer.Option(None, "--targets", help="Target module names, e.g. q_proj,v_proj "
+                                             "(default: the query/value projections)."),
     seed: int = typer.Option(0, help="Seed of the initial factors."),
-    steps: int = typer.Option(20000, help="Approximation steps."),
+    steps: int = typer.Option(20000, min=0, help="Approximation steps."),
     checkpoints: str | None = typer.Option(None, help="Also cache these iterations, e.g. 100,1000,4000."),
     engine: str | None = typer.Option(None, help="Approximation engine (default auto: triton on CUDA, "
                                          "cpu-fused on CPU, else torch)."),
@@ -153,44 +250,72 @@ def approximate(
     dtype: str | None = typer.Option(None, help="Load the base in this dtype."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="Method option key=value (repeatable)."),
     report: Path | None = typer.Option(None, help="Write the per-matrix report (JSON) here."),
+    overwrite: bool = typer.Option(False, help="Replace --report if it is a report inilora wrote."),
 ) -> None:
     """Precompute IniLoRA's fit once per base model and fill the cache that `init` and
     `get_peft_model` read (same options, same cache keys)."""
-    from peft import LoraConfig
+    from .outdir import check_output_file
 
-    from . import get_peft_model
-    from .errors import InitError
-    from .models import load_model
-    from .progress import approximation_progress
-
+    dtype = _dtype(dtype, "--dtype")
     opts = parse_options(option or [])
     opts["steps"] = steps
     if engine is not None:
         opts["engine"] = engine
     if checkpoints:
-        opts["checkpoints"] = [int(t) for t in checkpoints.split(",") if t.strip()]
+        opts["checkpoints"] = _iterations(checkpoints)
     if not resume:
         opts["resume"] = False  # else the method's default (or -o resume=N: also every N steps)
     if devices:
         opts["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
-    try:
-        base = load_model(model, dtype=dtype)
-        if device:
-            base = base.to(device)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets) if targets else default_targets(base))
+    if report is not None:
+        check_output_file(report, what="--report", overwrite=overwrite, marker=REPORT_MARKER)
+    _check_method("inilora", opts)
+    if device:
+        _check_device(device, "--device")
+    for d in opts.get("devices") or []:
+        _check_device(d, "--devices")
+    from . import get_peft_model
+    from .approx import snapshot_on_interrupt
+    from .cache import FitCache
+    from .models import load_model
+    from .progress import approximation_progress
+
+    FitCache().check_writable()
+    config = _precheck(model, "inilora", rank, rank, split_names(targets))
+    base = load_model(model, dtype=dtype)
+    if device:
+        base = base.to(device)
+    if config.target_modules is None:
+        config.target_modules = default_targets(base)
+    with snapshot_on_interrupt():
         peft_model = get_peft_model(base, config, "inilora", seed=seed, cache=True, measure_drift=False,
                                     progress=approximation_progress(force=True), **opts)
-    except (InitError, OSError) as exc:
-        _fail(exc)
     rep = peft_model.inilora_report
     _print_report(rep, None)
     console.print(f"  engine: {rep.info.get('engine')}")
     if rep.info.get("resumed_from") is not None:
         console.print(f"  resumed an interrupted fit at iteration {rep.info['resumed_from']}")
     if report is not None:
+        from .cache import atomic_write_json
+
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps({"model": model, "rank": rank, "seed": seed, "info": rep.info,
-                                      "fit": rep.fit}, indent=2, default=str))
+        atomic_write_json(report, {REPORT_MARKER: 1, "model": model, "rank": rank, "seed": seed,
+                                   "info": rep.info, "fit": rep.fit})
+
+
+#: the key that marks a JSON report as inilora's own (``approximate --report``)
+REPORT_MARKER = "inilora_report"
+
+
+def _check_device(name: str, option: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise typer.BadParameter(f"unknown device {name!r}; use cpu, cuda or cuda:N", param_hint=f"'{option}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InitError(f"{option} {name}: no CUDA device is available here; use cpu.")
 
 
 def _print_report(report, out: Path | None) -> None:
@@ -217,22 +342,30 @@ def _print_report(report, out: Path | None) -> None:
 
 
 @app.command()
+@_guarded
 def export(
     adapter_dir: Path = typer.Argument(..., help="Adapter folder saved from an inilora model."),
     base: str | None = typer.Option(None, help="The unmodified base (default: the one recorded)."),
     layout: str = typer.Option("plain", help="plain | merged | residual"),
     out: Path = typer.Option(..., help="Output folder."),
     dtype: str | None = typer.Option(None, help="Target dtype (default: the base's)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it holds an export inilora wrote (and nothing else)."),
 ) -> None:
     """Convert a saved adapter to a layout that loads without inilora."""
-    from .errors import InitError
+    from .checks import LAYOUTS, check_adapter_dir
+    from .outdir import check_output_dir
+
+    if layout not in LAYOUTS:
+        raise typer.BadParameter(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}", param_hint="'--layout'")
+    dtype = _dtype(dtype, "--dtype")
+    if not adapter_dir.is_dir():
+        raise InitError(f"ADAPTER_DIR {adapter_dir} is not a folder; give the folder `inilora init` or "
+                        "save_pretrained wrote.")
+    check_adapter_dir(adapter_dir)
+    check_output_dir(out, what="--out", overwrite=overwrite, inputs=[adapter_dir])
     from .exports import export as do_export
 
-    try:
-        report = do_export(adapter_dir, out, layout, base=base, dtype=dtype, overwrite=overwrite)
-    except (InitError, OSError) as exc:
-        _fail(exc)
+    report = do_export(adapter_dir, out, layout, base=base, dtype=dtype, overwrite=overwrite)
     msg = f"[bold green]wrote[/] {report.out_dir} (layout {report.layout}, {report.dtype})"
     if report.drift is not None:
         msg += f"; drift vs merged {report.drift:.2e}"
@@ -243,6 +376,7 @@ def export(
 
 
 @app.command()
+@_guarded
 def compare(
     config: Path = typer.Argument(..., help="A comparison YAML (configs/paper/, configs/embedded/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs of the grid and exit."),
@@ -252,14 +386,11 @@ def compare(
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     from .runner import run_compare
 
-    try:
-        run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=parse_options(set_ or []),
-                    console=console)
-    except (InitError, OSError) as exc:
-        _fail(exc)
+    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=_set_pairs(set_), console=console)
 
 
 @app.command()
+@_guarded
 def report(
     run_dir: Path = typer.Argument(..., help="A grid's output folder (holding results.jsonl)."),
     plots: bool = typer.Option(True, help="Also draw the PNG plots."),
@@ -272,13 +403,14 @@ def report(
 
     rows = read_results(run_dir)
     if not rows:
-        _fail(FileNotFoundError(f"no finished runs in {run_dir / 'results.jsonl'}"))
+        raise InitError(f"no finished runs in {run_dir / 'results.jsonl'}; give the folder `inilora compare` wrote.")
     path = write_report(run_dir, rows, plots=plots)
     _Console().print(summary_table(rows, title=rows[0].get("title", "results")))
     console.print(f"[bold green]wrote[/] {path}")
 
 
 @app.command()
+@_guarded
 def demo(
     out: Path | None = typer.Option(None, "--out", help="Output folder, resumed if it exists "
                                        "(default runs/demo, runs/demo-full with --full)."),
@@ -289,10 +421,18 @@ def demo(
     """The main job: compare init methods on the embedded models, offline, in minutes; report + plots."""
     from .demo import run_demo
 
-    try:
-        run_demo(out, full=full, nlu_task=nlu_task, smoke=smoke, console=console)
-    except (InitError, OSError) as exc:
-        _fail(exc)
+    run_demo(out, full=full, nlu_task=nlu_task, smoke=smoke, console=console)
+
+
+def _set_pairs(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs, for `train` and `compare` alike, values read by :func:`_set_value`."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"takes key=value, got {pair!r}", param_hint="'--set'")
+        overrides[key.strip()] = _set_value(value.strip())
+    return overrides
 
 
 def _set_value(text: str) -> Any:
@@ -309,6 +449,7 @@ def _set_value(text: str) -> Any:
 
 
 @app.command()
+@_guarded
 def train(
     config: Path = typer.Argument(..., help="A training YAML (e.g. configs/embedded/train-nlu.yaml)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: lora.rank=16, method=inilora "
@@ -318,16 +459,7 @@ def train(
     """Fine-tune and evaluate one configuration; re-running resumes it, a finished run is shown as stored."""
     from .train import load_config, run
 
-    overrides = {}
-    for pair in set_ or []:
-        if "=" not in pair:
-            _fail(typer.BadParameter(f"--set takes key=value, got {pair!r}"))
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = _set_value(value.strip())
-    try:
-        result = run(load_config(config, overrides), progress=progress)
-    except (InitError, OSError) as exc:
-        _fail(exc)
+    result = run(load_config(config, _set_pairs(set_)), progress=progress)
     table = Table(title=f"{result['method']} on {result['task']} (seed {result['seed']})")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -341,6 +473,7 @@ def train(
 
 
 @app.command()
+@_guarded
 def tasks() -> None:
     """List the tasks (training data and evaluations) that `train` and `compare` accept."""
     from .tasks import available_tasks
@@ -360,9 +493,51 @@ def tasks() -> None:
     Console().print(table)
 
 
-def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: one error style for every command (SPEC §8).
+
+    A usage mistake (a bad option value, an unknown option) ends in one line naming the
+    option, exit code 2; a refusal of the input (``InitError``: bad rank, a folder it may not
+    replace, a damaged adapter) one line, exit 2; a failure while working (disk full, a model
+    that cannot be found) one line, exit 1; Ctrl-C during a fit says how to resume, exit 130.
+    A traceback only with ``--debug`` (anywhere on the line).
+    """
+    try:  # typer ≥ 0.2x vendors click; its exceptions are what the parser raises
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+    if not debug:  # bitsandbytes says at import, on AVX512-BF16 CPUs, that an optional kernel package is absent
+        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+            lambda record: "kernels-community" not in record.getMessage())
+    try:
+        code = app(args=args, prog_name="inilora", standalone_mode=False)
+    except click_exc.UsageError as exc:
+        if debug:
+            raise
+        command = exc.ctx.command_path if exc.ctx is not None else "inilora"
+        _say_error(f"{exc.format_message()} (see `{command} --help`)")
+        code = 2
+    except click_exc.Abort:
+        _say_error("interrupted")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a genuine bug: short, with how to get the details
+        if debug:
+            raise
+        _say_error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the traceback "
+                   "and please report it")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say_error(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

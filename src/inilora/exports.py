@@ -17,6 +17,7 @@ it warns and recommends ``merged``.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -32,7 +33,9 @@ from peft import LoraConfig, PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .checks import LAYOUTS, check_adapter_dir
 from .errors import InitError
+from .outdir import check_output_dir, write_export_marker
 from .peft_bridge import (
     INIT_ADAPTER,
     Target,
@@ -46,7 +49,6 @@ from .peft_bridge import (
 )
 
 log = logging.getLogger(__name__)
-LAYOUTS = ("plain", "merged", "residual")
 DRIFT_WARN = 0.01
 
 
@@ -84,8 +86,10 @@ def export(
     if layout not in LAYOUTS:
         raise InitError(f"unknown export layout {layout!r}; layouts: {', '.join(LAYOUTS)}.")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise InitError(f"{out_dir} exists and is not empty; choose a new folder or pass overwrite=True.")
+    source = None if isinstance(model_or_dir, PeftModel) else Path(model_or_dir)
+    if source is not None:
+        check_adapter_dir(source)
+    check_output_dir(out_dir, what="export folder", overwrite=overwrite, inputs=[source] if source else [])
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
 
@@ -138,6 +142,7 @@ def export(
         if check and layout != "merged":
             _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
                      tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
+        write_export_marker(tmp, layout, str(source) if source else base_name)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -146,6 +151,7 @@ def export(
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 
 def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | None, str | None]:

@@ -448,6 +448,15 @@ def load_model(
     elif num_labels is not None:
         config.num_labels = num_labels
 
+    cls = _model_class(config, kind, num_labels)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = _from_pretrained(cls.from_pretrained, name_or_path, path, config=config, **kwargs)
+    model.eval()
+    return model
+
+
+def _model_class(config, kind: str, num_labels: int | None):
     if kind == "auto":
         archs = getattr(config, "architectures", None) or []
         if _is_causal_config(config):
@@ -456,16 +465,26 @@ def load_model(
             kind = "sequence-classification"
         else:
             kind = "encoder"
-    cls = {
+    return {
         "causal-lm": AutoModelForCausalLM,
         "encoder": AutoModel,
         "sequence-classification": AutoModelForSequenceClassification,
     }[kind]
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = _from_pretrained(cls.from_pretrained, name_or_path, path, config=config, **kwargs)
-    model.eval()
-    return model
+
+
+def load_skeleton(name_or_path: str, *, kind: str = "auto") -> PreTrainedModel | None:
+    """The model's modules with no weights (on the meta device), built from its config alone.
+
+    Rank, targets and shapes are checked against it before the real load.  None when the
+    config is not at hand cheaply: the embedded SmolLM2 before its plain copy exists.
+    """
+    if isinstance(name_or_path, str) and _normalise_alias(name_or_path) == SMOLLM2_ALIAS \
+            and not _copy_is_complete(_smollm2_copy_dir()):
+        return None
+    config = _from_pretrained(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _model_class(config, kind, None).from_config(config)
 
 
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
@@ -549,8 +568,11 @@ def probe_inputs(
 def model_output(model: torch.nn.Module, inputs: dict[str, Tensor]) -> Tensor:
     """Run ``model(**inputs)`` under ``torch.no_grad()``; return the logits if the output has
     them, else ``last_hidden_state`` (bare encoders) — detached, in the dtype the model computed.
+    bitsandbytes layers are not repacked for the CPU by this forward (see ``quantized.no_cpu_repack``).
     """
-    with torch.no_grad():
+    from .quantized import no_cpu_repack
+
+    with torch.no_grad(), no_cpu_repack(model):
         out = model(**inputs)
     if isinstance(out, Tensor):
         return out.detach()

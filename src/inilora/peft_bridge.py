@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import types
 import warnings
@@ -37,6 +38,7 @@ from peft.utils import load_peft_weights, set_peft_model_state_dict
 
 from . import __version__, distributed, quantized
 from .cache import FitCache, atomic_write_json, tensor_digest
+from .checks import check_lora_numbers
 from .errors import FingerprintMismatch, InitError
 from .methods import get_method
 from .methods.registry import Method
@@ -162,12 +164,30 @@ def fingerprint(weights: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def fingerprint_modules(found: Mapping[str, torch.nn.Module], *, scales: str = "bf16") -> dict[str, Any]:
+    """:func:`fingerprint` of the targeted modules' weights.
+
+    4-bit layers are read with their block scales rounded to bf16 (``scales="bf16"``), as
+    bitsandbytes' CPU packing rounds them: a layer packed by an eval forward on an
+    AVX512-BF16 CPU and a freshly loaded one then give the same fingerprint.  Adapters
+    saved before this rule have no ``"scales"`` entry and are checked the old way.
+    """
+    bf16 = scales == "bf16"
+    weights = {n: quantized.dequantize(m, absmax_bf16=bf16) if quantized.quant_kind(m) == quantized.BNB_4BIT
+               else _oriented(m) for n, m in found.items()}
+    fp = fingerprint(weights)
+    if bf16 and any(quantized.quant_kind(m) == quantized.BNB_4BIT for m in found.values()):
+        fp["scales"] = "bf16"
+    return fp
+
+
 # --------------------------------------------------------------------------- validation
 
 
 def _check_config(config: Any, adapter_name: str, method: Method) -> LoraConfig:
     if not isinstance(config, LoraConfig):
         raise InitError(f"inilora works with peft.LoraConfig; got {type(config).__name__}.")
+    check_lora_numbers(config)
     if adapter_name in _RESERVED:
         raise InitError(
             f"adapter name {adapter_name!r} is reserved: {INIT_ADAPTER!r} holds A0/B0 and TRL names its "
@@ -208,7 +228,7 @@ def _check_targets(method: Method, found: Mapping[str, torch.nn.Module], model: 
             raise InitError(f"{name} is a {kind}; residual methods support Linear and GPT-2 Conv1D layers only.")
         if w.dim() != 2:
             raise InitError(f"{name} has a {w.dim()}-D weight; only 2-D weights can be adapted.")
-        if not torch.isfinite(w).all():
+        if not w.is_meta and not torch.isfinite(w).all():
             raise InitError(f"{name}.weight contains NaN or Inf; the base checkpoint is broken.")
         if ranks is not None:
             r, (d, k) = ranks[name], w.shape
@@ -217,6 +237,19 @@ def _check_targets(method: Method, found: Mapping[str, torch.nn.Module], model: 
                     f"rank {r} for {name} is not below min(out, in) = {min(d, k)} (weight {d}×{k}); "
                     "a low-rank adapter needs r < min(d, k). Lower r or rank_pattern."
                 )
+
+
+def check_plan(model: torch.nn.Module, peft_config: LoraConfig, method: str,
+               adapter_name: str = "default") -> list[str]:
+    """Every check of :func:`get_peft_model` that needs no weight values, returning the target
+    names.  ``model`` may be a skeleton on the meta device (``models.load_skeleton``), so a
+    wrong rank or target fails before the real model loads."""
+    spec = get_method(method)
+    config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
+    _default_targets(model, config)
+    found = predicted_targets(model, config)
+    _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
+    return sorted(found)
 
 
 def _default_targets(model: torch.nn.Module, config: LoraConfig) -> None:
@@ -295,6 +328,8 @@ def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[s
     for name, (a0, b0) in factors.items():
         t = tgts[name]
         w = t.w0()
+        if quantized.quant_kind(t.base):  # a misread storage layout must never become a residual
+            quantized.check_dequantized(name, t.base, w)
         s = t.layer.scaling[adapter]
         dev = w.device
         stored = w.dtype  # read before set_weight: it changes the same Parameter in place
@@ -305,7 +340,9 @@ def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[s
             continue
         t.set_weight(r.to(residual_dtype or stored))
         if quantized.quant_kind(t.base):
-            requant[name] = float((t.w0() - r).norm()) / max(float(w.float().norm()), 1e-30)
+            r_q = t.w0()
+            quantized.check_dequantized(name, t.base, r_q)
+            requant[name] = float((r_q - r).norm()) / max(float(w.float().norm()), 1e-30)
         elif residual_dtype is not None and residual_dtype != stored:
             _keep_in(t, residual_dtype)
     return requant
@@ -417,7 +454,7 @@ def get_peft_model(
         fitcache.check_writable()
 
     weights = {n: _oriented(m) for n, m in found.items()}
-    fp = fingerprint(weights) if spec.residual else None
+    fp = fingerprint_modules(found) if spec.residual else None
     probe = _probe(model) if (measure_drift and spec.residual) else None
     before = _output(model, probe) if probe is not None else None
 
@@ -491,8 +528,25 @@ def get_peft_model(
             q = report.info.get("quantized", {})
             _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
                         "kept" if q else None)
+    _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
     peft_model.inilora_report = report
     return peft_model
+
+
+@torch.no_grad()
+def _check_finite(tgts: Mapping[str, Target], adapter: str, spec: Method, drift: dict | None) -> None:
+    """NaN/Inf anywhere in an init is an error, never a model that trains or saves (SPEC §8)."""
+    for name, t in tgts.items():
+        parts = {"A0": t.layer.lora_A[adapter].weight, "B0": t.layer.lora_B[adapter].weight}
+        if spec.residual:
+            parts["residual R"] = t.w0()
+        for what, tensor in parts.items():
+            if not torch.isfinite(tensor).all():
+                raise InitError(f"method {spec.name!r} produced NaN or Inf in {what} of {name}; nothing was "
+                                "saved. Check lora_alpha (> 0), the method's options and the base weights.")
+    if drift is not None and not math.isfinite(drift["max_rel"]):
+        raise InitError(f"the output drift at init is {drift['max_rel']} (method {spec.name!r}): the initialised "
+                        "model does not compute finite outputs; nothing was saved.")
 
 
 def _finish_residual(peft_model: PeftModel, adapter: str, factors, meta: dict, seed: int, trainable: bool) -> None:
@@ -698,7 +752,7 @@ def check_fingerprint(model: torch.nn.Module, config: LoraConfig, meta: dict) ->
             f"this adapter targets {len(want['names'])} modules ({want['names'][:3]}...) but the base model "
             f"has {len(found)} matching ones; it was made on another architecture."
         )
-    have = fingerprint({n: _oriented(m) for n, m in found.items()})
+    have = fingerprint_modules(found, scales=want.get("scales", "stored"))
     if have["sha256"] != want["sha256"]:
         raise FingerprintMismatch(
             "this adapter was initialised on a different base model (fingerprint of the targeted weights "
@@ -773,6 +827,7 @@ def is_residual_model(model: PeftModel) -> bool:
 
 
 __all__ = [
-    "INIT_ADAPTER", "InitLoraConfig", "InitReport", "check_fingerprint", "fingerprint", "get_peft_model",
+    "INIT_ADAPTER", "InitLoraConfig", "InitReport", "check_fingerprint", "check_plan",
+    "fingerprint", "fingerprint_modules", "get_peft_model",
     "is_residual_model", "load", "marker", "original", "read_metadata", "targets",
 ]

@@ -19,7 +19,11 @@ imports bitsandbytes.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -124,10 +128,65 @@ def drop_gguf_marker(model: torch.nn.Module) -> bool:
     return True
 
 
-@torch.no_grad()
-def dequantize(module: torch.nn.Module) -> torch.Tensor:
-    """The layer's weight as float32 ``(out, in)``; the layer is left exactly as it was.
+#: max|layer(x) − x·W0ᵀ| / max|x·W0ᵀ| beyond which a dequantization is not what the layer computes.
+#: Measured on the tiny LLaMA: 0 (4-bit, fp32 compute), 6.7e-3 (4-bit CPU-packed, bf16 compute),
+#: 6.3e-3 (8-bit, int8 activations); a wrong storage layout gives ≈ 1.4.
+GUARD_TOL = 0.05
 
+
+def is_cpu_packed(module: torch.nn.Module) -> bool:
+    """True for a 4-bit layer whose weight bitsandbytes repacked for its AVX512-BF16 CPU kernel.
+
+    bitsandbytes (≥ 0.49) does this in place at the first no-grad eval forward on such a CPU:
+    the nibbles are reordered in blocks of 32 output rows and the block scales (absmax) are
+    un-nested, transposed and rounded to bf16.  ``dequantize_4bit`` of that data is garbage.
+    """
+    state = getattr(getattr(module, "weight", None), "quant_state", None)
+    return bool(getattr(state, "packing_format_for_cpu", False))
+
+
+def _unpacked_view(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """The canonical ``(data, quant_state)`` of a CPU-packed 4-bit weight, without touching the layer.
+
+    Goes through bitsandbytes' own inverse on a shallow copy of the state (the inverse only
+    rebinds attributes), with re-nesting off: the packed layer computes with the bf16 absmax
+    as it is, and re-quantizing it (what the inverse does for a nested state) would change it.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    state = copy.copy(state)
+    state.original_nested = False
+    data, state = _convert_weight_packed_for_cpu_inverse(data.clone(), state)
+    if state.absmax.dim() == 2:  # still (K/blocksize, N), the packed kernel's order
+        state.absmax = state.absmax.T.reshape(-1).float()
+    return data, state
+
+
+def _dequantize_4bit(module: torch.nn.Module, *, absmax_bf16: bool = False) -> torch.Tensor:
+    import bitsandbytes.functional as bnbf
+
+    w = module.weight
+    data, state = w.data, w.quant_state
+    if is_cpu_packed(module):
+        data, state = _unpacked_view(data, state)
+    elif absmax_bf16:
+        state = copy.copy(state)
+        if state.nested:  # the scales as packing makes them: un-nested, then bf16
+            state.absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset
+            state.nested = False
+        state.absmax = state.absmax.float()
+    if absmax_bf16:
+        state.absmax = state.absmax.to(torch.bfloat16).float()
+    return bnbf.dequantize_4bit(data, state).to(torch.float32)
+
+
+@torch.no_grad()
+def dequantize(module: torch.nn.Module, *, absmax_bf16: bool = False) -> torch.Tensor:
+    """The layer's weight as float32 ``(out, in)``, in whatever storage layout it is; the layer
+    is left exactly as it was.
+
+    ``absmax_bf16=True`` rounds 4-bit block scales to bf16 first, as CPU packing does: the
+    result is then the same for a packed and an unpacked copy of one checkpoint (fingerprints).
     (PEFT's ``dequantize_module_weight`` re-wraps an 8-bit CPU weight and drops its scales
     once the layer has run a forward pass, so it is not used here.)
     """
@@ -136,7 +195,7 @@ def dequantize(module: torch.nn.Module) -> torch.Tensor:
     w = module.weight
     kind = quant_kind(module)
     if kind == BNB_4BIT:
-        return bnbf.dequantize_4bit(w.data, w.quant_state).to(torch.float32)
+        return _dequantize_4bit(module, absmax_bf16=absmax_bf16)
     if kind == BNB_8BIT:
         state = getattr(module, "state", None)
         scb = w.SCB if getattr(w, "SCB", None) is not None else getattr(state, "SCB", None)
@@ -147,12 +206,72 @@ def dequantize(module: torch.nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
+def check_dequantized(name: str, module: torch.nn.Module, weight: torch.Tensor) -> None:
+    """Raise :class:`InitError` unless ``module``'s own forward is ``x·weightᵀ (+ b)`` on a small probe.
+
+    A cheap guard (4 rows) against reading a storage layout wrongly: a residual built from a
+    garbage dequantization is a silently wrong model.  The forward runs as the layer's
+    user would run it (eval, no grad), checking the layout the layer is in now without
+    repacking it (:func:`no_cpu_repack`).
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, weight.shape[1], generator=gen).to(weight.device)
+    bias = getattr(module, "bias", None)
+    want = x @ weight.T + (bias.float() if bias is not None else 0)
+    was_training = module.training
+    module.eval()
+    try:
+        with warnings.catch_warnings(), no_cpu_repack(module):  # bnb's notes on input casts say nothing here
+            warnings.simplefilter("ignore")
+            got = module(x.to(_input_dtype(module))).float()
+    finally:
+        module.train(was_training)
+    err = float((got - want).abs().max()) / max(float(want.abs().max()), 1e-30)
+    if not err <= GUARD_TOL:  # also catches NaN
+        import bitsandbytes
+
+        layout = "CPU-packed" if is_cpu_packed(module) else "canonical"
+        raise InitError(
+            f"{name}: the dequantized weight is not what the layer computes (max relative difference "
+            f"{err:.3g} on a probe, tolerance {GUARD_TOL}; {quant_kind(module)}, {layout} layout, "
+            f"bitsandbytes {bitsandbytes.__version__}). inilora will not build a residual from it. "
+            f"Please report this; meanwhile {ALTERNATIVES}."
+        )
+
+
+def _input_dtype(module: torch.nn.Module) -> torch.dtype:
+    dtype = getattr(module, "compute_dtype", None)
+    bias = getattr(module, "bias", None)
+    return dtype or (bias.dtype if bias is not None else torch.float32)
+
+
+@contextlib.contextmanager
+def no_cpu_repack(model: torch.nn.Module) -> Iterator[None]:
+    """Run inilora's own probe forwards without triggering bitsandbytes' CPU repacking.
+
+    Repacking rounds a 4-bit layer's scales to bf16, so a probe that packed the base would
+    make the init depend on the CPU it ran on (AVX512-BF16 or not).  Layers the user's own
+    forwards already packed stay packed; :func:`dequantize` reads them as they are.
+    """
+    flagged = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
+    for m in flagged:
+        m.support_avx512bf16_for_cpu = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.support_avx512bf16_for_cpu = True
+
+
+@torch.no_grad()
 def requantize(module: torch.nn.Module, weight: torch.Tensor) -> None:
     """Quantize ``weight`` (``(out, in)``, any float dtype) into ``module`` with its own settings."""
     old = module.weight
     kind = quant_kind(module)
     if kind == BNB_4BIT:
-        dtype = getattr(old.quant_state, "dtype", None) or weight.dtype  # what the original was quantized from
+        state = old.quant_state  # packing replaces .dtype with bf16 and keeps the original beside it
+        dtype = getattr(state, "original_dtype", None) if is_cpu_packed(module) else getattr(state, "dtype", None)
+        dtype = dtype or weight.dtype  # what the original was quantized from
         new = type(old)(
             weight.detach().to(dtype).contiguous(), requires_grad=False, quant_type=old.quant_type,
             quant_storage=old.quant_storage, compress_statistics=old.compress_statistics,
@@ -187,6 +306,7 @@ def unquantize_layer(lora_layer: torch.nn.Module, weight: torch.Tensor) -> None:
 
 
 __all__ = [
-    "ALTERNATIVES", "BNB_4BIT", "BNB_8BIT", "DRIFT_WARN", "check_layer", "check_model", "dequantize",
-    "drop_gguf_marker", "model_quant_method", "quant_kind", "requantize", "unquantize_layer",
+    "ALTERNATIVES", "BNB_4BIT", "BNB_8BIT", "DRIFT_WARN", "GUARD_TOL", "check_dequantized", "check_layer",
+    "check_model", "dequantize", "drop_gguf_marker", "is_cpu_packed", "model_quant_method", "no_cpu_repack",
+    "quant_kind", "requantize", "unquantize_layer",
 ]

@@ -100,8 +100,8 @@ def _check_methods(config: CompareConfig) -> None:
                 raise ConfigError(f"variants.{label}: training mode {method!r} takes no options")
             continue
         try:
-            get_method(method).resolve_options({**config.base.method_options, **options})
-        except InitError as exc:
+            get_method(method).resolve_options({**config.base.method_options, **options}, check=False)
+        except InitError as exc:  # names only here: a sweep may supply values; each run is checked in expand
             raise ConfigError(f"methods: {label}: {exc}") from None
     unused = sorted(set(config.variants) - set(config.methods))
     if unused:
@@ -111,6 +111,9 @@ def _check_methods(config: CompareConfig) -> None:
 def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[PlannedRun]:
     """The grid's runs in execution order (settings, then seed, then method), each with a stable,
     readable id; raises ConfigError for any key or method that cannot run, before any run starts."""
+    from .errors import InitError
+    from .methods import get_method
+
     _check_methods(config)
     root = Path(output_dir or config.output_dir)
     keys = list(config.sweep)
@@ -142,7 +145,9 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 data["output_dir"] = str(root / RUNS / run_id)
                 try:
                     train_config = from_dict(TrainConfig, data)
-                except ConfigError as exc:
+                    if method not in TRAINING_MODES and not get_method(method).peft_backed:
+                        get_method(method).resolve_options(train_config.method_options)
+                except InitError as exc:  # ConfigError too: the run's whole config, values included
                     raise ConfigError(f"run {run_id}: {exc}") from None
                 if run_id in planned:
                     planned[run_id].shared_by.append(cell)

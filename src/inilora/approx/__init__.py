@@ -42,7 +42,7 @@ from .result import (
     lr_at,
     relative_error,
 )
-from .resume import Resume, run_fingerprint
+from .resume import FitInterrupted, Resume, run_fingerprint, snapshot_on_interrupt
 from .split import assign
 from .triton_engine import engine as _triton_engine
 

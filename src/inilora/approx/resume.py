@@ -20,13 +20,14 @@ Model-agnostic: torch and the stdlib only (the cache decides where the file live
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,42 @@ import torch
 from torch import Tensor
 
 FORMAT = 1
+
+#: Ctrl-C during a fit that snapshots: the first press asks the running engine to save at its
+#: next iteration boundary and stop (:class:`FitInterrupted`); a second press stops at once.
+_interrupt = {"asked": False, "last_due": -1e9}
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a fit after its state was saved; rerunning the same call resumes it."""
+
+    def __init__(self, t: int, path: Path) -> None:
+        super().__init__(f"interrupted after iteration {t}; state saved in {path}")
+        self.t, self.path = t, path
+
+
+def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    if _interrupt["asked"] or time.monotonic() - _interrupt["last_due"] > 2.0:
+        raise KeyboardInterrupt  # no snapshotting fit is running, or asked twice: stop now
+    _interrupt["asked"] = True
+
+
+@contextlib.contextmanager
+def snapshot_on_interrupt() -> Iterator[None]:
+    """Within this block (main thread), Ctrl-C during a resumable fit saves its state at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    _interrupt["asked"] = False
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupt["asked"] = False
 
 
 class Resume:
@@ -79,6 +116,9 @@ class Resume:
 
     def due(self, t: int) -> bool:
         """Whether iteration boundary ``t`` should be saved (never the start of a (re)run)."""
+        _interrupt["last_due"] = time.monotonic()
+        if _interrupt["asked"] and self._last_t is not None:
+            return True
         if self._last_t is None:
             self._last_t = t
             self._last_time = time.monotonic()
@@ -117,6 +157,8 @@ class Resume:
             raise
         self._note(saves=self.saves + 1)
         self.start(t)
+        if _interrupt["asked"]:
+            raise FitInterrupted(int(t), self.path)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state of this run, or None (none, unreadable, or another run's)."""

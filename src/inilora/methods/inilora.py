@@ -171,7 +171,58 @@ def _store(cache: FitCache, fields: dict, todo: list[int], weights, results, uns
                    for n, r in results.items()})
 
 
-@register("inilora", summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual",
+def _number(value: Any, what: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        kind = "a positive number" if positive else "a finite number"
+        raise InitError(f"inilora option {what} must be {kind}, got {value!r}.")
+    return float(value)
+
+
+def _count(value: Any, what: str, *, least: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InitError(f"inilora option {what} must be a whole number ≥ {least}, got {value!r}.")
+    return value
+
+
+def check_options(opts: Mapping[str, Any]) -> None:
+    """Every inilora option checked without weights, so a typo fails before a model loads."""
+    steps = _count(opts.get("steps", OPTIONS["steps"]), "steps")
+    _number(opts.get("lr", OPTIONS["lr"]), "lr", positive=True)
+    std = opts.get("std", "auto")
+    if std != "auto":
+        if isinstance(std, str):
+            raise InitError(f"inilora option std must be 'auto' or a positive number, got {std!r}.")
+        _number(std, "std", positive=True)
+    round_std = opts.get("round_std", 3)
+    if round_std is not None:
+        _count(round_std, "round_std")
+    for key, allowed in (("std_source", ("weight", "weight+bias")), ("std_scope", ("module_type", "all"))):
+        if opts.get(key, OPTIONS[key]) not in allowed:
+            raise InitError(f"inilora option {key} must be one of {', '.join(allowed)}; got {opts.get(key)!r}.")
+    mean = opts.get("mean", 0.0)
+    if mean != "auto":
+        if isinstance(mean, str):
+            raise InitError(f"inilora option mean must be 'auto' or a number, got {mean!r}.")
+        _number(mean, "mean")
+    engine = opts.get("engine", "auto")
+    if engine != approx.AUTO and engine not in approx.ENGINES:
+        raise InitError(f"unknown approximation engine {engine!r}; engines: {approx.AUTO}, {', '.join(approx.ENGINES)}.")
+    checkpoints = opts.get("checkpoints", ())
+    if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
+        raise InitError(f"inilora option checkpoints must be a list of iterations, got {checkpoints!r}.")
+    bad_ckpt = [t for t in checkpoints if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= steps]
+    if bad_ckpt:
+        raise InitError(f"checkpoints must be whole numbers in [0, steps={steps}], got {bad_ckpt}.")
+    resume = opts.get("resume", True)
+    if resume is not True and resume is not False:
+        _count(resume, "resume (True, False or a number of steps)", least=1)
+    devices = opts.get("devices")
+    if devices is not None and (isinstance(devices, str) or not all(isinstance(d, str) for d in devices)):
+        raise InitError(f"inilora option devices must be a list of device names, got {devices!r}.")
+
+
+@register("inilora", check=check_options, summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual",
           options=OPTIONS)
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
             std_source="weight", std_scope="module_type", mean=0.0, engine="auto",
@@ -182,13 +233,9 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     the entry (every 30 s, and every ``resume`` steps when it is a number) and a
     rerun with the same key continues from it; ``devices``: split the matrices over these
     devices.  Under torchrun the matrices are split over the ranks (see ``distributed``)."""
-    if int(steps) < 0:
-        raise InitError(f"steps must be ≥ 0, got {steps}.")
-    if engine != approx.AUTO and engine not in approx.ENGINES:
-        raise InitError(f"unknown approximation engine {engine!r}; engines: {approx.AUTO}, {', '.join(approx.ENGINES)}.")
-    bad_ckpt = [t for t in checkpoints if not 0 <= int(t) <= int(steps)]
-    if bad_ckpt:
-        raise InitError(f"checkpoints must lie in [0, steps={steps}], got {bad_ckpt}.")
+    check_options(dict(steps=steps, lr=lr, std=std, round_std=round_std, std_source=std_source,
+                       std_scope=std_scope, mean=mean, engine=engine, checkpoints=checkpoints, resume=resume,
+                       devices=devices))
     dist = init_distribution(weights, std=std, round_std=round_std, std_source=std_source,
                              std_scope=std_scope, mean=mean, biases=biases)
     init = draw_init(weights, ranks, rng_for, dist, std_scope)

@@ -15,9 +15,15 @@ from collections.abc import Callable, Mapping
 import torch
 
 from ..errors import InitError
-from .registry import InitResult, RngFor, register
+from .registry import DRY_RUN, InitResult, RngFor
+from .registry import register as _register
 
 Draw = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def register(name: str, **kw):
+    """The registry's decorator; a random draw is cheap, so options are checked by a dry run."""
+    return _register(name, check=DRY_RUN, **kw)
 
 
 def draw_factors(weights: Mapping[str, torch.Tensor], ranks: Mapping[str, int], rng_for: RngFor,
@@ -38,6 +44,8 @@ def draw_factors(weights: Mapping[str, torch.Tensor], ranks: Mapping[str, int], 
 def _positive(name: str, value, what: str) -> float:
     if value is None:
         raise InitError(f"method {name!r} needs {what}=<number>, e.g. {what}=0.02.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InitError(f"method {name!r}: {what} must be a positive number, got {value!r}.")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise InitError(f"method {name!r}: {what} must be a positive number, got {value}.")

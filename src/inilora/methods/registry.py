@@ -55,8 +55,13 @@ class Method:
     def peft_backed(self) -> bool:
         return self.fn is None
 
-    def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``given``; unknown names fail with the valid list."""
+    #: validates resolved options without weights (raises InitError); :data:`DRY_RUN`: call ``fn``
+    #: on one 2×2 matrix (microseconds for the random methods, and it checks every option); None: names only
+    check: Callable[[Mapping[str, Any]], None] | str | None = None
+
+    def resolve_options(self, given: Mapping[str, Any], *, check: bool = True) -> dict[str, Any]:
+        """Defaults overlaid with ``given``, checked before any weight is read: unknown names
+        fail with the valid list, bad values (unless ``check=False``) with the option's name."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             valid = ", ".join(sorted(set(self.options) - _INTERNAL)) or "none"
@@ -64,20 +69,41 @@ class Method:
                 f"method {self.name!r} does not take option(s) {', '.join(unknown)}; "
                 f"its options are: {valid}."
             )
-        return {**self.options, **given}
+        opts = {**self.options, **given}
+        if check and self.check is not None:
+            self._check(opts)
+        return opts
+
+    def _check(self, opts: Mapping[str, Any]) -> None:
+        try:
+            if self.check != DRY_RUN:
+                self.check(opts)
+            else:
+                w = {"probe": torch.zeros(2, 2)}
+                self.fn(w, {"probe": 1}, {"probe": 1.0}, lambda _: torch.Generator().manual_seed(0), **opts)
+        except InitError:
+            raise
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in opts.items() if k not in _INTERNAL and v is not None)
+            raise InitError(f"method {self.name!r}: invalid option value ({shown}): {exc}") from None
 
 
+#: ``register(..., check=DRY_RUN)``: options are checked by running the method on a 2×2 matrix
+DRY_RUN = "dry-run"
 #: options the bridge fills in itself (not for users): left out of the "its options are" list
 _INTERNAL = frozenset({"biases", "cache", "progress"})
 _REGISTRY: dict[str, Method] = {}
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
 
 
-def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None):
-    """Decorator: add ``fn`` to the registry under ``name``."""
+def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None,
+             check: Callable[[Mapping[str, Any]], None] | str | None = None):
+    """Decorator: add ``fn`` to the registry under ``name``; ``check`` validates its options
+    without weights (a function of the options, or :data:`DRY_RUN`)."""
 
     def wrap(fn: Callable[..., InitResult]) -> Callable[..., InitResult]:
-        _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=dict(options or {})))
+        _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=dict(options or {}),
+                    check=check))
         return fn
 
     return wrap

@@ -1,0 +1,113 @@
+"""What inilora may do to a user's folders (SPEC §8), decided before any model loads.
+
+The rule, one place for every command that writes a folder (``init``, ``export``,
+``approximate --report``, ``train``, ``compare``):
+
+- a missing or empty folder is written;
+- an existing, non-empty folder is never deleted or replaced without ``overwrite``;
+- with ``overwrite``, only a folder holding nothing but what inilora itself writes is
+  replaced: an adapter (``inilora.json`` beside PEFT's adapter files) or an export (its
+  ``inilora-export.json`` lists the files it wrote).  A folder that also holds anything
+  else (Trainer ``checkpoint-*`` folders, the user's files) is refused, naming what is there;
+- never the command's own input, nor a folder that contains it.
+
+Writability is checked by creating and removing a probe file in the nearest existing
+folder, so a read-only or impossible path fails before the work, not after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import InitError
+
+#: what ``save_pretrained`` of an inilora adapter writes (PEFT's files, our sidecar, the A0/B0 folder)
+ADAPTER_ENTRIES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+                             "inilora.json", "inilora_init", "README.md"})
+#: an export's marker: ``{"layout": ..., "files": [top-level names it wrote]}``
+EXPORT_MARKER = "inilora-export.json"
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of ``folder`` that inilora did not write (all of them when nothing marks it as ours)."""
+    names = sorted(p.name for p in folder.iterdir())
+    allowed: set[str] = set()
+    marker = folder / EXPORT_MARKER
+    if marker.is_file():
+        try:
+            allowed = {*json.loads(marker.read_text())["files"], EXPORT_MARKER}
+        except (OSError, ValueError, KeyError, TypeError):
+            allowed = set()
+    elif (folder / "inilora.json").is_file():
+        allowed = set(ADAPTER_ENTRIES)
+    return [n for n in names if n not in allowed]
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Create and remove a probe file where ``path`` would be written (its nearest existing folder)."""
+    path = Path(path)
+    probe_dir = path if path.is_dir() else path.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InitError(f"{what} {path}: {probe_dir} is a file, not a folder; choose another path.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".inilora-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InitError(f"{what} {path} cannot be written ({exc.strerror or exc}); choose a writable path.") from None
+
+
+def check_output_dir(path: Path, *, what: str, overwrite: bool = False, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, an output folder this command may not write (the module's rule)."""
+    path = Path(path)
+    here = path.resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if here == src or here in src.parents:
+            raise InitError(f"{what} {path} is (or contains) this command's input {given}; choose another folder.")
+    if path.exists() and not path.is_dir():
+        raise InitError(f"{what} {path} is a file; choose a folder path.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise InitError(f"{what} {path} exists and is not empty; choose a new folder, or pass --overwrite to "
+                            "replace it (only a folder that holds nothing but inilora's own output is replaced).")
+        foreign = foreign_entries(path)
+        if foreign:
+            shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+            raise InitError(f"{what} {path} also holds what inilora did not write ({shown}); it is not replaced, "
+                            "even with --overwrite. Choose a new folder.")
+    check_writable(path, what)
+
+
+def check_output_file(path: Path, *, what: str, overwrite: bool = False, marker: str) -> None:
+    """The same rule for a single file: replaced only with ``overwrite`` and only if it is a JSON
+    file inilora wrote (it holds the key ``marker``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InitError(f"{what} {path} is a folder; give a file path.")
+    if path.exists():
+        if not overwrite:
+            raise InitError(f"{what} {path} exists; choose a new file, or pass --overwrite to replace it.")
+        try:
+            ours = marker in json.loads(path.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise InitError(f"{what} {path} was not written by inilora; it is not replaced, even with --overwrite.")
+    check_writable(path, what)
+
+
+def write_export_marker(folder: Path, layout: str, source: str | None) -> None:
+    """Mark a finished export (called on the temp folder, before it is moved into place)."""
+    files = sorted(p.name for p in folder.iterdir())
+    (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files}, indent=2))
+
+
+__all__ = ["ADAPTER_ENTRIES", "EXPORT_MARKER", "check_output_dir", "check_output_file", "check_writable",
+           "foreign_entries", "write_export_marker"]
