@@ -157,7 +157,7 @@ def fake_builder(smollm2, monkeypatch, tmp_path):
         calls.append(folder)
         time.sleep(0.2)  # long enough for a concurrent caller to find the lock held
         for f in real.iterdir():
-            if f.name != "inilora-manifest.json":
+            if f.name not in ("inilora-manifest.json", M._VERIFIED_STAMP):
                 os.symlink(f, folder / f.name)
         return {"dtype": "float32"}
 
@@ -395,3 +395,26 @@ def test_tiny_models_are_seeded(tiny):
     assert tiny("bert", dtype=torch.bfloat16).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="gpt2"):
         tiny("t5")
+
+
+def test_copy_with_flipped_bytes_is_rebuilt_not_loaded(fake_builder):
+    """A file of the same size but other content (a flipped byte loads and gives NaN logits) is caught
+    by the manifest's content hash; an unchanged copy is hashed once, then trusted by size and mtime."""
+    with pytest.warns(UserWarning):
+        final = Path(resolve("embedded:smollm2"))
+    assert M._copy_is_complete(final)
+    stamp = final / M._VERIFIED_STAMP
+    assert stamp.is_file()  # the successful hash is remembered...
+    before = stamp.stat().st_mtime_ns
+    assert M._copy_is_complete(final) and stamp.stat().st_mtime_ns == before  # ...so it is not redone
+    config = final / "config.json"
+    data = bytearray(config.read_bytes())
+    data[data.index(b"llama")] = ord("L")  # one byte, same size
+    config.unlink()  # the fixture's copy is a symlink to the session's copy: write a file of our own
+    config.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="content hash"):
+        assert not M._copy_is_complete(final)
+    with pytest.warns(UserWarning):
+        resolve("embedded:smollm2")
+    assert len(fake_builder) == 2 and M._copy_is_complete(final)
+    assert json.loads((final / "config.json").read_text())["model_type"] == "llama"

@@ -108,3 +108,29 @@ def test_report_cli_rebuilds_from_results(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "grid"), "--no-plots"])
     assert result.exit_code == 0, result.output
     assert "inilora" in (tmp_path / "grid" / "report.md").read_text()
+
+
+def test_small_n_is_said_plainly_in_tables_and_summary(tmp_path):
+    """A tie of 3 seeds (std exactly 0) is flagged, not shown as stability; one seed says why there is no test;
+    per-seed values stand beside mean ± std; ×100 is said once, in the header."""
+    from rich.console import Console
+
+    from inilora.report import TIE, markdown_tables, summary_table
+
+    rows = [_row("lora", s, a) for s, a in zip((0, 1, 2), (0.60, 0.62, 0.61))]
+    rows += [_row("pissa", s, 0.625) for s in (0, 1, 2)]
+    rows += [_row("inilora", 0, 0.7)]
+    stats = aggregate(rows)
+    md = markdown_tables(rows, stats, "lora")
+    pissa = next(line for line in md.splitlines() if line.startswith("| pissa"))
+    assert f"62.5 ± 0.0 {TIE}" in pissa and "62.5, 62.5, 62.5" in pissa
+    assert "(×100)" not in pissa and "accuracy (×100)" in md
+    assert f"{TIE} std exactly 0" in md and "not evidence of stability" in md
+    assert "inilora: one seed only, so no std and no test" in md
+    lora = next(line for line in md.splitlines() if line.startswith("| **lora**"))
+    assert "60.0, 62.0, 61.0" in lora
+    console = Console(record=True, width=200)
+    console.print(summary_table(rows, stats))
+    text = console.export_text()
+    assert "mean ± std (×100)" in text and text.count("(×100)") == 1
+    assert "one seed only" in text and "std exactly 0" in text

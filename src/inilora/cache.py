@@ -23,14 +23,10 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from .errors import InitError
+from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, cache_root  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 FORMAT = 1
-
-
-def cache_root() -> Path:
-    """``$INILORA_CACHE`` or ``~/.cache/inilora``."""
-    return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora")
 
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -51,37 +47,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def atomic_save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                                             metadata=metadata))
 
 
 class FitCache:

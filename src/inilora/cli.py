@@ -213,20 +213,14 @@ def init(
 
 def _save_adapter(peft_model, out: Path) -> None:
     """Save beside ``out`` and swap it in: an interrupted save never leaves a half-written adapter."""
-    import os
     import shutil
-    import tempfile
 
-    from .exports import _replace_dir
+    from .fileio import replace_dir, temp_dir
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = temp_dir(out.parent, out.name)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
         peft_model.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -384,9 +378,11 @@ def compare(
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
+    overrides = _set_pairs(set_)
+    _config_file(config)
     from .runner import run_compare
 
-    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=_set_pairs(set_), console=console)
+    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console)
 
 
 @app.command()
@@ -424,6 +420,11 @@ def demo(
     run_demo(out, full=full, nlu_task=nlu_task, smoke=smoke, console=console)
 
 
+def _config_file(path: Path) -> None:
+    if not path.is_file():
+        raise InitError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+
+
 def _set_pairs(pairs: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` pairs, for `train` and `compare` alike, values read by :func:`_set_value`."""
     overrides = {}
@@ -457,9 +458,12 @@ def train(
     progress: bool = typer.Option(True, help="Show the Trainer's progress bars."),
 ) -> None:
     """Fine-tune and evaluate one configuration; re-running resumes it, a finished run is shown as stored."""
+
+    overrides = _set_pairs(set_)
+    _config_file(config)
     from .train import load_config, run
 
-    result = run(load_config(config, _set_pairs(set_)), progress=progress)
+    result = run(load_config(config, overrides), progress=progress)
     table = Table(title=f"{result['method']} on {result['task']} (seed {result['seed']})")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")

@@ -17,12 +17,10 @@ it warns and recommends ``merged``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from safetensors.torch import save_file
 
 from .checks import LAYOUTS, check_adapter_dir
 from .errors import InitError
+from .fileio import replace_dir, temp_dir
 from .outdir import check_output_dir, write_export_marker
 from .peft_bridge import (
     INIT_ADAPTER,
@@ -117,8 +116,7 @@ def export(
         adapter_state = get_peft_model_state_dict(work, adapter_name=adapter_name)
         base_name = getattr(base_model, "name_or_path", None) or config.base_model_name_or_path
 
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None,
-                                prefix=f".{out_dir.name}.tmp-"))
+    tmp = temp_dir(out_dir.parent, out_dir.name)
     try:
         plain = _unwrap(work, tgts, target_dtype)
         if layout == "plain":
@@ -143,7 +141,7 @@ def export(
             _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
                      tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
         write_export_marker(tmp, layout, str(source) if source else base_name)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -325,18 +323,6 @@ def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candida
             "for this model, or keep the base in float32.", stacklevel=3)
     else:
         log.info("%s export drift vs merged (%s): %.2e", report.layout, report.dtype, report.drift)
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished export into place; an existing folder is swapped out, then removed."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
 
 
 __all__ = ["LAYOUTS", "ExportReport", "export"]

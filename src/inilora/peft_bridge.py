@@ -235,7 +235,7 @@ def _check_targets(method: Method, found: Mapping[str, torch.nn.Module], model: 
             if r >= min(d, k):
                 raise InitError(
                     f"rank {r} for {name} is not below min(out, in) = {min(d, k)} (weight {d}×{k}); "
-                    "a low-rank adapter needs r < min(d, k). Lower r or rank_pattern."
+                    "a low-rank adapter needs r < min(d, k). Lower r (--rank) or rank_pattern."
                 )
 
 

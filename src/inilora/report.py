@@ -191,6 +191,34 @@ def _fmt_ms(mean: float, std: float, scale: float) -> str:
     return text + ("" if math.isnan(std) else f" ± {std * scale:.{digits}f}")
 
 
+#: marks a std of exactly 0 over ≥ 2 seeds: a tie (e.g. equal correct counts on a small eval set),
+#: not a measured stability
+TIE = "‡"
+
+
+def _fmt_stat(s: Stat, scale: float) -> str:
+    text = _fmt_ms(s.mean, s.std, scale)
+    return text + (f" {TIE}" if len(s.values) >= 2 and s.std == 0 else "")
+
+
+def _fmt_seeds(s: Stat, scale: float) -> str:
+    digits = 1 if scale == 100 else 4
+    return ", ".join(f"{v * scale:.{digits}f}" for v in s.values)
+
+
+def _notes(cell: list[Stat], baseline: str) -> list[str]:
+    """Sentences a reader needs to not be misled at small n."""
+    notes = []
+    if any(len(s.values) >= 2 and s.std == 0 for s in cell):
+        notes.append(f"{TIE} std exactly 0: every seed gave the same value (a tie, e.g. of correct counts on a small "
+                     "evaluation set), not evidence of stability; more evaluation examples separate them.")
+    single = sorted({s.method for s in cell if len(s.values) < 2})
+    if single:
+        notes.append(f"{', '.join(single)}: one seed only, so no std and no test against `{baseline}` are possible "
+                     "(—); run more seeds (rerunning the grid resumes it and adds them).")
+    return notes
+
+
 def _fmt_p(p: float) -> str:
     if math.isnan(p):
         return "—"
@@ -231,7 +259,7 @@ def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
             out.append(f"### {task} — {setting_label(setting)}\n")
             header = ["method", "# params"]
             for m in metrics:
-                header += [f"{m}{' (×100)' if scale[m] == 100 else ''}", f"p vs {baseline} (Holm)"]
+                header += [f"{m}{' (×100)' if scale[m] == 100 else ''}", "per seed", f"p vs {baseline} (Holm)"]
             out.append("| " + " | ".join(header) + " |")
             out.append("|" + "---|" * len(header))
             for method in methods:
@@ -240,13 +268,17 @@ def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
                 for m in metrics:
                     s = next((x for x in cell if x.metric == m and x.method == method), None)
                     if s is None:
-                        line += ["—", "—"]
+                        line += ["—", "—", "—"]
                         continue
-                    line += [_fmt_ms(s.mean, s.std, scale[m]), "baseline" if method == baseline else _fmt_p(s.p_holm)]
+                    line += [_fmt_stat(s, scale[m]), _fmt_seeds(s, scale[m]),
+                             "baseline" if method == baseline else _fmt_p(s.p_holm)]
                 out.append("| " + " | ".join(line) + " |")
-            out.append(f"\nmean ± std over up to {n} seeds (ddof = 1); p: paired t-test across seeds against "
-                       f"`{baseline}`, Holm-corrected over the other methods of this table and metric "
-                       "(* p < 0.05, ** p < 0.01).\n")
+            seeds = sorted({seed for x in cell for seed in x.seeds})
+            out.append(f"\nmean ± std over up to {n} seeds (ddof = 1; per seed: seeds {', '.join(map(str, seeds))} "
+                       f"in order); p: paired t-test across seeds against `{baseline}`, Holm-corrected over the "
+                       "other methods of this table and metric (* p < 0.05, ** p < 0.01).")
+            out.extend(_notes(cell, baseline))
+            out.append("")
     return "\n".join(out)
 
 
@@ -372,13 +404,17 @@ def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: s
     notes = ([tasks[0]] if len(tasks) == 1 else []) + ([metrics[0]] if len(metrics) == 1 else []) + \
         ([settings[0]] if len(settings) == 1 and settings[0] != "default" else [])
     notes = [n for n in notes if n not in title]
-    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""))
-    for col in cols + ["method", "# params", "mean ± std", "n", f"p vs {baseline} (Holm)"]:
+    scales = {id(s): 100.0 if _percent(s.metric, s.values) else 1.0 for s in shown}
+    one_scale = len(set(scales.values())) == 1
+    table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""),
+                  caption="\n".join(_notes(shown, baseline)) or None, caption_justify="left")
+    stat_col = "mean ± std" + (" (×100)" if one_scale and 100.0 in scales.values() else "")
+    for col in cols + ["method", "# params", stat_col, "per seed", "n", f"p vs {baseline} (Holm)"]:
         table.add_column(col)
     for s in shown:
-        scale = 100.0 if _percent(s.metric, s.values) else 1.0
+        scale = scales[id(s)]
         values = {"task": s.task, "setting": setting_label(s.setting), "metric": s.metric}
         table.add_row(*[values[c] for c in cols], s.method, _fmt_params(_params(rows, s.task, s.method, s.setting)),
-                      _fmt_ms(s.mean, s.std, scale) + (" (×100)" if scale == 100 else ""), str(len(s.values)),
-                      "—" if s.method == baseline else _fmt_p(s.p_holm))
+                      _fmt_stat(s, scale) + (" (×100)" if scale == 100 and not one_scale else ""),
+                      _fmt_seeds(s, scale), str(len(s.values)), "—" if s.method == baseline else _fmt_p(s.p_holm))
     return table

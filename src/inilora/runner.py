@@ -221,6 +221,20 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
                               f"{', '.join(diff)}); choose another output_dir, or delete it to start over.")
 
 
+def _check_root(root: Path) -> None:
+    """A grid folder is made by its grid: a non-empty folder that holds no ``compare.yaml`` is the
+    user's, and is refused before any run (SPEC §8); the folder must be writable."""
+    from .outdir import check_writable
+
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} is a file; choose a folder path")
+    if root.is_dir() and not (root / "compare.yaml").is_file() and any(root.iterdir()):
+        names = sorted(p.name for p in root.iterdir())[:5]
+        raise ConfigError(f"output_dir {root} holds files that are not an inilora comparison "
+                          f"({', '.join(names)}); choose a new folder")
+    check_writable(root, "output_dir")
+
+
 def _resumable(out: Path) -> bool:
     """A complete Trainer checkpoint (its state file is written last): the pipeline resumes from it."""
     return any((ckpt / "trainer_state.json").is_file() for ckpt in out.glob("checkpoint-*"))
@@ -273,6 +287,7 @@ def run_grid(
     console = console or Console(stderr=True)
     root = Path(output_dir or config.output_dir)
     runs = expand(config, root)
+    _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
     done = set(previous)

@@ -49,6 +49,7 @@ from .triton_engine import engine as _triton_engine
 __all__ = [
     "ENGINES",
     "ENGINE_VERSION",
+    "FitInterrupted",
     "FitResult",
     "Resume",
     "approximate",
@@ -59,6 +60,7 @@ __all__ = [
     "lr_at",
     "relative_error",
     "resolve_engine",
+    "snapshot_on_interrupt",
 ]
 
 #: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress) -> [Trajectory]``;

@@ -90,7 +90,9 @@ def _cpu_tag() -> str:
 
 def _build_root() -> Path:
     """``$INILORA_CACHE/build`` (default ``~/.cache/inilora/build``)."""
-    return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora") / "build"
+    from ..fileio import cache_root
+
+    return cache_root() / "build"
 
 
 def _ninja_on_path() -> None:

@@ -171,6 +171,10 @@ def _store(cache: FitCache, fields: dict, todo: list[int], weights, results, uns
                    for n, r in results.items()})
 
 
+#: far past any useful fit (the paper's curve is flat after ~5000); guards int64 step counters too
+MAX_STEPS = 10**9
+
+
 def _number(value: Any, what: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or (positive and value <= 0):
@@ -188,6 +192,8 @@ def _count(value: Any, what: str, *, least: int = 0) -> int:
 def check_options(opts: Mapping[str, Any]) -> None:
     """Every inilora option checked without weights, so a typo fails before a model loads."""
     steps = _count(opts.get("steps", OPTIONS["steps"]), "steps")
+    if steps > MAX_STEPS:
+        raise InitError(f"inilora option steps must be at most {MAX_STEPS:,} (the paper uses 20,000), got {steps:,}.")
     _number(opts.get("lr", OPTIONS["lr"]), "lr", positive=True)
     std = opts.get("std", "auto")
     if std != "auto":

@@ -45,6 +45,20 @@ def check_config(out: Path, resolved: dict[str, Any]) -> None:
         )
 
 
+def check_folder(out: Path) -> None:
+    """A run folder is created by its run: an existing, non-empty folder without our
+    ``config.yaml`` holds someone else's files and is refused, before any work (SPEC §8)."""
+    from ..outdir import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file; choose a folder path")
+    if out.is_dir() and not (out / CONFIG).is_file() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())[:5]
+        raise ConfigError(f"output_dir {out} holds files that are not an inilora run ({', '.join(names)}); "
+                          "choose a new folder")
+    check_writable(out, "output_dir")
+
+
 def write_config(out: Path, resolved: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CONFIG, yaml.safe_dump(resolved, sort_keys=False).encode())

@@ -75,6 +75,18 @@ def plan(config: TrainConfig) -> Plan:
     return p
 
 
+def _check_method(config: TrainConfig) -> None:
+    """The method and its options, checked before data or model load (a typo costs a second)."""
+    from ..config import TRAINING_MODES
+    from ..methods import get_method
+
+    if config.method in TRAINING_MODES:
+        return
+    spec = get_method(config.method)
+    if not spec.peft_backed:
+        spec.resolve_options(config.method_options)
+
+
 def _check_scheduler(name: str) -> None:
     from transformers import SchedulerType
 
@@ -237,10 +249,13 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
     done = outputs.finished(out, resolved)
     if done is not None:
         return done
+    outputs.check_folder(out)
+    _check_method(config)
     with _quiet(not progress):
         p = plan(config)
-        outputs.write_config(out, resolved)
         model, tokenizer, info = load(p)
+        # only now, with the config's every setting accepted, does the folder become this run's
+        outputs.write_config(out, resolved)
         trainable = modes.trainable_parameters(model)
         t = trainer(p, model, tokenizer, out, progress, callbacks)
         resume = outputs.last_checkpoint(out)
