@@ -292,7 +292,8 @@ def main(argv=None) -> int:
 
         try:
             lib = cpu_fused.load_library()
-            print(f"cpu-fused: {lib.ifs_isa().decode()} kernel, {lib.ifs_vector_width()} fp32 lanes", file=sys.stderr)
+            print(f"cpu-fused: {lib.ifs_isa().decode()} ISA; the lane layout is chosen by timing at first use "
+                  f"(native {lib.ifs_vector_width()} fp32 lanes)", file=sys.stderr)
         except cpu_fused.CpuFusedUnavailable as exc:
             print(f"cpu-fused: unavailable ({exc}); it will run the torch engine", file=sys.stderr)
     _, weights, inits = make_problem(args, device)
@@ -334,7 +335,10 @@ def main(argv=None) -> int:
             run_engine(e, weights, inits, args.warmup, device)
         r = run_engine(e, weights, inits, args.steps, device)
         rows.append((e + (" (FELL BACK to torch)" if r["fell_back"] else ""), r))
-        print(f"  {e}: {r['per_step'] * 1e3:.3f} ms/step", file=sys.stderr)
+        from inilora.approx import engine_detail
+
+        detail = engine_detail(e)
+        print(f"  {e}: {r['per_step'] * 1e3:.3f} ms/step" + (f" ({detail})" if detail else ""), file=sys.stderr)
         if r["runs"] is None:
             pass
         elif first is None:

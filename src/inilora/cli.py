@@ -6,6 +6,7 @@ import ast
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,9 +218,12 @@ def _save_adapter(peft_model, out: Path) -> None:
 
     from .fileio import replace_dir, temp_dir
 
+    from .chatter import quiet
+
     tmp = temp_dir(out.parent, out.name)
     try:
-        peft_model.save_pretrained(str(tmp))
+        with quiet():
+            peft_model.save_pretrained(str(tmp))
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -286,7 +290,8 @@ def approximate(
                                     progress=approximation_progress(force=True), **opts)
     rep = peft_model.inilora_report
     _print_report(rep, None)
-    console.print(f"  engine: {rep.info.get('engine')}")
+    detail = rep.info.get("engine_detail")
+    console.print(f"  engine: {rep.info.get('engine')}" + (f" — {detail}" if detail else ""))
     if rep.info.get("resumed_from") is not None:
         console.print(f"  resumed an interrupted fit at iteration {rep.info['resumed_from']}")
     if report is not None:
@@ -515,9 +520,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+    logging.getLogger("inilora").setLevel(logging.DEBUG if debug else logging.INFO)  # status lines, plain
     if not debug:  # bitsandbytes says at import, on AVX512-BF16 CPUs, that an optional kernel package is absent
         logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
             lambda record: "kernels-community" not in record.getMessage())
+        warnings.formatwarning = _plain_warning  # a real warning: one line, without our source line
     try:
         code = app(args=args, prog_name="inilora", standalone_mode=False)
     except click_exc.UsageError as exc:
@@ -536,6 +543,10 @@ def main(argv: list[str] | None = None) -> None:
                    "and please report it")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _plain_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature
+    return f"warning: {message}\n"
 
 
 def _say_error(message: str) -> None:

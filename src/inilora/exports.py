@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from .checks import LAYOUTS, check_adapter_dir
 from .errors import InitError
+from .chatter import quiet
 from .fileio import replace_dir, temp_dir
 from .outdir import check_output_dir, write_export_marker
 from .peft_bridge import (
@@ -118,30 +119,31 @@ def export(
 
     tmp = temp_dir(out_dir.parent, out_dir.name)
     try:
-        plain = _unwrap(work, tgts, target_dtype)
-        if layout == "plain":
-            plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start, base_name)
-            plain_config.save_pretrained(str(tmp))
-            save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
-                      metadata={"format": "pt"})
-        elif layout == "merged":
-            _set_weights(plain, tgts, merged, target_dtype)
-            plain.save_pretrained(str(tmp))
-        else:
-            _set_weights(plain, tgts, resid32, target_dtype)
-            plain.save_pretrained(str(tmp))
-            res_config = _unmarked(config, base_name=str(out_dir))
-            res_config.save_pretrained(str(tmp / "adapter"))
-            save_file({k: v.contiguous() for k, v in adapter_state.items()},
-                      str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
-        if layout != "plain":
-            _save_tokenizer(tokenizer_name, tmp)
-        report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""))
-        if check and layout != "merged":
-            _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
-                     tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
-        write_export_marker(tmp, layout, str(source) if source else base_name)
-        replace_dir(tmp, out_dir)
+        with quiet():
+            plain = _unwrap(work, tgts, target_dtype)
+            if layout == "plain":
+                plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start, base_name)
+                plain_config.save_pretrained(str(tmp))
+                save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
+                          metadata={"format": "pt"})
+            elif layout == "merged":
+                _set_weights(plain, tgts, merged, target_dtype)
+                plain.save_pretrained(str(tmp))
+            else:
+                _set_weights(plain, tgts, resid32, target_dtype)
+                plain.save_pretrained(str(tmp))
+                res_config = _unmarked(config, base_name=str(out_dir))
+                res_config.save_pretrained(str(tmp / "adapter"))
+                save_file({k: v.contiguous() for k, v in adapter_state.items()},
+                          str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
+            if layout != "plain":
+                _save_tokenizer(tokenizer_name, tmp)
+            report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""))
+            if check and layout != "merged":
+                _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
+                         tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
+            write_export_marker(tmp, layout, str(source) if source else base_name)
+            replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -299,7 +301,7 @@ def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candida
         log.info("export drift not measured (no probe for this model): %s", exc)
         return
     _set_weights(plain, tgts, merged, dtype)
-    reference = model_output(plain, inputs)
+    reference, kind = model_output(plain, inputs, with_kind=True)
     _set_weights(plain, tgts, candidate_weights, dtype)
     candidate = PeftModel.from_pretrained(plain, str(adapter_dir))  # vanilla PEFT, as users load it
     candidate.eval()
@@ -314,7 +316,7 @@ def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candida
     candidate.unload()
     report.drift = relative_drift(out, reference)
     report.drift_fp32_adapter = relative_drift(upcast, reference)
-    if out.dim() == 3:
+    if kind == "logits" and out.dim() == 3:  # an argmax over an encoder's hidden units means nothing
         report.top1_agreement = top1_agreement(out, reference)
     if report.drift > DRIFT_WARN:
         warnings.warn(

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,8 @@ from transformers import (
 )
 
 from .fileio import dir_mode, replace_dir
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CAUSAL_LM",
@@ -289,15 +292,15 @@ def _ensure_smollm2_copy() -> Path:
             # We hold the lock: any temp folder of this build is a crashed build's leftover.
             for stale in root.glob(f".tmp-{final.name}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            warnings.warn(
-                f"Building the plain safetensors copy of the embedded SmolLM2 in {final} "
-                "(once; dequantising the GGUF takes ~15-30 s).",
-                stacklevel=3,
-            )
+            log.warning("inilora: building the plain safetensors copy of the embedded SmolLM2 in %s "
+                        "(once; dequantising the GGUF takes ~15-30 s)", final)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
             os.chmod(tmp, dir_mode())  # mkdtemp makes it 0700; the cache may be shared
             try:
-                extra = _build_smollm2_copy(tmp)
+                from .chatter import quiet
+
+                with quiet():
+                    extra = _build_smollm2_copy(tmp)
                 listed = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != _VERIFIED_STAMP]
                 files = {str(p.relative_to(tmp)): p.stat().st_size for p in listed}
                 digests = {str(p.relative_to(tmp)): _file_digest(p) for p in listed}
@@ -322,7 +325,7 @@ def _ensure_smollm2_copy() -> Path:
                 part.write_text(json.dumps(manifest, indent=2))
                 os.replace(part, tmp / _MANIFEST)
                 if final.exists():  # half-written or damaged: never used, replaced
-                    warnings.warn(f"Replacing the incomplete model copy {final}.", stacklevel=3)
+                    log.warning("inilora: replacing the incomplete model copy %s", final)
                 replace_dir(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -478,7 +481,10 @@ def load_model(
     cls = _model_class(config, kind, num_labels)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = _from_pretrained(cls.from_pretrained, name_or_path, path, config=config, **kwargs)
+    from .chatter import quiet
+
+    with quiet():
+        model = _from_pretrained(cls.from_pretrained, name_or_path, path, config=config, **kwargs)
     model.eval()
     return model
 
@@ -595,24 +601,31 @@ def probe_inputs(
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def model_output(model: torch.nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+def model_output(model: torch.nn.Module, inputs: dict[str, Tensor], *, with_kind: bool = False):
     """Run ``model(**inputs)`` under ``torch.no_grad()``; return the logits if the output has
     them, else ``last_hidden_state`` (bare encoders) — detached, in the dtype the model computed.
+    ``with_kind=True`` returns ``(tensor, "logits" | "last_hidden_state" | "output")``: a top-1
+    agreement means something for logits only.
     bitsandbytes layers are not repacked for the CPU by this forward (see ``quantized.no_cpu_repack``).
     """
     from .quantized import no_cpu_repack
 
     with torch.no_grad(), no_cpu_repack(model):
         out = model(**inputs)
+    found: tuple[Tensor, str] | None = None
     if isinstance(out, Tensor):
-        return out.detach()
-    for key in ("logits", "last_hidden_state"):
-        value = out.get(key) if hasattr(out, "get") else getattr(out, key, None)
-        if value is not None:
-            return value.detach()
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0].detach()
-    raise TypeError(f"Model output {type(out).__name__} has neither logits nor last_hidden_state.")
+        found = out.detach(), "output"
+    else:
+        for key in ("logits", "last_hidden_state"):
+            value = out.get(key) if hasattr(out, "get") else getattr(out, key, None)
+            if value is not None:
+                found = value.detach(), key
+                break
+        if found is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+            found = out[0].detach(), "output"
+    if found is None:
+        raise TypeError(f"Model output {type(out).__name__} has neither logits nor last_hidden_state.")
+    return found if with_kind else found[0]
 
 
 def relative_drift(out: Tensor, ref: Tensor) -> float:

@@ -290,7 +290,9 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _inject(model: torch.nn.Module, config: LoraConfig, adapter_name: str, seed: int) -> PeftModel:
-    with _seeded(seed):
+    from .chatter import quiet
+
+    with _seeded(seed), quiet():
         return _peft_get_peft_model(model, config, adapter_name=adapter_name)
 
 
@@ -300,7 +302,9 @@ def _attach_init_adapter(peft_model: PeftModel, config: LoraConfig, seed: int) -
         init_config.__class__ = LoraConfig
     init_config.init_lora_weights = False
     init_config.inference_mode = True
-    with _seeded(seed):
+    from .chatter import quiet
+
+    with _seeded(seed), quiet():
         peft_model.add_adapter(INIT_ADAPTER, init_config)
 
 
@@ -493,7 +497,8 @@ def get_peft_model(
         _set_factors(tgts, adapter_name, factors)
         requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
         report = InitReport(spec.name, True, info=result.info,
-                            fit={n: {k: v for k, v in f.items() if k != "losses"} for n, f in result.fit.items()})
+                            fit={n: {k: v for k, v in f.items() if k not in ("losses", "U", "P")}
+                                 for n, f in result.fit.items()})
         curve = _mean_curve([f["losses"] for f in result.fit.values() if f.get("losses")])
         if curve:
             report.info["approx_loss"] = curve
@@ -607,25 +612,27 @@ def _probe(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def _output(model: torch.nn.Module, inputs) -> torch.Tensor:
+def _output(model: torch.nn.Module, inputs) -> tuple[torch.Tensor, str]:
     from .models import model_output
 
     modes = [(m, m.training) for m in model.modules()]  # a PeftModel's flags differ from its base's
     model.eval()
     try:
-        return model_output(model, inputs)
+        return model_output(model, inputs, with_kind=True)
     finally:
         for module, mode in modes:
             module.training = mode
 
 
-def _drift(before: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+def _drift(before: tuple[torch.Tensor, str], after: tuple[torch.Tensor, str]) -> dict[str, float]:
+    """SPEC §1's metric, and for logits the top-1 agreement (an argmax over hidden units means nothing)."""
     from .models import relative_drift, top1_agreement
 
-    out = {"max_rel": relative_drift(after, before), "dtype": str(after.dtype).replace("torch.", "")}
-    if after.dim() == 3:
-        out["top1_agreement"] = top1_agreement(after, before)
-    return out
+    (ref, kind), (out, _) = before, after
+    drift = {"max_rel": relative_drift(out, ref), "dtype": str(out.dtype).replace("torch.", "")}
+    if kind == "logits" and out.dim() == 3:
+        drift["top1_agreement"] = top1_agreement(out, ref)
+    return drift
 
 
 def _warn_drift(drift: dict, quant_mode: str | None = None) -> None:

@@ -319,6 +319,12 @@ def run_grid(
             done.add(run.run_id)
             if bar:
                 bar.advance(task)
+            if not getattr(console, "is_terminal", True):  # a log shows no bar: one line per finished run
+                head = result.get("headline")
+                value = result.get("metrics", {}).get(head)
+                console.print(f"finished {len(done)}/{len(runs)}: {run.run_id}"
+                              + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
+                              + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
     finally:
         if bar:
             bar.stop()

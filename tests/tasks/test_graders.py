@@ -102,3 +102,13 @@ def test_math_equivalence_with_the_reference(completion, reference, right):
 def test_math_compares_with_the_reference_not_itself():
     # the released code compared a prediction with itself: every boxed answer was "right"
     assert not grade_math(r"\boxed{7}", "8")
+
+
+@pytest.mark.parametrize("text", ["12,34", "1,5000", "12,3456", "3.5.2", "3/4/5", "1,23,456", "0.5.1"])
+def test_a_malformed_number_after_the_phrase_is_no_answer(text):
+    """The parser used to backtrack to a valid prefix ("12,34" read as 1): a malformed number is no answer."""
+    from inilora.tasks.graders import extract_gsm8k, parse_number
+
+    assert parse_number(text) is None
+    assert extract_gsm8k(f"so the total is large. The answer is {text}") is None
+    assert not grade_gsm8k(f"The answer is {text}", "1")

@@ -55,6 +55,7 @@ __all__ = [
     "approximate",
     "assign",
     "eckart_young",
+    "engine_detail",
     "fit_batched",
     "fit_reference",
     "lr_at",
@@ -109,20 +110,20 @@ def _notice(text: str) -> None:
 
 
 def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
-    """The engine that will run: ``engine`` itself, or for ``"auto"`` the fastest available
-    for these weight devices — "triton" (all CUDA, triton importable), "cpu-fused" (all CPU,
-    its C++ library builds: a compiler and ninja are there), else "torch" with a notice."""
+    """The engine that will run — the one place that decides it, so a cache key never names an
+    engine that did not run: ``engine`` itself, or for ``"auto"`` the fastest available for these
+    weight devices — "triton" (all CUDA, triton importable), "cpu-fused" (all CPU, a lane layout
+    of its C++ kernel builds here and passed its check against "torch"), else "torch" with a
+    notice.  An explicit "cpu-fused" that cannot run here (weights off the CPU, no build, no
+    trusted layout) resolves to "torch" with a warning."""
     kinds = {torch.device(d).type for d in devices}
     if engine != AUTO:
         if engine not in ENGINES:
             raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
-        if engine == "cpu-fused" and kinds <= {"cpu"}:
-            # resolved here, not inside the engine, so a cache key never names an engine that did not run
-            try:
-                _cpu_fused.load_library()
-            except _cpu_fused.CpuFusedUnavailable as exc:
-                # asked for by name: said on every call, not once
-                warnings.warn(f"cpu-fused engine unavailable ({exc}); running the portable 'torch' engine",
+        if engine == "cpu-fused":
+            problem = "weights are not on the CPU" if not kinds <= {"cpu"} else _cpu_fused_problem()
+            if problem:  # asked for by name: said on every call, not once
+                warnings.warn(f"cpu-fused engine unavailable ({problem}); running the portable 'torch' engine",
                               RuntimeWarning, stacklevel=3)
                 return "torch"
         return engine
@@ -132,13 +133,33 @@ def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
         _notice("inilora: engine 'auto' runs the portable 'torch' engine: triton is not importable (pip install triton)")
         return "torch"
     if kinds <= {"cpu"}:
-        try:
-            _cpu_fused.load_library()
+        problem = _cpu_fused_problem()
+        if problem is None:
             return "cpu-fused"
-        except _cpu_fused.CpuFusedUnavailable as exc:
-            _notice(f"inilora: engine 'auto' runs the portable 'torch' engine: the cpu-fused kernel is unavailable ({exc})")
-            return "torch"
+        _notice(f"inilora: engine 'auto' runs the portable 'torch' engine: the cpu-fused kernel is unavailable ({problem})")
     return "torch"
+
+
+def _cpu_fused_problem() -> str | None:
+    """Why the cpu-fused engine cannot run here (no build, or no layout that passed its trust check), or None."""
+    from . import cpu_tuning
+
+    try:
+        _cpu_fused.load_library(cpu_tuning.candidate_widths()[0])
+    except _cpu_fused.CpuFusedUnavailable as exc:
+        return str(exc)
+    if not cpu_tuning.trusted_widths():
+        return "no lane layout of its kernel agrees with the 'torch' engine on this CPU"
+    return None
+
+
+def engine_detail(engine: str) -> str | None:
+    """What the last fit of ``engine`` ran as, for reports (the cpu-fused lane layout and its timing)."""
+    if engine == "cpu-fused":
+        from . import cpu_tuning
+
+        return cpu_tuning.describe()
+    return None
 
 
 def _placement(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, Tensor]],

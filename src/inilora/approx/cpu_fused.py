@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import threading
@@ -108,6 +109,21 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join(p for p in (bin_dir, path) if p)
 
 
+def _flags(vector_width: int | None) -> list[str]:
+    return list(CFLAGS) + ([] if vector_width is None else [f"-DINILORA_VL={int(vector_width)}"])
+
+
+def build_name(vector_width: int | None = None) -> str:
+    """The build's name: a hash of the source, the flags (lane layout), the CPU model and
+    flags, torch and the compiler; a verdict or timing kept under it is this build's."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update("\0".join(_flags(vector_width) + list(LDFLAGS)).encode())
+    key.update(_cpu_tag().encode())
+    key.update(f"{torch.__version__}|{os.environ.get('CXX', 'c++')}".encode())
+    return f"inilora_fused_step_{key.hexdigest()[:16]}"
+
+
 def _compile(vector_width: int | None) -> str:
     """Build (or find) the shared library; returns its path.
 
@@ -122,13 +138,8 @@ def _compile(vector_width: int | None) -> str:
     from torch.utils import cpp_extension
 
     _ninja_on_path()
-    flags = list(CFLAGS) + ([] if vector_width is None else [f"-DINILORA_VL={int(vector_width)}"])
-    key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
-    key.update("\0".join(flags + list(LDFLAGS)).encode())
-    key.update(_cpu_tag().encode())
-    key.update(f"{torch.__version__}|{os.environ.get('CXX', 'c++')}".encode())
-    name = f"inilora_fused_step_{key.hexdigest()[:16]}"
+    flags = _flags(vector_width)
+    name = build_name(vector_width)
     root = _build_root()
     build_dir = root / name
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +147,10 @@ def _compile(vector_width: int | None) -> str:
         stale = build_dir / "lock"
         if stale.exists():
             stale.unlink()
+        if not (build_dir / f"{name}.so").exists():  # a silent pause of seconds looks like a hang: say it
+            lanes = f"{vector_width} fp32 lanes" if vector_width else "native layout"
+            logging.getLogger("inilora").warning("inilora: building the CPU kernel (%s) once for this machine, "
+                                                 "~5 s", lanes)
         path = cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],
@@ -208,17 +223,27 @@ def _fallback(reason: str, weights, inits, progress, kw) -> list[Trajectory]:
 
 def cpu_fused_engine(weights, inits, *, progress=None, vector_width: int | None = None, **kw) -> list[Trajectory]:
     """Registry entry: every matrix on the CPU at once; ``progress(done, loss)`` counts
-    matrix-iterations.  Falls back to the "torch" engine (one warning) where the library
-    cannot be built or the weights are not on the CPU."""
+    matrix-iterations.  The lane layout is the fastest trusted one for these shapes
+    (:mod:`.cpu_tuning`), unless ``vector_width`` names one.  ``resolve_engine`` has already
+    decided that this engine runs (CPU weights, a trusted build): weights elsewhere are an error
+    here, never a quiet switch to another engine under this engine's name."""
+    from . import cpu_tuning
+
     n = len(weights)
     if any(w.device.type != "cpu" for w in weights):
-        return _fallback("weights are not on the CPU", weights, inits, progress, kw)
+        raise ValueError("the cpu-fused engine runs on CPU weights only; resolve_engine picks another engine")
     if any(w.numel() == 0 for w in weights):
         return _fallback("empty weight matrix", weights, inits, progress, kw)
     try:
+        if vector_width is None:
+            vector_width = cpu_tuning.choose_width(weights, inits, threads=kw.get("threads"))
+            if vector_width is None:
+                raise CpuFusedUnavailable("no lane layout of the kernel passed its check against 'torch' here")
         lib = load_library(vector_width)
     except CpuFusedUnavailable as exc:
         return _fallback(str(exc), weights, inits, progress, kw)
+    if kw.get("resume") is not None:  # the padded buffers depend on the layout: never restore across layouts
+        kw = {**kw, "resume": kw["resume"].bind(f"lanes:{vector_width}")}
     cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
     return fit_cpu_fused(weights, inits, progress=cb, lib=lib, **kw)
 
@@ -279,55 +304,8 @@ def fit_cpu_fused(
         return []
     if lib is None:
         lib = load_library()
-    pack = sum(W.numel() for W in weights) * 4 <= PACK_LIMIT
-    sources = [_weight_source(W, pack) for W in weights]
-    Ws = [W for W, _ in sources]
-    ranks = [int(U0.shape[1]) for U0, _ in inits]
-    rps = [lib.ifs_padded_rank(r) for r in ranks]
-    layout, total = [], 0
-    for W, rp in zip(Ws, rps):
-        d, k = W.shape
-        offU = total
-        offP = offU + -(-d * rp // _ALIGN) * _ALIGN
-        total = offP + -(-k * rp // _ALIGN) * _ALIGN
-        layout.append((offU, offP))
-    params = torch.zeros(total, dtype=torch.float32)
-    exp_avg = torch.zeros(total, dtype=torch.float32)
-    exp_avg_sq = torch.zeros(total, dtype=torch.float32)
-
-    def views(i: int) -> tuple[Tensor, Tensor]:
-        (d, k), rp, (offU, offP) = Ws[i].shape, rps[i], layout[i]
-        return params[offU : offU + d * rp].view(d, rp), params[offP : offP + k * rp].view(k, rp)
-
-    def factors(i: int) -> tuple[Tensor, Tensor]:
-        U, P = views(i)
-        r = ranks[i]
-        return U[:, :r].clone(memory_format=torch.contiguous_format), P[:, :r].clone(memory_format=torch.contiguous_format)
-
-    for i, (U0, P0) in enumerate(inits):
-        U, P = views(i)
-        U[:, : ranks[i]].copy_(U0.detach().to("cpu", torch.float32))
-        P[:, : ranks[i]].copy_(P0.detach().to("cpu", torch.float32))
-    desc = torch.tensor(
-        [
-            [W.data_ptr(), W.stride(0), W.shape[0], W.shape[1], rp, offU, offP, code]
-            for (W, code), rp, (offU, offP) in zip(sources, rps, layout)
-        ],
-        dtype=torch.int64,
-    )
-    nthreads = max(1, int(threads if threads is not None else torch.get_num_threads()))
-    plan = lib.ifs_create(
-        n,
-        ctypes.cast(desc.data_ptr(), ctypes.POINTER(ctypes.c_int64)),
-        params.data_ptr(),
-        exp_avg.data_ptr(),
-        exp_avg_sq.data_ptr(),
-        nthreads,
-        CHUNK,
-        int(pack),
-    )
-    if not plan:
-        raise MemoryError("cpu-fused: could not set up the work plan (out of memory?)")
+    kernel = _Kernel(lib, weights, inits, threads)
+    plan, factors = kernel.plan, kernel.factors
 
     losses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
     snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n)]
@@ -341,7 +319,7 @@ def fit_cpu_fused(
         if progress is not None:
             progress(t, sum(values) / n)
 
-    buffers = {"params": params, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    buffers = {"params": kernel.params, "exp_avg": kernel.exp_avg, "exp_avg_sq": kernel.exp_avg_sq}
     try:
         t = begin(resume, lambda _: buffers, losses, snaps)
         if t > 0:  # restored (snapshots are never taken at iteration 0)
@@ -369,5 +347,81 @@ def fit_cpu_fused(
             U, P = factors(i)
             result.append(Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i]))
     finally:
-        lib.ifs_destroy(plan)  # before sources / Ws / desc, which it may point into, go
+        kernel.close()
     return result
+
+
+class _Kernel:
+    """The kernel's plan over these weights and factors: the flat parameter and Adam buffers
+    (each factor block 64-byte aligned, rank padded for the lane layout) and the C-side plan
+    that points into them.  ``close()`` frees the plan before the tensors it reads go."""
+
+    def __init__(self, lib: ctypes.CDLL, weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor]],
+                 threads: int | None) -> None:
+        self.lib = lib
+        pack = sum(W.numel() for W in weights) * 4 <= PACK_LIMIT
+        self.sources = [_weight_source(W, pack) for W in weights]
+        self.Ws = [W for W, _ in self.sources]
+        self.ranks = [int(U0.shape[1]) for U0, _ in inits]
+        self.rps = [lib.ifs_padded_rank(r) for r in self.ranks]
+        self.layout, total = [], 0
+        for W, rp in zip(self.Ws, self.rps):
+            d, k = W.shape
+            offU = total
+            offP = offU + -(-d * rp // _ALIGN) * _ALIGN
+            total = offP + -(-k * rp // _ALIGN) * _ALIGN
+            self.layout.append((offU, offP))
+        self.params = torch.zeros(total, dtype=torch.float32)
+        self.exp_avg = torch.zeros(total, dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros(total, dtype=torch.float32)
+        for i, (U0, P0) in enumerate(inits):
+            U, P = self.views(i)
+            U[:, : self.ranks[i]].copy_(U0.detach().to("cpu", torch.float32))
+            P[:, : self.ranks[i]].copy_(P0.detach().to("cpu", torch.float32))
+        self.desc = torch.tensor(
+            [
+                [W.data_ptr(), W.stride(0), W.shape[0], W.shape[1], rp, offU, offP, code]
+                for (W, code), rp, (offU, offP) in zip(self.sources, self.rps, self.layout)
+            ],
+            dtype=torch.int64,
+        )
+        nthreads = max(1, int(threads if threads is not None else torch.get_num_threads()))
+        self.plan = lib.ifs_create(
+            len(self.Ws), ctypes.cast(self.desc.data_ptr(), ctypes.POINTER(ctypes.c_int64)), self.params.data_ptr(),
+            self.exp_avg.data_ptr(), self.exp_avg_sq.data_ptr(), nthreads, CHUNK, int(pack),
+        )
+        if not self.plan:
+            raise MemoryError("cpu-fused: could not set up the work plan (out of memory?)")
+
+    def views(self, i: int) -> tuple[Tensor, Tensor]:
+        (d, k), rp, (offU, offP) = self.Ws[i].shape, self.rps[i], self.layout[i]
+        return self.params[offU : offU + d * rp].view(d, rp), self.params[offP : offP + k * rp].view(k, rp)
+
+    def factors(self, i: int) -> tuple[Tensor, Tensor]:
+        U, P = self.views(i)
+        r = self.ranks[i]
+        return U[:, :r].clone(memory_format=torch.contiguous_format), P[:, :r].clone(memory_format=torch.contiguous_format)
+
+    def close(self) -> None:
+        if self.plan:
+            self.lib.ifs_destroy(self.plan)  # before sources / Ws / desc, which it may point into, go
+            self.plan = None
+
+
+def time_steps(lib: ctypes.CDLL, weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor]], *,
+               steps: int, threads: int | None = None) -> float:
+    """Seconds per step of the kernel alone (set-up excluded) over ``steps`` steps of a fresh fit."""
+    import time
+
+    kernel = _Kernel(lib, weights, inits, threads)
+    try:
+        neg, bc2 = _schedule(0, steps + 1, LR)
+        kernel.lib.ifs_run(kernel.plan, 1, neg.ctypes.data, bc2.ctypes.data, BETAS[0], BETAS[1], EPS)  # warm caches
+        t0 = time.perf_counter()
+        rc = kernel.lib.ifs_run(kernel.plan, steps, neg[1:].ctypes.data, bc2[1:].ctypes.data, BETAS[0], BETAS[1], EPS)
+        elapsed = time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"cpu-fused: kernel failed ({rc})")
+    finally:
+        kernel.close()
+    return elapsed / steps

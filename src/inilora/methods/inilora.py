@@ -142,6 +142,13 @@ def _report(fits: Mapping[str, Any]) -> dict[str, Any]:
     return {n: {"rel_error": f.rel_error, "optimum": f.optimum, "losses": f.losses} for n, f in fits.items()}
 
 
+def _in_steps(progress, steps: int):
+    """The engines count matrix-iterations; a person counts steps (20000, not 1,200,000)."""
+    if progress is None:
+        return None
+    return lambda done, total, loss: progress(round(done * steps / total) if total else steps, steps, loss)
+
+
 def _every(resume: bool | int) -> dict[str, Any]:
     """``resume=True``: snapshot every 30 s; an int N: every N steps too."""
     if resume is True:
@@ -274,9 +281,12 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
                 if cache is not None and resume else None)
             results = distributed.split_approximate(
                 approx.approximate, weights, init, steps=int(steps), lr=float(lr), engine=engine,
-                checkpoints=todo, progress=progress, resume=snap, devices=devices)
+                checkpoints=todo, progress=_in_steps(progress, int(steps)), resume=snap, devices=devices)
             unscaled = {n: (r.U, r.P) for n, r in results.items()}
             fit = _report(results)
+            detail = approx.engine_detail(engine)
+            if detail:
+                info["engine_detail"] = detail
             if cache is not None:
                 distributed.on_rank0(lambda: _store(cache, fields, todo, weights, results, unscaled, fit))
                 info["cache"] = "miss"
@@ -284,8 +294,12 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
                 if snap.resumed_from is not None:
                     info["resumed_from"] = snap.resumed_from
                 snap.clear()  # the entry is written: the snapshot has served its purpose
-    factors = {}
+    factors, fits = {}, {}
     for name, (u, p) in unscaled.items():
         root = math.sqrt(scalings[name])
         factors[name] = ((p.T / root).contiguous().float(), (u / root).contiguous().float())
-    return InitResult(factors=factors, fit=fit, info=info)
+        # SPEC §2: the unscaled (U, P) beside the curve and errors; with 0 steps the fit is the draw itself
+        known = fit.get(name) or {"rel_error": approx.relative_error(weights[name], u, p),
+                                  "optimum": approx.eckart_young(weights[name], u.shape[1]), "losses": []}
+        fits[name] = {**known, "U": u, "P": p}
+    return InitResult(factors=factors, fit=fits, info=info)

@@ -27,6 +27,7 @@ _NUMBER = re.compile(
     (?P<int>\d{1,3}(?:,\d{3})+|\d+)(?!,\d)
     (?P<frac>\.\d+)?
     (?:\s*/\s*(?P<den>\d{1,3}(?:,\d{3})+|\d+)(?!\.\d))?
+    (?!\d|[,.]\d|\s*/\s*\d)            # the number ends here: "12,34", "3.5.2", "1/2/3" are no numbers
     """,
     re.VERBOSE,
 )

@@ -1,0 +1,90 @@
+"""The results layer: one row per finished run, appended to a grid's ``results.jsonl``.
+
+The bottom of the experiment stack: the runner appends rows, and the report, plots and
+demo read them; this module imports none of those (nor torch).  A row's shape is declared
+by :class:`ResultRow`; rows are plain JSON objects, so a report can be rebuilt from the file
+alone, on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypedDict
+
+RESULTS = "results.jsonl"
+
+
+class ResultRow(TypedDict, total=False):
+    """One finished run as the grid records it (every key optional to a reader: older files lack some)."""
+
+    run_id: str  # stable, readable id: method, swept values, seed
+    method: str  # the grid's label for the method (a variant name or the registry name)
+    init: str  # the registry method (or training mode) that ran
+    seed: int  # one number for the init and the training: runs pair by seed
+    task: str
+    model: str
+    settings: dict[str, Any]  # the swept values that applied to this run
+    sweep_keys: list[str]
+    baseline: str
+    title: str
+    metrics: dict[str, float]
+    headline: str  # the metric tables and plots lead with
+    train_loss: list[list[float]]  # [step, loss] pairs
+    approx_loss: list[list[float]]  # the fit's mean loss curve (inilora)
+    eval_history: list[dict[str, Any]]  # NLU: the metrics of every epoch (the best is reported)
+    info: dict[str, Any]  # the init's report (σ̄ per module type, cache hit or miss, engine)
+    precision: str  # "fp32" or "bf16"
+    trainable_params: int
+    wall_s: float
+    cpu_s: float
+    device: str
+    threads: int
+    versions: dict[str, str]
+    config: dict[str, Any]  # the run's whole resolved TrainConfig: a rerun of another config is refused
+    output_dir: str
+    finished_at: str  # ISO time, UTC
+
+
+def json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def append_result(path: Path, row: ResultRow | dict[str, Any]) -> None:
+    """Append one line, fsynced; a line torn by an earlier kill gets its newline first."""
+    text = json.dumps(row, default=json_default) + "\n"
+    with open(path, "a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:  # a line torn by a kill has no newline: do not glue onto it
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(text.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_results(output_dir: str | Path) -> list[ResultRow]:
+    """The lines of ``results.jsonl`` (last line per run id wins; a torn last line is ignored)."""
+    path = Path(output_dir) / RESULTS
+    if not path.is_file():
+        return []
+    rows: dict[str, ResultRow] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: its run is not finished as far as the grid knows
+        rows[row["run_id"]] = row
+    return list(rows.values())
+
+
+__all__ = ["RESULTS", "ResultRow", "append_result", "json_default", "read_results"]
