@@ -43,9 +43,10 @@ def _tree(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A user's machine: a small model, a trained adapter, a Trainer output folder, their own files, a cache."""
+    from peft import LoraConfig
+
     import inilora
     from inilora.models import tiny_model
-    from peft import LoraConfig
 
     root = tmp_path_factory.mktemp("outside")
     home = root / "home"
@@ -236,10 +237,11 @@ def test_init_never_deletes_a_trainer_folder(world, tmp_path):
 
 def test_zero_or_negative_alpha_is_refused_in_python_too():
     """Repro 2: α = 0 made NaN factors (÷√s) and a saved adapter; α < 0 a raw math error."""
+    from peft import LoraConfig
+
     import inilora
     from inilora.errors import InitError
     from inilora.models import tiny_model
-    from peft import LoraConfig
 
     for alpha in (0, -8, float("nan")):
         for method in ("inilora", "milora", "inilora-alpha", "lora"):
@@ -250,10 +252,11 @@ def test_zero_or_negative_alpha_is_refused_in_python_too():
 
 def test_non_finite_init_is_an_error_never_an_adapter():
     """Repro 2: any NaN/Inf in factors, residual or drift is an InitError naming the matrix."""
+    from peft import LoraConfig
+
     import inilora
     from inilora.errors import InitError
     from inilora.models import tiny_model
-    from peft import LoraConfig
 
     with pytest.raises(InitError, match=r"NaN or Inf in .* of model\.layers\.\d+\.self_attn\.q_proj"):
         inilora.get_peft_model(tiny_model("llama-gqa"), LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj"]),

@@ -129,8 +129,8 @@ def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: li
     one fails in a second, before the weights load.  Returns the LoraConfig to use."""
     from peft import LoraConfig
 
-    from .models import load_skeleton
     from .checks import check_lora_numbers
+    from .models import load_skeleton
     from .peft_bridge import check_plan
 
     config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, use_rslora=use_rslora)
@@ -216,9 +216,8 @@ def _save_adapter(peft_model, out: Path) -> None:
     """Save beside ``out`` and swap it in: an interrupted save never leaves a half-written adapter."""
     import shutil
 
-    from .fileio import replace_dir, temp_dir
-
     from .chatter import quiet
+    from .fileio import replace_dir, temp_dir
 
     tmp = temp_dir(out.parent, out.name)
     try:
@@ -400,7 +399,7 @@ def report(
     from rich.console import Console as _Console
 
     from .report import summary_table, write_report
-    from .runner import read_results
+    from .results import read_results
 
     rows = read_results(run_dir)
     if not rows:

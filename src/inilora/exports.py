@@ -31,9 +31,9 @@ from peft import LoraConfig, PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .chatter import quiet
 from .checks import LAYOUTS, check_adapter_dir
 from .errors import InitError
-from .chatter import quiet
 from .fileio import replace_dir, temp_dir
 from .outdir import check_output_dir, write_export_marker
 from .peft_bridge import (

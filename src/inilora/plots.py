@@ -57,7 +57,7 @@ def make_plots(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
 
 
 def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    from .report import _matches, setting_label
+    from .stats import matches, setting_label
 
     plt = _plt()
     files = []
@@ -68,7 +68,7 @@ def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
         drawn = False
         for ax, setting in zip(axes.flat, settings):
-            trows = [r for r in rows if r["task"] == task and _matches(r, setting) and r.get("train_loss")]
+            trows = [r for r in rows if r["task"] == task and matches(r, setting) and r.get("train_loss")]
             for method in dict.fromkeys(r["method"] for r in trows):
                 curves = [r["train_loss"] for r in trows if r["method"] == method]
                 steps, mean, std = _mean_curve(curves)
@@ -95,11 +95,11 @@ def _numeric(values: list[Any]) -> bool:
 
 
 def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    from .report import _sweep_keys, setting_label
+    from .stats import setting_label, sweep_keys
 
     plt = _plt()
     files = []
-    keys = _sweep_keys(rows)
+    keys = sweep_keys(rows)
     for task in dict.fromkeys(s.task for s in stats):
         headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
         cell = [s for s in stats if s.task == task and s.metric == headline]
@@ -133,7 +133,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
 
 
 def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    from .report import setting_label
+    from .stats import setting_label
 
     plt = _plt()
     files = []

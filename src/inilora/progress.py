@@ -24,7 +24,13 @@ def approximation_progress(description: str = "IniLoRA fit", force: bool = False
 
 
 def _bar(description: str) -> Progress:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                    TextColumn("loss {task.fields[loss]:.3e}"), TimeRemainingColumn(), transient=False)

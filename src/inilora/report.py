@@ -1,176 +1,34 @@
-"""Aggregation, statistics, tables and plots of a grid's ``results.jsonl`` (SPEC §6).
+"""Tables, report files and plots of a grid's ``results.jsonl`` (SPEC §6).
 
-Everything here reads result rows only, so ``inilora report RUN_DIR`` rebuilds the report of any
-grid (finished or not) without the models. Statistics: mean ± std over seeds (ddof = 1); a paired
-t-test across seeds of each method against the baseline (runs pair by seed: one seed is one number
-for init and training); Holm's correction over the non-baseline methods within one
-(task, metric, setting) cell; all-zero differences give p = 1.
+Everything here reads result rows only (:mod:`inilora.results`), so ``inilora report RUN_DIR``
+rebuilds the report of any grid (finished or not) without the models. The statistics (mean ± std,
+paired t-test, Holm) are :mod:`inilora.stats`; this module lays them out for people.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from .runner import read_results
-
-ANY = object()  # a setting that does not apply to a run (it serves every value of that key)
-
-
-# ------------------------------------------------------------------------------------------------
-# statistics
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof = 1; NaN for a single value)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-
-
-def paired_p(method: Sequence[float], baseline: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value; 1 when every difference is 0, NaN with < 2 pairs."""
-    from scipy import stats
-
-    a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
-    if a.size < 2:
-        return math.nan
-    if np.all(a - b == 0):
-        return 1.0
-    with warnings.catch_warnings():  # near-constant differences: scipy warns, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_rel(a, b).pvalue)
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (NaN entries stay NaN and do not count)."""
-    p = np.asarray(pvalues, dtype=float)
-    valid = np.flatnonzero(~np.isnan(p))
-    out = np.full(p.shape, math.nan)
-    m = valid.size
-    running = 0.0
-    for rank, idx in enumerate(valid[np.argsort(p[valid], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[idx]))
-        out[idx] = running
-    return out.tolist()
-
-
-# ------------------------------------------------------------------------------------------------
-# aggregation
-
-
-@dataclass
-class Stat:
-    task: str
-    metric: str
-    setting: tuple  # ((key, value), ...) over the grid's sweep keys
-    method: str
-    values: list[float]
-    seeds: list[int]
-    mean: float
-    std: float
-    p: float = math.nan  # paired t-test vs the baseline
-    p_holm: float = math.nan
-    n_pairs: int = 0
-
-
-def _key(value: Any) -> Any:
-    """Settings read back from JSON: lists become tuples so they can key a cell."""
-    return tuple(_key(v) for v in value) if isinstance(value, list) else value
-
-
-def cells(rows: list[dict]) -> list[tuple]:
-    """Every combination of swept values seen in ``rows`` (a row without a key serves all its values)."""
-    keys = _sweep_keys(rows)
-    seen: dict[str, list] = {k: [] for k in keys}
-    for row in rows:
-        for k in keys:
-            if k in row.get("settings", {}):
-                v = _key(row["settings"][k])
-                if v not in seen[k]:
-                    seen[k].append(v)
-    combos = [[]]
-    for k in keys:
-        combos = [c + [(k, v)] for c in combos for v in (seen[k] or [ANY])]
-    return [tuple(c) for c in combos]
-
-
-def _sweep_keys(rows: list[dict]) -> list[str]:
-    keys: list[str] = []
-    for row in rows:
-        for k in row.get("sweep_keys", list(row.get("settings", {}))):
-            if k not in keys:
-                keys.append(k)
-    return keys
-
-
-def _matches(row: dict, setting: tuple) -> bool:
-    settings = row.get("settings", {})
-    return all(k not in settings or _key(settings[k]) == v for k, v in setting)
-
-
-def methods_of(rows: list[dict]) -> list[str]:
-    out: list[str] = []
-    for row in rows:
-        if row["method"] not in out:
-            out.append(row["method"])
-    return out
-
-
-def metrics_of(rows: list[dict]) -> list[str]:
-    """Metric names, each task's headline first, in the order the runs reported them."""
-    out: list[str] = []
-    for row in rows:
-        for name in [row.get("headline")] + list(row.get("metrics", {})):
-            if name and name not in out:
-                out.append(name)
-    return out
-
-
-def aggregate(rows: list[dict], baseline: str | None = None) -> list[Stat]:
-    """One Stat per (task, metric, setting, method), with the baseline tests filled in."""
-    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
-    stats: list[Stat] = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        trows = [r for r in rows if r["task"] == task]
-        for setting in cells(trows):
-            srows = [r for r in trows if _matches(r, setting)]
-            for metric in metrics_of(srows):
-                group: list[Stat] = []
-                for method in methods_of(srows):
-                    by_seed = {r["seed"]: float(r["metrics"][metric]) for r in srows
-                               if r["method"] == method and metric in r.get("metrics", {})}
-                    if not by_seed:
-                        continue
-                    seeds = sorted(by_seed)
-                    values = [by_seed[s] for s in seeds]
-                    m, s = mean_std(values)
-                    group.append(Stat(task, metric, setting, method, values, seeds, m, s))
-                _test(group, baseline)
-                stats.extend(group)
-    return stats
-
-
-def _test(group: list[Stat], baseline: str) -> None:
-    base = next((g for g in group if g.method == baseline), None)
-    if base is None:
-        return
-    others = [g for g in group if g.method != baseline]
-    for g in others:
-        common = [s for s in g.seeds if s in base.seeds]
-        g.n_pairs = len(common)
-        g.p = paired_p([g.values[g.seeds.index(s)] for s in common], [base.values[base.seeds.index(s)] for s in common])
-    for g, adj in zip(others, holm([g.p for g in others])):
-        g.p_holm = adj
-
+from .results import read_results  # noqa: F401 - re-exported
+from .stats import (  # noqa: F401 - re-exported: the report's statistics
+    ANY,
+    Stat,
+    aggregate,
+    cells,
+    holm,
+    matches,
+    mean_std,
+    methods_of,
+    metrics_of,
+    paired_p,
+    setting_label,
+    sweep_keys,
+)
 
 # ------------------------------------------------------------------------------------------------
 # tables
@@ -232,15 +90,9 @@ def _fmt_params(n: Any) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(int(n))
 
 
-def setting_label(setting: tuple) -> str:
-    parts = [f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
-             for k, v in setting if v is not ANY]
-    return ", ".join(parts) or "default"
-
-
 def _params(rows: list[dict], task: str, method: str, setting: tuple) -> Any:
     for r in rows:
-        if r["task"] == task and r["method"] == method and _matches(r, setting) and "trainable_params" in r:
+        if r["task"] == task and r["method"] == method and matches(r, setting) and "trainable_params" in r:
             return r["trainable_params"]
     return None
 
@@ -284,7 +136,7 @@ def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
 
 def sweep_tables(stats: list[Stat], rows: list[dict]) -> str:
     """Paper Table 3/4/6 style: headline metric, methods × values of each swept key."""
-    keys = _sweep_keys(rows)
+    keys = sweep_keys(rows)
     out: list[str] = []
     for key in keys:
         for task in dict.fromkeys(s.task for s in stats):

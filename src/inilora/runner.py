@@ -33,8 +33,8 @@ from .config import (
     set_dotted,
     to_dict,
 )
+from .results import RESULTS, append_result, json_default, read_results  # noqa: F401 - re-exported
 
-RESULTS = "results.jsonl"
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
@@ -160,45 +160,6 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
 # results file
 
 
-def read_results(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The lines of ``results.jsonl`` (last line per run id wins; a torn last line is ignored)."""
-    path = Path(output_dir) / RESULTS
-    if not path.is_file():
-        return []
-    rows: dict[str, dict] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: its run is not finished as far as the grid knows
-        rows[row["run_id"]] = row
-    return list(rows.values())
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    text = json.dumps(row, default=_json_default) + "\n"
-    with open(path, "a+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() > 0:  # a line torn by a kill has no newline: do not glue onto it
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-        fh.write(text.encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
-
-
 def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
     row = {"run_id": run.run_id, "method": run.label, "init": run.config.method, "seed": run.seed,
            "task": run.config.task, "model": run.config.model, "settings": run.settings,
@@ -214,7 +175,7 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
     """A finished run of the same id but another configuration must not pass for this grid's run."""
     for run in runs:
         stored = previous.get(run.run_id, {}).get("config")
-        if stored is not None and stored != json.loads(json.dumps(to_dict(run.config), default=_json_default)):
+        if stored is not None and stored != json.loads(json.dumps(to_dict(run.config), default=json_default)):
             diff = sorted(k for k in set(stored) | set(to_dict(run.config))
                           if stored.get(k) != to_dict(run.config).get(k))
             raise ConfigError(f"{root} holds a finished run {run.run_id} of another configuration (differs in: "
@@ -315,7 +276,7 @@ def run_grid(
             result = run_fn(run.config, progress=run_progress)
             if not _finished(run):
                 raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
-            _append(results, _row(run, result, config))
+            append_result(results, _row(run, result, config))
             done.add(run.run_id)
             if bar:
                 bar.advance(task)
