@@ -155,7 +155,7 @@ def methods() -> None:
     table.add_column("description")
     table.add_column("options")
     for m in all_methods():
-        opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items() if k not in ("cache", "biases", "progress"))
+        opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items())
         table.add_row(m.name, "yes" if m.residual else "no", m.summary, opts or ("(PEFT)" if m.peft_backed else ""))
     Console().print(table)
 

@@ -41,7 +41,8 @@ from .cache import FitCache, atomic_write_json, tensor_digest
 from .checks import check_lora_numbers
 from .errors import FingerprintMismatch, InitError
 from .methods import get_method
-from .methods.registry import Method
+from .methods.fitting import InitContext
+from .methods.registry import BRIDGE_OPTIONS, Method
 from .naming import canonical_name, rng_factory
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ MARKER = "inilora-residual"
 FORMAT = 1
 _RESERVED = {INIT_ADAPTER, "ref"}
 #: options the bridge consumes itself rather than handing to the method
-_NOT_RECORDED = {"cache", "progress", "biases"}
 
 
 # --------------------------------------------------------------------------- markers
@@ -384,7 +384,7 @@ def _set_trainable(peft_model: PeftModel, adapter: str, trainable: bool) -> None
 def _json_safe(options: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in options.items():
-        if k in _NOT_RECORDED:
+        if k in BRIDGE_OPTIONS:  # the context (cache, progress) is not a setting
             continue
         out[k] = list(v) if isinstance(v, tuple) else v
     return json.loads(json.dumps(out, default=str))
@@ -453,9 +453,7 @@ def get_peft_model(
     _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
     quant = sorted({k for k in map(quantized.quant_kind, found.values()) if k})
     gguf = quantized.drop_gguf_marker(model)
-    fitcache = _fit_cache(cache) if spec.name == "inilora" else None
-    if fitcache is not None and int(opts.get("steps", 0)) > 0:
-        fitcache.check_writable()
+    fitcache = _fit_cache(cache) if spec.fitted else None  # checked writable before the fit (fitting.py)
 
     weights = {n: _oriented(m) for n, m in found.items()}
     fp = fingerprint_modules(found) if spec.residual else None
@@ -482,17 +480,16 @@ def get_peft_model(
         tgts = targets(peft_model, adapter_name)
         if set(tgts) != set(found):
             raise RuntimeError(f"inilora predicted targets {sorted(found)} but PEFT wrapped {sorted(tgts)}")
-        if spec.name == "inilora":
-            opts["cache"] = fitcache
-            opts["progress"] = progress if progress is not None else _default_progress()
-            if opts["std_source"] == "weight+bias":
-                opts["biases"] = {n: t.base.bias for n, t in tgts.items() if t.base.bias is not None}
+        if spec.fitted:  # what a fitted method needs beyond weights and options (methods/fitting.py)
+            opts["context"] = InitContext(
+                cache=fitcache, progress=progress if progress is not None else _default_progress(),
+                biases={n: t.base.bias.detach() for n, t in tgts.items() if t.base.bias is not None})
         ranks = {n: t.layer.r[adapter_name] for n, t in tgts.items()}
         scalings = {n: t.layer.scaling[adapter_name] for n, t in tgts.items()}
         oriented = {n: t.w0().detach() for n, t in tgts.items()}
         # torchrun/accelerate: computed once (rank 0, or inilora's fit split by matrix), broadcast
         result = distributed.share_init(lambda: spec.fn(oriented, ranks, scalings, rng_factory(seed), **opts),
-                                        split=spec.name == "inilora", digest=fp["sha256"] if fp else None)
+                                        split=spec.fitted, digest=fp["sha256"] if fp else None)
         factors = result.factors
         _set_factors(tgts, adapter_name, factors)
         requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)

@@ -17,31 +17,15 @@ from typing import Any
 
 import torch
 
-from .. import approx, distributed
-from ..cache import FitCache, tensor_digest
+from .. import approx
+from ..cache import tensor_digest
 from ..errors import InitError
 from ..naming import module_type
-from .registry import InitResult, register
+from .fitting import InitContext, cached_fit, resolve_engine
+from .registry import InitResult, get_method, register
 
 SCHEDULE = "StepLR(step_size=5000,gamma=0.9),stepped-before-optimizer"
 
-OPTIONS: dict[str, Any] = {
-    "steps": 20000,
-    "lr": 5e-4,
-    "std": "auto",
-    "round_std": 3,
-    "std_source": "weight",
-    "std_scope": "module_type",
-    "mean": 0.0,
-    "engine": "auto",
-    "checkpoints": (),
-    "resume": True,
-    "devices": None,
-    # supplied by the bridge, not usually by users:
-    "cache": None,
-    "biases": None,
-    "progress": None,
-}
 
 
 def init_distribution(
@@ -138,46 +122,6 @@ def cache_fields(weights, ranks, rng_for, dist, init, *, steps, lr, engine) -> d
     }
 
 
-def _report(fits: Mapping[str, Any]) -> dict[str, Any]:
-    return {n: {"rel_error": f.rel_error, "optimum": f.optimum, "losses": f.losses} for n, f in fits.items()}
-
-
-def _in_steps(progress, steps: int):
-    """The engines count matrix-iterations; a person counts steps (20000, not 1,200,000)."""
-    if progress is None:
-        return None
-    return lambda done, total, loss: progress(round(done * steps / total) if total else steps, steps, loss)
-
-
-def _every(resume: bool | int) -> dict[str, Any]:
-    """``resume=True``: snapshot every 30 s; an int N: every N steps too."""
-    if resume is True:
-        return {}
-    if isinstance(resume, int) and resume >= 1:
-        return {"every_steps": int(resume)}
-    raise InitError(f"resume must be True, False or a number of steps ≥ 1, got {resume!r}.")
-
-
-def _engine(engine: str, weights: Mapping[str, torch.Tensor], devices: Sequence[str] | None) -> str:
-    """The engine that will run (``"auto"`` resolved), decided on rank 0 under torchrun: the
-    cache key must name it exactly, and every rank must run the same one."""
-    where = [torch.device(d) for d in devices] if devices else [w.device for w in weights.values()]
-    try:
-        return distributed.on_rank0(lambda: approx.resolve_engine(engine, where))
-    except ValueError as exc:
-        raise InitError(str(exc)) from None
-
-
-def _store(cache: FitCache, fields: dict, todo: list[int], weights, results, unscaled, fit) -> None:
-    """The final entry, then one entry per checkpoint (SPEC §4: Fig. 2's points are hits)."""
-    cache.put(fields, unscaled, fit)
-    for t in todo:
-        cache.put({**fields, "steps": t}, {n: r.checkpoints[t] for n, r in results.items()},
-                  {n: {"rel_error": approx.relative_error(weights[n], *r.checkpoints[t]),
-                       "optimum": r.optimum, "losses": [x for x in r.losses if x[0] <= t]}
-                   for n, r in results.items()})
-
-
 #: far past any useful fit (the paper's curve is flat after ~5000); guards int64 step counters too
 MAX_STEPS = 10**9
 
@@ -235,22 +179,24 @@ def check_options(opts: Mapping[str, Any]) -> None:
         raise InitError(f"inilora option devices must be a list of device names, got {devices!r}.")
 
 
-@register("inilora", check=check_options, summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual",
-          options=OPTIONS)
+@register("inilora", check=check_options, fitted=True,
+          summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual")
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
             std_source="weight", std_scope="module_type", mean=0.0, engine="auto",
             checkpoints: Sequence[int] = (), resume: bool | int = True, devices: Sequence[str] | None = None,
-            cache: FitCache | None = None, biases=None, progress=None) -> InitResult:
+            context: InitContext | None = None) -> InitResult:
     """The registry entry.  ``engine="auto"`` picks the fastest engine available (the key
     records the one that ran); ``resume``: with a cache, the fit snapshots its state next to
     the entry (every 30 s, and every ``resume`` steps when it is a number) and a
     rerun with the same key continues from it; ``devices``: split the matrices over these
-    devices.  Under torchrun the matrices are split over the ranks (see ``distributed``)."""
+    devices.  Under torchrun the matrices are split over the ranks.  Caching, resuming and
+    splitting are :func:`~inilora.methods.fitting.cached_fit`'s; this decides what is fitted."""
+    context = context or InitContext()
     check_options(dict(steps=steps, lr=lr, std=std, round_std=round_std, std_source=std_source,
                        std_scope=std_scope, mean=mean, engine=engine, checkpoints=checkpoints, resume=resume,
                        devices=devices))
     dist = init_distribution(weights, std=std, round_std=round_std, std_source=std_source,
-                             std_scope=std_scope, mean=mean, biases=biases)
+                             std_scope=std_scope, mean=mean, biases=context.biases)
     init = draw_init(weights, ranks, rng_for, dist, std_scope)
     info: dict[str, Any] = {"init": {g: {"std": s, "mean": m} for g, (s, m) in dist.items()},
                             "steps": int(steps), "engine": engine, "cache": "off"}
@@ -258,42 +204,11 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     if int(steps) == 0:
         unscaled = init
     else:
-        engine = info["engine"] = _engine(engine, weights, devices)
+        engine = info["engine"] = resolve_engine(engine, weights, devices)
         fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=engine)
-        todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
-
-        def lookup():
-            found = cache.get(fields) if cache is not None else None
-            if found is not None and any(cache.get({**fields, "steps": t}) is None for t in todo):
-                found = None  # checkpoints asked for but not all cached: one run stores them all
-            return found
-
-        hit = distributed.on_rank0(lookup)
-        if hit is not None:
-            unscaled, meta = hit
-            fit = meta["report"]
-            info["cache"] = "hit"
-        else:
-            if cache is not None:
-                cache.check_writable()
-            snap = distributed.per_rank(
-                approx.Resume(cache.resume_path(fields), FitCache.key(fields), **_every(resume))
-                if cache is not None and resume else None)
-            results = distributed.split_approximate(
-                approx.approximate, weights, init, steps=int(steps), lr=float(lr), engine=engine,
-                checkpoints=todo, progress=_in_steps(progress, int(steps)), resume=snap, devices=devices)
-            unscaled = {n: (r.U, r.P) for n, r in results.items()}
-            fit = _report(results)
-            detail = approx.engine_detail(engine)
-            if detail:
-                info["engine_detail"] = detail
-            if cache is not None:
-                distributed.on_rank0(lambda: _store(cache, fields, todo, weights, results, unscaled, fit))
-                info["cache"] = "miss"
-            if snap is not None:
-                if snap.resumed_from is not None:
-                    info["resumed_from"] = snap.resumed_from
-                snap.clear()  # the entry is written: the snapshot has served its purpose
+        unscaled, fit, more = cached_fit(weights, init, fields, context=context, steps=int(steps), lr=float(lr),
+                                         engine=engine, checkpoints=checkpoints, resume=resume, devices=devices)
+        info.update(more)
     factors, fits = {}, {}
     for name, (u, p) in unscaled.items():
         root = math.sqrt(scalings[name])
@@ -303,3 +218,7 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
                                   "optimum": approx.eckart_young(weights[name], u.shape[1]), "losses": []}
         fits[name] = {**known, "U": u, "P": p}
     return InitResult(factors=factors, fit=fits, info=info)
+
+
+#: the options and their defaults, as the registry derived them from the signature above
+OPTIONS = get_method("inilora").options

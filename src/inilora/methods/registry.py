@@ -48,8 +48,12 @@ class Method:
     fn: Callable[..., InitResult] | None = None
     #: For PEFT-backed methods: the value of ``LoraConfig.init_lora_weights``.
     peft_init: str | bool | None = None
-    #: accepted keyword options and their defaults.
+    #: accepted keyword options and their defaults (derived from the function's signature).
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: a fitted method: it receives an :class:`~inilora.methods.fitting.InitContext` (fit cache,
+    #: progress, biases) as ``context=``, and its work splits across ranks under torchrun
+    #: (each rank fits a share; see ``fitting.cached_fit``) instead of running on rank 0 alone
+    fitted: bool = False
 
     @property
     def peft_backed(self) -> bool:
@@ -64,7 +68,7 @@ class Method:
         fail with the valid list, bad values (unless ``check=False``) with the option's name."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
-            valid = ", ".join(sorted(set(self.options) - _INTERNAL)) or "none"
+            valid = ", ".join(sorted(self.options)) or "none"
             raise InitError(
                 f"method {self.name!r} does not take option(s) {', '.join(unknown)}; "
                 f"its options are: {valid}."
@@ -84,29 +88,43 @@ class Method:
         except InitError:
             raise
         except (TypeError, ValueError, ArithmeticError) as exc:
-            shown = ", ".join(f"{k}={v!r}" for k, v in opts.items() if k not in _INTERNAL and v is not None)
+            shown = ", ".join(f"{k}={v!r}" for k, v in opts.items() if v is not None)
             raise InitError(f"method {self.name!r}: invalid option value ({shown}): {exc}") from None
 
 
 #: ``register(..., check=DRY_RUN)``: options are checked by running the method on a 2×2 matrix
 DRY_RUN = "dry-run"
-#: options the bridge fills in itself (not for users): left out of the "its options are" list
-_INTERNAL = frozenset({"biases", "cache", "progress"})
+#: what the bridge passes itself (not a user option): the fitted methods' InitContext
+BRIDGE_OPTIONS = frozenset({"context"})
 _REGISTRY: dict[str, Method] = {}
 _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
 
 
 def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None,
-             check: Callable[[Mapping[str, Any]], None] | str | None = None):
-    """Decorator: add ``fn`` to the registry under ``name``; ``check`` validates its options
-    without weights (a function of the options, or :data:`DRY_RUN`)."""
+             check: Callable[[Mapping[str, Any]], None] | str | None = None, fitted: bool = False):
+    """Decorator: add ``fn`` to the registry under ``name``.
+
+    Its options are the keyword-only parameters of ``fn`` with their defaults (``options``
+    overrides that, for a function taking ``**kwargs``); ``check`` validates them without
+    weights (a function of the options, or :data:`DRY_RUN`); ``fitted=True`` declares a fitted
+    method (see :class:`Method`): the bridge then hands it an ``InitContext``.
+    """
 
     def wrap(fn: Callable[..., InitResult]) -> Callable[..., InitResult]:
-        _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=dict(options or {}),
-                    check=check))
+        opts = dict(options) if options is not None else _signature_options(fn)
+        _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=opts, check=check,
+                    fitted=fitted))
         return fn
 
     return wrap
+
+
+def _signature_options(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Keyword-only parameters and their defaults, less the bridge's ``context``."""
+    import inspect
+
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name not in BRIDGE_OPTIONS}
 
 
 def register_peft(name: str, peft_init: str | bool, *, summary: str, residual: bool) -> None:

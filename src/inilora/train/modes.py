@@ -43,8 +43,10 @@ def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str) -> tuple[
     if config.is_lora:
         from ..peft_bridge import get_peft_model
 
+        from ..methods import get_method
+
         # shared_fit (the paper fitted IniLoRA once): every training seed starts from the seed-0 fit
-        init_seed = 0 if config.shared_fit and config.method == "inilora" else config.seed
+        init_seed = 0 if config.shared_fit and get_method(config.method).fitted else config.seed
         peft_model = get_peft_model(model, lora_config(config, kind), config.method, seed=init_seed,
                                     **config.method_options)
         report = getattr(peft_model, "inilora_report", None)
