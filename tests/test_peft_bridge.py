@@ -191,6 +191,23 @@ def test_residual_dtype_float32_on_bf16_base(method):
     assert relative_drift(under, ref) < d_plain
 
 
+def test_residual_dtype_float32_on_an_fp32_base_under_bf16_autocast():
+    """TRL trains under bf16 autocast: the replaced layers' R·x and s·BA·x, each rounded to bf16, no
+    longer cancel. residual_dtype="float32" keeps those layers out of autocast even when the stored
+    dtype is already fp32, so the model starts where the base under autocast starts."""
+    x = probe_inputs(tiny_model("llama-gqa"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model_output(tiny_model("llama-gqa"), x).float()  # the base itself under autocast
+    cfg = LoraConfig(r=4, lora_alpha=64, target_modules=TINY_TARGETS["llama-gqa"])
+    drift = {}
+    for kept in (False, True):
+        model = inilora.get_peft_model(tiny_model("llama-gqa"), cfg, "normal", std=1.0, cache=False,
+                                       **({"residual_dtype": "float32"} if kept else {}))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            drift[kept] = relative_drift(model_output(model, x).float(), ref)
+    assert drift[True] * 5 < drift[False]
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -318,24 +318,24 @@ def _check_device(name: str, option: str) -> None:
 
 def _print_report(report, out: Path | None) -> None:
     if out is not None:
-        console.print(f"[bold green]wrote[/] {out}  (method {report.method})")
+        _say(f"[bold green]wrote[/] {out}  (method {report.method})")
     init = report.info.get("init")
     if init:
-        console.print("  init distribution: " + ", ".join(f"{g}: N({v['mean']:g}, {v['std']:g}²)"
+        _say("  init distribution: " + ", ".join(f"{g}: N({v['mean']:g}, {v['std']:g}²)"
                                                             for g, v in init.items()))
     if report.info.get("cache"):
-        console.print(f"  fit cache: {report.info['cache']}")
+        _say(f"  fit cache: {report.info['cache']}")
     if report.fit:
         rel = [f["rel_error"] for f in report.fit.values()]
         opt = [f["optimum"] for f in report.fit.values()]
-        console.print(f"  relative error ‖W0 − s·B0A0‖/‖W0‖: mean {sum(rel) / len(rel):.4f} "
+        _say(f"  relative error ‖W0 − s·B0A0‖/‖W0‖: mean {sum(rel) / len(rel):.4f} "
                       f"(Eckart–Young optimum {sum(opt) / len(opt):.4f}) over {len(rel)} matrices")
     if report.drift:
         d = report.drift
         extra = f", top-1 agreement {d['top1_agreement']:.1%}" if "top1_agreement" in d else ""
-        console.print(f"  output drift at init: {d['max_rel']:.2e} ({d['dtype']}){extra}")
+        _say(f"  output drift at init: {d['max_rel']:.2e} ({d['dtype']}){extra}")
     if report.residual and out is not None:
-        console.print("  This adapter belongs to a residual base: load it with inilora.load(base, dir) or "
+        _say("  This adapter belongs to a residual base: load it with inilora.load(base, dir) or "
                       "convert it with `inilora export`.")
 
 
@@ -542,6 +542,11 @@ def main(argv: list[str] | None = None) -> None:
                    "and please report it")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say(text: str) -> None:
+    """A status line on stderr, never wrapped: paths and numbers stay on one line in a log."""
+    console.print(text, soft_wrap=True)
 
 
 def _plain_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 - formatwarning's signature

@@ -275,6 +275,24 @@ def _build_smollm2_copy(folder: Path) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _captured_stderr():
+    """Hold what a one-time build writes to stderr (progress bars); show it only if the build fails."""
+    import io
+    import sys
+
+    held = io.StringIO()
+    real = sys.stderr
+    sys.stderr = held
+    try:
+        yield
+    except BaseException:
+        real.write(held.getvalue())
+        raise
+    finally:
+        sys.stderr = real
+
+
 def _ensure_smollm2_copy() -> Path:
     """Path of the finished plain copy, building it (once, under a file lock) if needed."""
     final = _smollm2_copy_dir()
@@ -299,7 +317,7 @@ def _ensure_smollm2_copy() -> Path:
             try:
                 from .chatter import quiet
 
-                with quiet():
+                with quiet(), _captured_stderr():  # transformers' GGUF reader draws its own tqdm bar
                     extra = _build_smollm2_copy(tmp)
                 listed = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != _VERIFIED_STAMP]
                 files = {str(p.relative_to(tmp)): p.stat().st_size for p in listed}

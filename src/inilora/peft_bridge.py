@@ -347,13 +347,14 @@ def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[s
             r_q = t.w0()
             quantized.check_dequantized(name, t.base, r_q)
             requant[name] = float((r_q - r).norm()) / max(float(w.float().norm()), 1e-30)
-        elif residual_dtype is not None and residual_dtype != stored:
+        elif residual_dtype is not None:  # also when it is the stored dtype: autocast would round R·x and s·BA·x
             _keep_in(t, residual_dtype)
     return requant
 
 
 def _keep_in(target: Target, dtype: torch.dtype) -> None:
-    """Run one replaced layer in ``dtype`` (an fp32 residual on a bf16 model), autocast or not.
+    """Run one replaced layer in ``dtype`` (an fp32 residual on a bf16 model, or on an fp32 model
+    trained under bf16 autocast, TRL's default), autocast or not.
 
     The whole LoRA layer is wrapped, not just its base: ``R·x`` and ``s·BA·x`` can be
     large and nearly cancel, so they must be summed in fp32 and rounded once.  The input
@@ -644,10 +645,10 @@ def _warn_drift(drift: dict, quant_mode: str | None = None) -> None:
                           f"targeted layers then stay unquantized), {quantized.ALTERNATIVES}.",
                           stacklevel=3)
         else:
-            log.info(msg + " (residual re-quantized)")
+            log.debug(msg + " (residual re-quantized)")
         return
     if quant_mode == "kept":
-        (log.warning if drift["max_rel"] > 1e-3 else log.info)(
+        (log.warning if drift["max_rel"] > 1e-3 else log.debug)(
             msg + ". The targeted layers hold R in float now; the quantized layers they replace computed with "
             "quantized weights (and, for LLM.int8, int8-rounded inputs), so this is the quantized model's own "
             "error on those layers, not a fault of the init.")
@@ -656,7 +657,7 @@ def _warn_drift(drift: dict, quant_mode: str | None = None) -> None:
         log.warning(msg + ". The residual was rounded to a low-precision dtype; pass residual_dtype='float32' "
                     "to keep replaced base weights in fp32.")
     else:
-        log.info(msg)
+        log.debug(msg)  # fine: the report (and the CLI's summary) carries it
 
 
 # --------------------------------------------------------------------------- original model
