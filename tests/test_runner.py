@@ -218,3 +218,23 @@ def test_finished_run_of_another_config_is_refused(tmp_path):
     changed.base.learning_rate = 1e-2
     with pytest.raises(ConfigError, match="learning_rate"):
         run_grid(changed, run_fn=fake_run, progress=False)
+
+
+def test_compare_and_train_read_set_values_alike(tmp_path):
+    """One value parser and one YAML loader: `compare --set base.shared_fit=true` was refused
+    ("expected true or false, got 'true'") while `train --set` accepted it."""
+    from typer.testing import CliRunner
+
+    from inilora.cli import _set_pairs, app
+    from inilora.config import CompareConfig, TrainConfig, load_yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "embedded"
+    pairs = _set_pairs(["base.shared_fit=true", "seeds=[0, 1]", "sweep.lora.rank=[4, 8]", "base.lora.rank=16"])
+    config = load_yaml(root / "results-nlu.yaml", CompareConfig, pairs)
+    assert config.base.shared_fit is True and config.seeds == [0, 1] and config.sweep["lora.rank"] == [4, 8]
+    assert config.base.lora.rank == 16
+    train = load_yaml(root / "train-nlu.yaml", TrainConfig, _set_pairs(["shared_fit=true", "lora.rank=4"]))
+    assert train.shared_fit is True and train.lora.rank == 4
+    result = CliRunner().invoke(app, ["compare", str(root / "results-nlu.yaml"), "--dry-run", "--set",
+                                      "base.shared_fit=true", "--output-dir", str(tmp_path / "grid")])
+    assert result.exit_code == 0, result.output

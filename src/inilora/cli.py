@@ -21,20 +21,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Better starting points for LoRA: IniLoRA and friends on top of PEFT.")
 console = Console(stderr=True)
 
-#: query/value projections under the names common architectures give them (SPEC: default targets)
-DEFAULT_TARGETS = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("q", "v"), ("Wqkv",))
 #: dtype names the options accept, with the short aliases people type
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "half": "float16", "float64": "float64"}
-
-
-def default_targets(model) -> list[str]:
-    """The attention query and value projections of ``model``, under its own names."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
-    for group in DEFAULT_TARGETS:
-        if all(g in names for g in group):
-            return list(group)
-    raise InitError("cannot find query/value projections in this model; pass --targets NAME[,NAME...]")
 
 
 def parse_options(pairs: list[str], option: str = "--option") -> dict[str, Any]:
@@ -137,9 +126,7 @@ def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: li
     check_lora_numbers(config)
     skeleton = load_skeleton(model)
     if skeleton is not None:
-        if targets is None:
-            config.target_modules = default_targets(skeleton)
-        check_plan(skeleton, config, method)
+        check_plan(skeleton, config, method)  # default targets filled as get_peft_model fills them
     return config
 
 
@@ -202,8 +189,6 @@ def init(
     config = _precheck(model, method, rank, lora_alpha if lora_alpha is not None else rank, split_names(targets),
                        use_rslora)
     base = load_model(model, dtype=dtype)
-    if config.target_modules is None:
-        config.target_modules = default_targets(base)
     with snapshot_on_interrupt():
         peft_model = get_peft_model(base, config, method, seed=seed, residual_dtype=residual_dtype, cache=cache,
                                     progress=approximation_progress(force=True), **opts)
@@ -282,8 +267,6 @@ def approximate(
     base = load_model(model, dtype=dtype)
     if device:
         base = base.to(device)
-    if config.target_modules is None:
-        config.target_modules = default_targets(base)
     with snapshot_on_interrupt():
         peft_model = get_peft_model(base, config, "inilora", seed=seed, cache=True, measure_drift=False,
                                     progress=approximation_progress(force=True), **opts)

@@ -30,7 +30,7 @@ class ConfigError(InitError):
 
 
 #: training modes that are not an init method of the registry (paper Table 1's non-LoRA rows)
-TRAINING_MODES = ("full", "bitfit")
+TRAINING_MODES = ("full", "bitfit", "houlsby", "pfeiffer")  # the last two: bottleneck adapters
 
 
 @dataclass
@@ -326,8 +326,10 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def load_yaml(path: str | Path, cls: type) -> Any:
-    """Read ``path`` as ``cls``; every error names the file."""
+def load_yaml(path: str | Path, cls: type, overrides: dict[str, Any] | None = None) -> Any:
+    """Read ``path`` as ``cls`` — the one loader of every YAML the tool reads (`train`, `compare`) —
+    with dotted-key ``overrides`` (``--set lora.rank=16``) applied before the strict checks, so an
+    override with a typo or a wrong type is refused like the file's own keys; every error names the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -338,9 +340,32 @@ def load_yaml(path: str | Path, cls: type) -> Any:
     if data is None:  # an empty file: every default
         data = {}
     try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            apply_override(data, key, value)
         return from_dict(cls, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """One ``--set key=value``: a dotted path, except that a grid's sweep keys are dotted themselves
+    (``sweep.lora.rank=[8,16]``) and a variant's options are a mapping (``variants.NAME.options={...}``)."""
+    if key.startswith("sweep."):
+        sweep = data.setdefault("sweep", {})
+        if not isinstance(sweep, dict):
+            raise ConfigError("sweep is not a mapping of keys to value lists")
+        sweep[key.removeprefix("sweep.")] = value
+    elif key.startswith("variants."):
+        parts = key.split(".", 2)
+        variant = data.setdefault("variants", {}).setdefault(parts[1], {})
+        if len(parts) > 2:
+            set_dotted(variant, parts[2], value)
+        else:
+            data["variants"][parts[1]] = value
+    else:
+        set_dotted(data, key, value)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -252,20 +252,33 @@ def check_plan(model: torch.nn.Module, peft_config: LoraConfig, method: str,
     return sorted(found)
 
 
-def _default_targets(model: torch.nn.Module, config: LoraConfig) -> None:
-    """Fill ``target_modules`` as PEFT would (its per-architecture defaults: q/v for LLaMA)."""
-    if config.target_modules is not None or config.target_parameters:
-        return
-    from peft.utils import (
-        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults,
-    )
+#: query/value projections under the names common architectures give them, for model types PEFT
+#: has no default for (its own per-architecture mapping comes first)
+QV_NAMES = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("q", "v"), ("Wqkv",))
+
+
+def default_targets(model: torch.nn.Module) -> list[str]:
+    """The attention query and value projections of ``model`` (SPEC: the default targets), the one
+    rule for every entry point: PEFT's per-architecture mapping, else the module names above."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    found = defaults.get(model_type)
-    if found is None:
-        raise InitError(f"LoraConfig has no target_modules and PEFT knows no default for model type {model_type!r}; "
-                        "pass target_modules=[...] (e.g. the query and value projections).")
-    config.target_modules = found if isinstance(found, str) else set(found)
+    found = mapping.get(model_type)
+    if found is not None:
+        return [found] if isinstance(found, str) else list(found)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
+    for group in QV_NAMES:
+        if all(g in names for g in group):
+            return list(group)
+    raise InitError(f"no default target modules for model type {model_type!r} (PEFT knows none and no query/value "
+                    "projections were found by name); pass target_modules=[...] / --targets NAME[,NAME...].")
+
+
+def _default_targets(model: torch.nn.Module, config: LoraConfig) -> None:
+    """Fill ``target_modules`` with :func:`default_targets` when the config has none."""
+    if config.target_modules is not None or config.target_parameters:
+        return
+    config.target_modules = set(default_targets(model))
 
 
 def _rank_of(config: LoraConfig, name: str) -> int:
@@ -832,7 +845,7 @@ def is_residual_model(model: PeftModel) -> bool:
 
 
 __all__ = [
-    "INIT_ADAPTER", "InitLoraConfig", "InitReport", "check_fingerprint", "check_plan",
+    "INIT_ADAPTER", "InitLoraConfig", "InitReport", "check_fingerprint", "check_plan", "default_targets",
     "fingerprint", "fingerprint_modules", "get_peft_model",
     "is_residual_model", "load", "marker", "original", "read_metadata", "targets",
 ]

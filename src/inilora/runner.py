@@ -96,7 +96,14 @@ def _check_methods(config: CompareConfig) -> None:
     for label in config.methods:
         method, options = _method_of(config, label)
         if method in TRAINING_MODES:
-            if options:
+            from .train.bottleneck import MODES, check_options
+
+            if method in MODES:
+                try:
+                    check_options(method, {**config.base.method_options, **options})
+                except InitError as exc:
+                    raise ConfigError(f"variants.{label}: {exc}") from None
+            elif options:
                 raise ConfigError(f"variants.{label}: training mode {method!r} takes no options")
             continue
         try:
@@ -346,18 +353,7 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
 
     from .config import load_yaml
 
-    config = load_yaml(config_path, CompareConfig)
-    if overrides:
-        data = to_dict(config)
-        for key, value in overrides.items():
-            if key.startswith("sweep."):  # sweep keys are dotted themselves: sweep.lora.rank=[8,16]
-                data["sweep"][key.removeprefix("sweep.")] = value
-            elif key.startswith("variants."):  # variants.NAME.options={...}
-                parts = key.split(".", 2)
-                set_dotted(data["variants"].setdefault(parts[1], {}), parts[2] if len(parts) > 2 else "", value)
-            else:
-                set_dotted(data, key, value)
-        config = from_dict(CompareConfig, data)
+    config = load_yaml(config_path, CompareConfig, overrides)
     root = Path(output_dir or config.output_dir)
     rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
     if dry_run or not rows:

@@ -1,7 +1,8 @@
 """What trains: a LoRA adapter made by an init method of the registry, or a non-LoRA mode.
 
 ``full`` fine-tunes every parameter; ``bitfit`` only the biases (plus the classifier head for
-NLU, which is new and must learn). LoRA runs go through :func:`inilora.get_peft_model`, so a
+NLU, which is new and must learn); ``houlsby`` / ``pfeiffer`` insert bottleneck adapters
+(:mod:`.bottleneck`) and train those (plus the head). LoRA runs go through :func:`inilora.get_peft_model`, so a
 residual method trains on its residual base with A0/B0 frozen beside it (SPEC §4).
 """
 
@@ -14,6 +15,7 @@ from peft import LoraConfig
 
 from ..config import TrainConfig
 from ..errors import InitError
+from . import bottleneck
 
 #: PEFT task types by pipeline kind: SEQ_CLS also makes PEFT train and save the classifier head
 TASK_TYPES = {"nlu": "SEQ_CLS", "nlg": "CAUSAL_LM"}
@@ -54,6 +56,13 @@ def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str) -> tuple[
         if report is not None and report.info.get("approx_loss"):
             info["approx_loss"] = report.info["approx_loss"]  # mean fit MSE vs iteration, for the report
         return peft_model, info
+    if config.method in bottleneck.MODES:
+        if kind != "nlu":
+            raise InitError(f"{config.method} adapters are built for the encoder (NLU) models, as in the paper's "
+                            "Table 1; use a LoRA method or full for a causal LM.")
+        places = bottleneck.add_adapters(model, config.method, config.method_options)
+        return model, {"mode": config.method, "residual": False, "adapters": len(places),
+                       "adapter_options": bottleneck.check_options(config.method, config.method_options)}
     if config.method_options:
         raise InitError(f"method {config.method!r} is a training mode and takes no method_options; "
                         f"got {', '.join(config.method_options)}.")

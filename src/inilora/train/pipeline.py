@@ -81,6 +81,10 @@ def _check_method(config: TrainConfig) -> None:
     from ..methods import get_method
 
     if config.method in TRAINING_MODES:
+        from .bottleneck import MODES, check_options
+
+        if config.method in MODES:
+            check_options(config.method, config.method_options)
         return
     spec = get_method(config.method)
     if not spec.peft_backed:
@@ -125,27 +129,11 @@ def _check_model_kind(model: str, kind: str, task: str) -> None:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A TrainConfig from YAML with dotted-key ``overrides`` (``{"lora.rank": 16}``) applied before the
-    strict checks, so an override with a typo or a wrong type is refused like the file's own keys."""
-    import yaml
+    """A TrainConfig from YAML with dotted-key ``overrides`` (``{"lora.rank": 16}``), through the one
+    loader every command uses (:func:`inilora.config.load_yaml`)."""
+    from ..config import load_yaml
 
-    from ..config import from_dict, set_dotted
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}")
-        for key, value in (overrides or {}).items():
-            set_dotted(data, key, value)
-        return from_dict(TrainConfig, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_yaml(path, TrainConfig, overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +172,11 @@ def _check_trainable(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> Non
         bad = [n for n in names if "lora_" not in n and not (kind == "nlu" and ".modules_to_save." in n)]
         if bad:
             raise RuntimeError(f"base parameters would train under LoRA: {bad[:5]}")
+    elif cfg.method in ("houlsby", "pfeiffer"):
+        heads = tuple(f"{h}." for h in modes.head_names(model))
+        bad = [n for n in names if ".adapter." not in n and not n.startswith(heads)]
+        if bad:
+            raise RuntimeError(f"base parameters would train beside the bottleneck adapters: {bad[:5]}")
 
 
 def training_args(p: Plan, out: Path, progress: bool) -> TrainingArguments:
@@ -269,6 +262,11 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
     if config.is_lora:
         adapter_dir = out / "adapter"
         model.save_pretrained(str(adapter_dir))
+    elif "adapter_options" in info:  # bottleneck adapters: what trained, and how to rebuild it
+        from . import bottleneck
+
+        adapter_dir = out / "adapter"
+        bottleneck.save(model, adapter_dir, config.method, info["adapter_options"])
     train_loss = [[int(h["step"]), float(h["loss"])] for h in history if "loss" in h]
     outputs.write_log(out, {"train_loss": train_loss, "eval": extra.get("epochs", []), "log_history": history,
                             "eval_records": records})
