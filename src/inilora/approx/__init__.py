@@ -64,29 +64,24 @@ __all__ = [
     "snapshot_on_interrupt",
 ]
 
-#: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress) -> [Trajectory]``;
-#: ``progress(done, loss)`` counts matrix-iterations.  Add an engine by adding an entry here
-#: (and its version below); every engine must match "reference" to SPEC §3's tolerances.
+#: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress, resume) -> [Trajectory]``;
+#: ``progress(t, loss)`` with t the iterations done of the whole set (0 .. steps).  Add an engine by
+#: adding an entry here (and its version below): its arithmetic behind ``driver.EngineState``, run by
+#: ``driver.drive``; every engine must match "reference" to SPEC §3's tolerances.
 Engine = Callable[..., "list[Trajectory]"]
 
 
 def _reference_engine(weights, inits, *, steps, progress=None, resume=None, **kw):
     """The oracle, one matrix after the other (not resumable: it is the slow test oracle)."""
     runs = []
+    n = len(weights)
     for i, (W, (U0, P0)) in enumerate(zip(weights, inits)):
-        cb = None if progress is None else (lambda t, loss, base=i * steps: progress(base + t, loss))
+        cb = None if progress is None else (lambda t, loss, base=i * steps: progress((base + t) / n, loss))
         runs.append(fit_reference(W, U0, P0, steps=steps, progress=cb, **kw))
     return runs
 
 
-def _torch_engine(weights, inits, *, progress=None, **kw):
-    """All matrices at once, batched by shape."""
-    n = len(weights)
-    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
-    return fit_batched(weights, inits, progress=cb, **kw)
-
-
-_ENGINES: dict[str, Engine] = {"reference": _reference_engine, "torch": _torch_engine}
+_ENGINES: dict[str, Engine] = {"reference": _reference_engine, "torch": fit_batched}
 _ENGINES["triton"] = _triton_engine  # CUDA (fused Triton kernels); raises TritonUnavailable elsewhere
 _ENGINES["cpu-fused"] = _cpu_fused_engine  # CPU, fused C++ kernel built on first use; else warns, runs "torch"
 ENGINES: tuple[str, ...] = tuple(_ENGINES)
@@ -223,17 +218,15 @@ def approximate(
     size; the engines run the devices' shares side by side) and return every factor on its
     weight's own device.
     """
-    if engine != AUTO and engine not in ENGINES:
-        raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
     check_run(steps, log_every, checkpoints)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     _check(weights, init)
     names = list(weights)
     work_w, work_i = (weights, init) if not devices else _placement(weights, init, devices)
-    engine = resolve_engine(engine, {w.device for w in work_w.values()})
+    engine = resolve_engine(engine, {w.device for w in work_w.values()})  # validates the name, decides the engine
     total = steps * len(names)
-    cb = None if progress is None else (lambda done, loss: progress(done, total, loss))
+    cb = None if progress is None else (lambda t, loss: progress(round(t * len(names)), total, loss))
     ws, inits = [work_w[n] for n in names], [work_i[n] for n in names]
     if resume is not None:
         resume = resume.bind(run_fingerprint(engine, ws, inits, steps=steps, lr=lr, log_every=log_every,

@@ -33,12 +33,13 @@ from .result import (
     EngineProgress,
     Trajectory,
     check_run,
+    factor_of,
     fp32_matmul,
+    in_input_order,
     lr_at,
-    record_losses,
-    snapshot_factors,
 )
-from .resume import Resume, begin
+from .driver import drive
+from .resume import Resume
 
 _LOSS_CHUNK = 1 << 25  # elements of E formed at once when logging (128 MiB in fp32)
 
@@ -195,43 +196,37 @@ def fit_batched(
     ``resume`` (see :mod:`.resume`): continue from its snapshot and save new ones periodically.
     """
     wanted = check_run(steps, log_every, checkpoints, weights, inits)
-    n = len(weights)
-    losses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n)]
-    if n == 0:
+    if not weights:
         return []
-
     with fp32_matmul(), torch.no_grad():
         groups, adams = _build(weights, inits)
+        return drive(_State(groups, adams, lr, len(weights)), steps=steps, log_every=log_every, wanted=wanted,
+                     progress=progress, resume=resume)
 
-        def log(t: int) -> None:
-            record_losses(losses, t, groups, torch.cat([g.losses() for g in groups]).tolist(), progress)
 
-        def snapshot(t: int) -> None:
-            snapshot_factors(snaps, t, groups)
+class _State:
+    """The batched fit behind the shared driver: groups of stacked matrices, one Adam per device."""
 
-        t0 = begin(resume, lambda t: _buffers(adams), losses, snaps)
-        for adam in adams:
-            adam.step = t0  # Adam's step is the iteration count, not a saved buffer
+    def __init__(self, groups: list[_Group], adams: list[_Adam], lr: float, n: int) -> None:
+        self.groups, self.adams, self.lr, self.n = groups, adams, lr, n
 
-        for t in range(t0, steps):
-            if resume is not None and resume.due(t):
-                resume.save(t, _buffers(adams), losses, snaps)
-            if t in wanted:
-                snapshot(t)
-            if t % log_every == 0:
-                log(t)
-            for g in groups:
+    def buffers(self, t: int) -> dict[str, Tensor]:
+        return _buffers(self.adams)
+
+    def restored(self, t: int) -> None:
+        for adam in self.adams:
+            adam.step = t  # Adam's step is the iteration count, not a saved buffer
+
+    def advance(self, t0: int, t1: int) -> None:
+        for t in range(t0, t1):
+            for g in self.groups:
                 g.gradients()
-            rate = lr_at(t, lr)
-            for adam in adams:
+            rate = lr_at(t, self.lr)
+            for adam in self.adams:
                 adam.update(rate)
-        log(steps)
-        if steps in wanted:
-            snapshot(steps)
-        out: list[Trajectory | None] = [None] * n
-        for g in groups:
-            for j, i in enumerate(g.index):
-                U, P = g.factors(j)
-                out[i] = Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i])
-    return out  # type: ignore[return-value]
+
+    def losses(self) -> list[float]:
+        return in_input_order(self.groups, torch.cat([g.losses() for g in self.groups]).tolist())
+
+    def factors(self, i: int) -> tuple[Tensor, Tensor]:
+        return factor_of(self.groups, i)

@@ -52,7 +52,8 @@ from .result import (
     check_run,
     lr_at,
 )
-from .resume import Resume, begin
+from .driver import drive
+from .resume import Resume
 
 __all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
 
@@ -216,20 +217,16 @@ def _fallback(reason: str, weights, inits, progress, kw) -> list[Trajectory]:
     warnings.warn(f"cpu-fused engine unavailable ({reason}); running the portable 'torch' engine", RuntimeWarning, stacklevel=3)
     if kw.get("resume") is not None:  # the torch engine's buffers differ: never mix the two
         kw = {**kw, "resume": kw["resume"].bind("fallback:torch")}
-    n = len(weights)
-    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
-    return fit_batched(weights, inits, progress=cb, **kw)
+    return fit_batched(weights, inits, progress=progress, **kw)
 
 
 def cpu_fused_engine(weights, inits, *, progress=None, vector_width: int | None = None, **kw) -> list[Trajectory]:
-    """Registry entry: every matrix on the CPU at once; ``progress(done, loss)`` counts
-    matrix-iterations.  The lane layout is the fastest trusted one for these shapes
+    """Registry entry: every matrix on the CPU at once.  The lane layout is the fastest trusted one for these shapes
     (:mod:`.cpu_tuning`), unless ``vector_width`` names one.  ``resolve_engine`` has already
     decided that this engine runs (CPU weights, a trusted build): weights elsewhere are an error
     here, never a quiet switch to another engine under this engine's name."""
     from . import cpu_tuning
 
-    n = len(weights)
     if any(w.device.type != "cpu" for w in weights):
         raise ValueError("the cpu-fused engine runs on CPU weights only; resolve_engine picks another engine")
     if any(w.numel() == 0 for w in weights):
@@ -244,8 +241,7 @@ def cpu_fused_engine(weights, inits, *, progress=None, vector_width: int | None 
         return _fallback(str(exc), weights, inits, progress, kw)
     if kw.get("resume") is not None:  # the padded buffers depend on the layout: never restore across layouts
         kw = {**kw, "resume": kw["resume"].bind(f"lanes:{vector_width}")}
-    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
-    return fit_cpu_fused(weights, inits, progress=cb, lib=lib, **kw)
+    return fit_cpu_fused(weights, inits, progress=progress, lib=lib, **kw)
 
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
@@ -305,50 +301,11 @@ def fit_cpu_fused(
     if lib is None:
         lib = load_library()
     kernel = _Kernel(lib, weights, inits, threads)
-    plan, factors = kernel.plan, kernel.factors
-
-    losses: list[list[tuple[int, float]]] = [[] for _ in range(n)]
-    snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n)]
-    out = np.zeros(n, dtype=np.float64)
-
-    def log(t: int) -> None:
-        lib.ifs_losses(plan, out.ctypes.data)
-        values = out.tolist()
-        for i, v in enumerate(values):
-            losses[i].append((t, v))
-        if progress is not None:
-            progress(t, sum(values) / n)
-
-    buffers = {"params": kernel.params, "exp_avg": kernel.exp_avg, "exp_avg_sq": kernel.exp_avg_sq}
     try:
-        t = begin(resume, lambda _: buffers, losses, snaps)
-        if t > 0:  # restored (snapshots are never taken at iteration 0)
-            lib.ifs_refresh(plan)  # re-derive the kernel's interleaved copy of P
-        events = set(range(0, steps, log_every)) | wanted | {steps}
-        if resume is not None and resume.every_steps is not None:
-            events |= set(range(0, steps, resume.every_steps))
-        events = sorted(e for e in events if e >= t)
-        neg, bc2 = _schedule(0, steps, lr)
-        for e in events:
-            if e > t:
-                rc = lib.ifs_run(plan, e - t, neg[t:].ctypes.data, bc2[t:].ctypes.data, BETAS[0], BETAS[1], EPS)
-                if rc != 0:
-                    raise RuntimeError(f"cpu-fused: kernel failed ({rc})")
-                t = e
-                if resume is not None and t < steps and resume.due(t):
-                    resume.save(t, buffers, losses, snaps)
-            if t in wanted:
-                for i in range(n):
-                    snaps[i][t] = factors(i)
-            if t % log_every == 0 or t == steps:
-                log(t)
-        result = []
-        for i in range(n):
-            U, P = factors(i)
-            result.append(Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i]))
+        kernel.schedule = _schedule(0, steps, lr)
+        return drive(kernel, steps=steps, log_every=log_every, wanted=wanted, progress=progress, resume=resume)
     finally:
         kernel.close()
-    return result
 
 
 class _Kernel:
@@ -392,6 +349,28 @@ class _Kernel:
         )
         if not self.plan:
             raise MemoryError("cpu-fused: could not set up the work plan (out of memory?)")
+        self.n = len(self.Ws)
+        self.schedule: tuple[np.ndarray, np.ndarray] | None = None  # per-step −step_size, √(1 − β2^t)
+
+    # ---- the driver's EngineState (see .driver): the kernel holds the whole state in three flat buffers
+
+    def buffers(self, t: int) -> dict[str, Tensor]:
+        return {"params": self.params, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def restored(self, t: int) -> None:
+        if t > 0:  # restored from a snapshot (never taken at iteration 0)
+            self.lib.ifs_refresh(self.plan)  # re-derive the kernel's interleaved copy of P
+
+    def advance(self, t0: int, t1: int) -> None:
+        neg, bc2 = self.schedule
+        rc = self.lib.ifs_run(self.plan, t1 - t0, neg[t0:].ctypes.data, bc2[t0:].ctypes.data, BETAS[0], BETAS[1], EPS)
+        if rc != 0:
+            raise RuntimeError(f"cpu-fused: kernel failed ({rc})")
+
+    def losses(self) -> list[float]:
+        out = np.zeros(self.n, dtype=np.float64)
+        self.lib.ifs_losses(self.plan, out.ctypes.data)
+        return out.tolist()
 
     def views(self, i: int) -> tuple[Tensor, Tensor]:
         (d, k), rp, (offU, offP) = self.Ws[i].shape, self.rps[i], self.layout[i]

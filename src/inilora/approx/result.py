@@ -136,21 +136,20 @@ def fp32_matmul() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-def record_losses(losses: list[list[tuple[int, float]]], t: int, groups: Sequence, values: Sequence[float],
-                  progress: EngineProgress | None) -> None:
-    """Append step ``t``'s per-matrix losses (``values`` in group order) and report their mean.
-
-    Shared by the batched engines: ``groups`` have ``.index`` (positions in the caller's list).
-    """
+def in_input_order(groups: Sequence, values: Sequence[float]) -> list[float]:
+    """Per-matrix ``values`` given in group order, put back in the caller's order (groups have ``.index``)."""
     flat = [i for g in groups for i in g.index]
+    out = [0.0] * len(flat)
     for i, value in zip(flat, values):
-        losses[i].append((t, value))
-    if progress is not None:
-        progress(t, sum(values) / len(values))
+        out[i] = value
+    return out
 
 
-def snapshot_factors(snaps: list[dict[int, tuple[Tensor, Tensor]]], t: int, groups: Sequence) -> None:
-    """Store every matrix's (U, P) after ``t`` iterations (``groups`` have ``.index`` and ``.factors(j)``)."""
+def factor_of(groups: Sequence, i: int) -> tuple[Tensor, Tensor]:
+    """Matrix ``i``'s (U, P) from the group holding it (groups have ``.index`` and ``.factors(j)``)."""
     for g in groups:
-        for j, i in enumerate(g.index):
-            snaps[i][t] = g.factors(j)
+        if i in g.index:
+            return g.factors(g.index.index(i))
+    raise IndexError(i)
+
+

@@ -38,7 +38,7 @@ FORMAT = 1
 
 #: Ctrl-C during a fit that snapshots: the first press asks the running engine to save at its
 #: next iteration boundary and stop (:class:`FitInterrupted`); a second press stops at once.
-_interrupt = {"asked": False, "last_due": -1e9}
+_interrupt = {"asked": False, "last_due": -1e9, "gap": 0.0}
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -50,7 +50,9 @@ class FitInterrupted(KeyboardInterrupt):
 
 
 def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
-    if _interrupt["asked"] or time.monotonic() - _interrupt["last_due"] > 2.0:
+    # a fit that snapshots asks `due` at every event (log point); none asked for a while (twice the
+    # last gap, and 2 s): no such fit is running
+    if _interrupt["asked"] or time.monotonic() - _interrupt["last_due"] > 2.0 + 2 * _interrupt["gap"]:
         raise KeyboardInterrupt  # no snapshotting fit is running, or asked twice: stop now
     _interrupt["asked"] = True
 
@@ -116,7 +118,8 @@ class Resume:
 
     def due(self, t: int) -> bool:
         """Whether iteration boundary ``t`` should be saved (never the start of a (re)run)."""
-        _interrupt["last_due"] = time.monotonic()
+        now = time.monotonic()
+        _interrupt["gap"], _interrupt["last_due"] = min(now - _interrupt["last_due"], 600.0), now
         if _interrupt["asked"] and self._last_t is not None:
             return True
         if self._last_t is None:

@@ -60,12 +60,13 @@ from .result import (
     EngineProgress,
     Trajectory,
     check_run,
+    factor_of,
     fp32_matmul,
+    in_input_order,
     lr_at,
-    record_losses,
-    snapshot_factors,
 )
-from .resume import Resume, begin
+from .driver import drive
+from .resume import Resume
 
 # Optional dependency, imported on first use (``_import_triton``) so that importing the package
 # stays cheap; the kernels below look ``tl`` up only when Triton compiles or interprets them.
@@ -529,8 +530,6 @@ def fit_triton(
         return []
     interpret = _check_devices(weights)
     products, update, loss_k = _kernels()
-    losses: list[list[tuple[int, float]]] = [[] for _ in range(n_all)]
-    snaps: list[dict[int, tuple[Tensor, Tensor]]] = [{} for _ in range(n_all)]
     beta1, beta2 = BETAS
 
     with fp32_matmul(), torch.no_grad():
@@ -581,50 +580,44 @@ def fit_triton(
             with _on_device(g, interpret):
                 return group_losses(g)
 
-        def log(t: int) -> None:
-            record_losses(losses, t, groups, [v for g in groups for v in losses_of(g).tolist()], progress)
+        class State:
+            """The Triton fit behind the shared driver (the kernels above are its arithmetic)."""
 
-        def snapshot(t: int) -> None:
-            snapshot_factors(snaps, t, groups)
+            n = n_all
 
-        def buffers(t: int) -> dict[str, Tensor]:
-            out = {}
-            for j, g in enumerate(groups):
-                out[f"{j}.x"], out[f"{j}.m"], out[f"{j}.v"] = g.x, g.m, g.v
-                out[f"{j}.grams"] = g.grams[t % 2]
-            return out
-
-        t0 = begin(resume, buffers, losses, snaps)
-
-        for t in range(t0, steps):
-            if resume is not None and resume.due(t):
+            def buffers(self, t: int) -> dict[str, Tensor]:
                 if not interpret:
-                    torch.cuda.synchronize()
-                resume.save(t, buffers(t), losses, snaps)
-            if t in wanted:
-                snapshot(t)
-            if t % log_every == 0:
-                log(t)
-            parity = t % 2
-            for g in groups:
-                with _on_device(g, interpret):
-                    run_products(g, parity)
-            # torch.optim.Adam (default, single-tensor): python-float scalars, as it computes them
-            step = t + 1
-            step_size = lr_at(t, lr) / (1 - beta1**step)
-            bc2_sqrt = math.sqrt(1 - beta2**step)
-            for g in groups:
-                with _on_device(g, interpret):
-                    run_update(g, parity, step_size, bc2_sqrt)
-        log(steps)
-        if steps in wanted:
-            snapshot(steps)
-        out: list[Trajectory | None] = [None] * n_all
-        for g in groups:
-            for j, i in enumerate(g.index):
-                U, P = g.factors(j)
-                out[i] = Trajectory(U=U, P=P, losses=losses[i], checkpoints=snaps[i])
-    return out  # type: ignore[return-value]
+                    torch.cuda.synchronize()  # a snapshot reads what the kernels wrote
+                out = {}
+                for j, g in enumerate(groups):
+                    out[f"{j}.x"], out[f"{j}.m"], out[f"{j}.v"] = g.x, g.m, g.v
+                    out[f"{j}.grams"] = g.grams[t % 2]
+                return out
+
+            def restored(self, t: int) -> None:
+                pass  # the state is all in the buffers: the step count is t itself
+
+            def advance(self, t0: int, t1: int) -> None:
+                for t in range(t0, t1):
+                    parity = t % 2
+                    for g in groups:
+                        with _on_device(g, interpret):
+                            run_products(g, parity)
+                    # torch.optim.Adam (default, single-tensor): python-float scalars, as it computes them
+                    step = t + 1
+                    step_size = lr_at(t, lr) / (1 - beta1**step)
+                    bc2_sqrt = math.sqrt(1 - beta2**step)
+                    for g in groups:
+                        with _on_device(g, interpret):
+                            run_update(g, parity, step_size, bc2_sqrt)
+
+            def losses(self) -> list[float]:
+                return in_input_order(groups, [v for g in groups for v in losses_of(g).tolist()])
+
+            def factors(self, i: int) -> tuple[Tensor, Tensor]:
+                return factor_of(groups, i)
+
+        return drive(State(), steps=steps, log_every=log_every, wanted=wanted, progress=progress, resume=resume)
 
 
 def _on_device(g: _Group, interpret: bool):
@@ -634,8 +627,5 @@ def _on_device(g: _Group, interpret: bool):
     return torch.cuda.device(g.x.device)
 
 
-def engine(weights, inits, *, progress=None, **kw) -> list[Trajectory]:
-    """``_ENGINES["triton"]``: all matrices at once; ``progress`` counts matrix-iterations."""
-    n = len(weights)
-    cb = None if progress is None else (lambda t, loss: progress(t * n, loss))
-    return fit_triton(weights, inits, progress=cb, **kw)
+#: ``_ENGINES["triton"]``: all matrices at once
+engine = fit_triton
