@@ -190,9 +190,8 @@ def run_engine(name: str, weights, inits, steps: int, device: torch.device) -> d
     if name == "batched-autograd":
         fn, kw = batched_autograd, {}
     else:
-        fn = _ENGINES[name]
-        n = len(weights)  # progress counts matrix-iterations
-        kw = dict(lr=5e-4, log_every=100, checkpoints=(), progress=lambda done, loss: marks.append((done / n, time.perf_counter())))
+        fn = _ENGINES[name]  # progress(t, loss): t = iterations of the whole set done
+        kw = dict(lr=5e-4, log_every=100, checkpoints=(), progress=lambda t, loss: marks.append((t, time.perf_counter())))
     sync(device)
     with PeakMemory(device) as mem, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
