@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from inilora.peft_bridge import INIT_ADAPTER, targets
+from inilora.bridge import INIT_ADAPTER, targets
 
 TINY_TARGETS = {"gpt2": ["c_attn"], "llama-gqa": ["q_proj", "v_proj"], "roberta": ["query", "value"],
                 "bert": ["query", "value"]}
@@ -19,7 +19,7 @@ def rho(model, w0: dict[str, torch.Tensor] | None = None, adapter: str = "defaul
         a0 = init[name].layer.lora_A[INIT_ADAPTER].weight.double()
         b0 = init[name].layer.lora_B[INIT_ADAPTER].weight.double()
         moved = s * (b0 @ a0)
-        ref = w0[name].double() if w0 is not None else t.w0().double() + moved
+        ref = w0[name].double() if w0 is not None else t.base_weight().double() + moved
         out = max(out, (moved.norm() / ref.norm()).item())
     return out
 

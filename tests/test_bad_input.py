@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 import inilora
 import inilora.approx
-import inilora.peft_bridge as bridge
+import inilora.bridge.build as bridge
+import inilora.bridge.loading as bridge_load
 from inilora.cache import FitCache
 from inilora.cli import app
 from inilora.config import CompareConfig, ConfigError, TrainConfig, load_yaml
@@ -67,8 +68,9 @@ def no_work(monkeypatch):
         return boom
 
     monkeypatch.setattr(inilora.approx, "approximate", fail("the approximation"))
-    monkeypatch.setattr(bridge, "_inject", fail("PEFT injection"))
-    monkeypatch.setattr(bridge, "_apply_residual", fail("the residual"))
+    for module in (bridge, bridge_load):  # get_peft_model and load each build through PEFT
+        monkeypatch.setattr(module, "_inject", fail("PEFT injection"))
+        monkeypatch.setattr(module, "_apply_residual", fail("the residual"))
 
 
 @dataclass

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import inilora
+from inilora.bridge import default_targets
 from inilora.cli import app, parse_options
-from inilora.peft_bridge import default_targets
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
 
 runner = CliRunner()

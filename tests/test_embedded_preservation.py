@@ -8,6 +8,7 @@ from _util import bound, rho
 from peft import LoraConfig
 
 import inilora
+from inilora.bridge import targets
 from inilora.models import (
     load_model,
     model_output,
@@ -15,7 +16,6 @@ from inilora.models import (
     relative_drift,
     top1_agreement,
 )
-from inilora.peft_bridge import targets
 
 METHODS = [("inilora", {"steps": 10}), ("inilora-alpha", {}), ("inilora-beta-kn", {}), ("inilora-beta-ku", {}),
            ("milora", {}), ("pissa", {}), ("olora", {})]

@@ -15,9 +15,9 @@ from peft import LoraConfig, PeftModel, TaskType
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import inilora
+from inilora.bridge import targets
 from inilora.errors import InitError
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
-from inilora.peft_bridge import targets
 
 CASES = [
     ("llama-gqa", "inilora", {"steps": 20}),

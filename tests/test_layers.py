@@ -47,7 +47,7 @@ def _module(name: str) -> Path:
     ("inilora.report", ("inilora.runner", "inilora.demo", "inilora.train")),
     ("inilora.plots", ("inilora.runner", "inilora.demo", "inilora.train", "inilora.report")),
     ("inilora.fileio", ("torch", "transformers", "peft", "inilora.cache", "inilora.models")),
-    ("inilora.checks", ("transformers", "peft", "inilora.peft_bridge", "inilora.models")),
+    ("inilora.checks", ("transformers", "peft", "inilora.bridge", "inilora.peft_bridge", "inilora.models")),
     ("inilora.outdir", ("torch", "transformers", "peft")),
 ])
 def test_lower_layers_never_import_upwards(module, forbidden):
@@ -64,3 +64,13 @@ def test_no_module_reaches_into_anothers_private_names():
             if isinstance(node, ast.ImportFrom) and node.level and node.module in ("report", "stats", "results"):
                 offenders += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("_")]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "bridge").glob("*.py")), ids=lambda p: p.name)
+def test_the_bridge_knows_no_training(path):
+    """SPEC §9: the PEFT glue knows no training and no experiments (and its files no command line)."""
+    found = _imports(path)
+    bad = sorted(m for m in found for f in ("inilora.train", "inilora.runner", "inilora.report", "inilora.demo",
+                                           "inilora.tasks", "inilora.cli", "transformers.trainer", "trl")
+                 if m == f or m.startswith(f + "."))
+    assert not bad, f"{path.name} imports {bad}"

@@ -12,9 +12,9 @@ from peft import LoraConfig, PeftModel
 from peft import get_peft_model as peft_get_peft_model
 
 import inilora
+from inilora.bridge import INIT_ADAPTER, is_marked, targets
 from inilora.errors import FingerprintMismatch, InitError
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
-from inilora.peft_bridge import INIT_ADAPTER, is_marked, targets
 
 RESIDUAL = [
     ("inilora", {"steps": 30}), ("inilora-alpha", {}), ("inilora-beta-kn", {}), ("inilora-beta-ku", {}),
@@ -40,12 +40,12 @@ def test_output_preserved_at_init(arch, method, opts, scale):
     if arch == "gpt2" and method == "olora":
         pytest.skip("PEFT's OLoRA does not support Conv1D; refused (tested below)")
     model, ref_model, x = _init(arch, method, opts, alpha=4 * scale)
-    w0 = {n: t.w0().detach().clone() for n, t in targets(PeftModel(copy.deepcopy(ref_model), LoraConfig(
+    w0 = {n: t.base_weight().detach().clone() for n, t in targets(PeftModel(copy.deepcopy(ref_model), LoraConfig(
         r=4, target_modules=TINY_TARGETS[arch])), "default").items()}
     drift = relative_drift(model_output(model, x), model_output(ref_model, x))
     assert drift <= bound(rho(model, w0)), (drift, rho(model, w0))
     # the residual really moved something: a wrong residual (or none) would show here
-    moved = max((t.w0().detach() - w0[n]).abs().max().item() for n, t in targets(model, "default").items())
+    moved = max((t.base_weight().detach() - w0[n]).abs().max().item() for n, t in targets(model, "default").items())
     assert moved > 1e-4
     assert model.inilora_report.drift["max_rel"] == pytest.approx(drift, rel=1e-6, abs=1e-12)
 
@@ -58,7 +58,7 @@ def test_wrong_scaling_would_be_caught():
         for name, t in targets(model, "default").items():
             a0 = init[name].layer.lora_A[INIT_ADAPTER].weight
             b0 = init[name].layer.lora_B[INIT_ADAPTER].weight
-            t.set_weight(t.w0() + (t.layer.scaling["default"] - 1.0) * (b0 @ a0))  # as if s were 1
+            t.set_base_weight(t.base_weight() + (t.layer.scaling["default"] - 1.0) * (b0 @ a0))  # as if s were 1
     assert relative_drift(model_output(model, x), model_output(ref_model, x)) > 1e-2
 
 

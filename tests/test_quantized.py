@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import inilora
 from inilora import quantized
+from inilora.bridge import INIT_ADAPTER, targets
 from inilora.errors import FingerprintMismatch, InitError
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
-from inilora.peft_bridge import INIT_ADAPTER, targets
 
 QV = ["q_proj", "v_proj"]
 
@@ -109,7 +109,7 @@ def test_residual_is_requantized_and_its_drift_reported(base_dir, bits, tmp_path
         a0 = targets(model, INIT_ADAPTER)[name].layer.lora_A[INIT_ADAPTER].weight
         b0 = targets(model, INIT_ADAPTER)[name].layer.lora_B[INIT_ADAPTER].weight
         r = w0[name] - t.layer.scaling["default"] * (b0 @ a0)
-        assert float((t.w0() - r).norm() / w0[name].norm()) <= info["requant_rel_error_max"] + 1e-6
+        assert float((t.base_weight() - r).norm() / w0[name].norm()) <= info["requant_rel_error_max"] + 1e-6
     # save -> load on a fresh quantized base rebuilds exactly this model; a float base is another base
     model.save_pretrained(str(tmp_path))
     loaded = _quiet(inilora.load, _quantized(base_dir, bits), tmp_path)
@@ -168,7 +168,7 @@ def test_large_requantization_drift_warns_with_the_alternatives(base_dir):
     ("olora", {}, r"PEFT's own init"),
 ])
 def test_what_cannot_be_done_right_is_refused_before_work(base_dir, monkeypatch, method, kwargs, match):
-    import inilora.peft_bridge as bridge
+    import inilora.bridge.build as bridge
 
     monkeypatch.setattr(bridge, "_inject", lambda *a, **k: pytest.fail("work started"))
     base = _quantized(base_dir, 4)

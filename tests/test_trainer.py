@@ -14,8 +14,8 @@ import torch
 from peft import LoraConfig, PeftModel
 
 import inilora
+from inilora.bridge import INIT_ADAPTER, SIDECAR, is_marked, targets
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
-from inilora.peft_bridge import INIT_ADAPTER, SIDECAR, is_marked, targets
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,7 +85,7 @@ def _rho(model) -> float:
         b0 = t.layer.lora_B[INIT_ADAPTER].weight.detach().double()
         s = float(t.layer.scaling[INIT_ADAPTER])
         delta = s * (b0 @ a0)
-        w0 = t.w0().detach().double() + delta  # R + s·B0A0
+        w0 = t.base_weight().detach().double() + delta  # R + s·B0A0
         rho = max(rho, float(delta.norm() / w0.norm()))
     return rho
 

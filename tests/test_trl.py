@@ -19,8 +19,8 @@ import torch
 from peft import LoraConfig
 
 import inilora
+from inilora.bridge import INIT_ADAPTER
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
-from inilora.peft_bridge import INIT_ADAPTER
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")

@@ -22,9 +22,9 @@ from .errors import FingerprintMismatch, InitError
 _LAZY = {
     "available_methods": "methods",
     "get_method": "methods",
-    "get_peft_model": "peft_bridge",
-    "load": "peft_bridge",
-    "original": "peft_bridge",
+    "get_peft_model": "bridge",
+    "load": "bridge",
+    "original": "bridge",
     "export": "exports",
 }
 

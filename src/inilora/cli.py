@@ -118,9 +118,9 @@ def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: li
     one fails in a second, before the weights load.  Returns the LoraConfig to use."""
     from peft import LoraConfig
 
+    from .bridge import check_plan
     from .checks import check_lora_numbers
     from .models import load_skeleton
-    from .peft_bridge import check_plan
 
     config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, use_rslora=use_rslora)
     check_lora_numbers(config)

@@ -31,22 +31,22 @@ from peft import LoraConfig, PeftModel
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .bridge import (
+    INIT_ADAPTER,
+    Target,
+    check_fingerprint,
+    is_residual_model,
+    load,
+    oriented,
+    predicted_targets,
+    read_metadata,
+    targets,
+)
 from .chatter import quiet
 from .checks import LAYOUTS, check_adapter_dir
 from .errors import InitError
 from .fileio import replace_dir, temp_dir
 from .outdir import check_output_dir, write_export_marker
-from .peft_bridge import (
-    INIT_ADAPTER,
-    Target,
-    _oriented,
-    check_fingerprint,
-    is_residual_model,
-    load,
-    predicted_targets,
-    read_metadata,
-    targets,
-)
 
 log = logging.getLogger(__name__)
 DRIFT_WARN = 0.01
@@ -108,7 +108,7 @@ def export(
         trained = {n: _factors(t, adapter_name) for n, t in tgts.items()}
         start = {n: _factors(init[n], INIT_ADAPTER) for n in init}
         scal = {n: float(t.layer.scaling[adapter_name]) for n, t in tgts.items()}
-        resid32 = {n: t.w0().detach().float() for n, t in tgts.items()}
+        resid32 = {n: t.base_weight().detach().float() for n, t in tgts.items()}
         merged = {n: resid32[n] + scal[n] * (trained[n][1] @ trained[n][0]) for n in tgts}
         if residual:
             w0 = w0_exact or {n: (resid32[n] + scal[n] * (start[n][1] @ start[n][0])) for n in tgts}
@@ -167,7 +167,7 @@ def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | 
             config = work.peft_config[adapter_name]
             meta = getattr(config, "_inilora", None)
             found = check_fingerprint(base_model, config, meta) if meta else predicted_targets(base_model, config)
-            w0 = {n: _oriented(m).detach().float().clone() for n, m in found.items()}
+            w0 = {n: oriented(m).detach().float().clone() for n, m in found.items()}
         name = getattr(work.get_base_model(), "name_or_path", None)
         return work, w0, name
     directory = Path(model_or_dir)
@@ -181,7 +181,7 @@ def _working_model(model_or_dir, base, adapter_name) -> tuple[PeftModel, dict | 
     _refuse_quantized(base_model)
     config.init_lora_weights = False
     found = predicted_targets(base_model, config)
-    w0 = {n: _oriented(m).detach().float().clone() for n, m in found.items()} if meta else None
+    w0 = {n: oriented(m).detach().float().clone() for n, m in found.items()} if meta else None
     work = load(base_model, directory, adapter_name=adapter_name)
     name = str(base) if isinstance(base, (str, os.PathLike)) else getattr(base_model, "name_or_path", None)
     return work, w0, name

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from .results import read_results  # noqa: F401 - re-exported
 from .stats import (  # noqa: F401 - re-exported: the report's statistics
     ANY,

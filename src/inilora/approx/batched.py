@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .driver import drive
 from .result import (
     BETAS,
     EPS,
@@ -38,7 +39,6 @@ from .result import (
     in_input_order,
     lr_at,
 )
-from .driver import drive
 from .resume import Resume
 
 _LOSS_CHUNK = 1 << 25  # elements of E formed at once when logging (128 MiB in fp32)

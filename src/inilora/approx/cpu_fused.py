@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .driver import drive
 from .result import (
     BETAS,
     EPS,
@@ -52,7 +53,6 @@ from .result import (
     check_run,
     lr_at,
 )
-from .driver import drive
 from .resume import Resume
 
 __all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]

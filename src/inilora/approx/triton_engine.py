@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .driver import drive
 from .result import (
     BETAS,
     EPS,
@@ -65,7 +66,6 @@ from .result import (
     in_input_order,
     lr_at,
 )
-from .driver import drive
 from .resume import Resume
 
 # Optional dependency, imported on first use (``_import_triton``) so that importing the package

@@ -43,8 +43,7 @@ def head_names(model: torch.nn.Module) -> list[str]:
 def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``model`` ready to train under ``config.method``, and a report of what was done."""
     if config.is_lora:
-        from ..peft_bridge import get_peft_model
-
+        from ..bridge import get_peft_model
         from ..methods import get_method
 
         # shared_fit (the paper fitted IniLoRA once): every training seed starts from the seed-0 fit

@@ -1,0 +1,38 @@
+"""PEFT glue: run an init method on a model, freeze the residual, save and reload safely.
+
+The layout (SPEC §4): training always uses the residual base ``R = W0 - s·B0A0`` plus the
+rank-r adapter ``default``; A0, B0 ride along as a frozen, inactive second adapter
+``inilora_init`` that PEFT saves with every ``save_pretrained`` and Trainer checkpoint, and
+that gives back the original model (:func:`original`).  One file per concern:
+
+- ``markers`` — the marks saved configs carry, so vanilla PEFT refuses a residual adapter;
+- ``targeting`` — the targeted layers, their weights ``(out, in)``, the checks made before any work;
+- ``residual`` — ``R = W0 − s·B0A0`` in fp32, the factors set, non-finite values refused;
+- ``drift`` — the output drift at init on the probe batch;
+- ``build`` — ``get_peft_model``;
+- ``loading`` — ``load`` (with the fingerprint check) and ``original``.
+
+This package knows no training and no experiments.
+"""
+
+from __future__ import annotations
+
+from .build import InitReport, get_peft_model
+from .loading import check_fingerprint, is_residual_model, load, original, read_metadata
+from .markers import INIT_ADAPTER, SIDECAR, InitLoraConfig, is_marked, marker
+from .targeting import (
+    Target,
+    check_plan,
+    default_targets,
+    fingerprint,
+    fingerprint_modules,
+    oriented,
+    predicted_targets,
+    targets,
+)
+
+__all__ = [
+    "INIT_ADAPTER", "SIDECAR", "InitLoraConfig", "InitReport", "Target", "check_fingerprint", "check_plan",
+    "default_targets", "fingerprint", "fingerprint_modules", "get_peft_model", "is_marked", "is_residual_model", "load",
+    "marker", "oriented", "original", "predicted_targets", "read_metadata", "targets",
+]

@@ -1,0 +1,264 @@
+"""``get_peft_model``: run an init method of the registry on a model through PEFT (SPEC §4).
+
+Training always uses the residual layout: the residual base ``R = W0 − s·B0A0`` plus the rank-r
+adapter ``default``, with A0, B0 kept as a frozen, inactive second adapter.  Knows no training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel
+from peft import get_peft_model as _peft_get_peft_model
+
+from .. import __version__, distributed, quantized
+from ..cache import FitCache
+from ..errors import InitError
+from ..methods import get_method
+from ..methods.fitting import InitContext
+from ..methods.registry import BRIDGE_OPTIONS
+from ..naming import rng_factory
+from .drift import _drift, _output, _probe, _warn_drift
+from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark
+from .residual import (
+    _apply_residual,
+    _check_finite,
+    _factors_of,
+    _set_factors,
+    _share_peft_init,
+)
+from .targeting import (
+    _check_config,
+    _check_targets,
+    _default_targets,
+    _rank_of,
+    fingerprint_modules,
+    oriented,
+    predicted_targets,
+    targets,
+)
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG without disturbing the caller's state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _inject(model: torch.nn.Module, config: LoraConfig, adapter_name: str, seed: int) -> PeftModel:
+    from ..chatter import quiet
+
+    with _seeded(seed), quiet():
+        return _peft_get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def _attach_init_adapter(peft_model: PeftModel, config: LoraConfig, seed: int) -> None:
+    init_config = copy.deepcopy(config)
+    if isinstance(init_config, InitLoraConfig):
+        init_config.__class__ = LoraConfig
+    init_config.init_lora_weights = False
+    init_config.inference_mode = True
+    from ..chatter import quiet
+
+    with _seeded(seed), quiet():
+        peft_model.add_adapter(INIT_ADAPTER, init_config)
+
+
+def _set_trainable(peft_model: PeftModel, adapter: str, trainable: bool) -> None:
+    """Only the working adapter (factors and modules_to_save) may train; A0/B0 never do."""
+    peft_model.set_adapter(adapter)  # PEFT: the active adapter trainable, the others frozen
+    for name, p in peft_model.named_parameters():
+        parts = name.split(".")
+        if INIT_ADAPTER in parts or (not trainable and adapter in parts):
+            p.requires_grad_(False)
+
+
+def _json_safe(options: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in options.items():
+        if k in BRIDGE_OPTIONS:  # the context (cache, progress) is not a setting
+            continue
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return json.loads(json.dumps(out, default=str))
+
+
+def _mean_curve(curves: list) -> list[list[float]]:
+    """The fit's loss curve averaged over matrices, at the iterations every matrix logged: one
+    small curve per run (Fig. 2's approximation loss) instead of one per matrix."""
+    if not curves:
+        return []
+    common = set.intersection(*({int(t) for t, _ in c} for c in curves))
+    sums: dict[int, float] = {}
+    for c in curves:
+        for t, v in c:
+            if int(t) in common:
+                sums[int(t)] = sums.get(int(t), 0.0) + float(v)
+    return [[t, sums[t] / len(curves)] for t in sorted(sums)]
+
+
+@dataclass
+class InitReport:
+    """What an init did: method, resolved settings, fit quality, output drift at init."""
+
+    method: str
+    residual: bool
+    info: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
+    drift: dict | None = None
+
+
+def get_peft_model(
+    model: torch.nn.Module,
+    peft_config: LoraConfig,
+    method: str = "lora",
+    *,
+    seed: int = 0,
+    adapter_name: str = "default",
+    residual_dtype: torch.dtype | str | None = None,
+    cache: bool | str | os.PathLike | FitCache = True,
+    measure_drift: bool = True,
+    progress: Any = None,
+    **options: Any,
+) -> PeftModel:
+    """Wrap ``model`` with a LoRA adapter initialised by ``method``; a regular ``PeftModel``.
+
+    Residual methods freeze ``R = W0 - s·B0A0`` as the base, so the model computes what
+    it computed before.  ``options`` are the method's own (see ``inilora methods``),
+    e.g. ``steps``, ``lr``, ``std``, ``engine`` for ``inilora``.  ``residual_dtype=
+    "float32"`` keeps replaced base weights in fp32 on a bf16/fp16 model (on a bitsandbytes
+    4/8-bit model: the targeted layers become fp32 layers holding R, instead of re-quantizing R).  ``cache``
+    (inilora only): True for ``$INILORA_CACHE``, a folder, or False.  The report of
+    what was done is ``model.inilora_report``.
+    """
+    spec = get_method(method)
+    if spec.peft_backed and options:
+        raise InitError(f"method {method!r} is PEFT's own and takes no options; got {', '.join(options)}.")
+    opts = {} if spec.peft_backed else spec.resolve_options(options)
+    config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
+    if isinstance(residual_dtype, str):
+        residual_dtype = getattr(torch, residual_dtype)
+    if residual_dtype is not None and not spec.residual:
+        raise InitError(f"residual_dtype applies to residual methods only; {method!r} leaves the base unchanged.")
+
+    _default_targets(model, config)
+    found = predicted_targets(model, config)
+    _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
+    quant = sorted({k for k in map(quantized.quant_kind, found.values()) if k})
+    gguf = quantized.drop_gguf_marker(model)
+    fitcache = _fit_cache(cache) if spec.fitted else None
+    if fitcache is not None:  # SPEC §8: an unwritable cache is refused before any work
+        fitcache.check_writable()
+
+    weights = {n: oriented(m) for n, m in found.items()}
+    fp = fingerprint_modules(found) if spec.residual else None
+    probe = _probe(model) if (measure_drift and spec.residual) else None
+    before = _output(model, probe) if probe is not None else None
+
+    if spec.peft_backed:
+        # PEFT rounds its residual to the base dtype in place; to keep it in another dtype we
+        # need W0 back, so hold a copy of the targeted weights only in that case.
+        w0_copy = {n: w.detach().clone() for n, w in weights.items()} if residual_dtype is not None else None
+        config.init_lora_weights = spec.peft_init
+        peft_model = _inject(model, config, adapter_name, seed)
+        tgts = targets(peft_model, adapter_name)
+        _share_peft_init(tgts, adapter_name, spec.residual, fp)  # torchrun: rank 0's init everywhere
+        factors = _factors_of(tgts, adapter_name) if spec.residual else {}
+        if w0_copy is not None:
+            for name, t in tgts.items():
+                t.set_base_weight(w0_copy[name])
+            _apply_residual(tgts, adapter_name, factors, residual_dtype)
+        report = InitReport(spec.name, spec.residual)
+    else:
+        config.init_lora_weights = False
+        peft_model = _inject(model, config, adapter_name, seed)
+        tgts = targets(peft_model, adapter_name)
+        if set(tgts) != set(found):
+            raise RuntimeError(f"inilora predicted targets {sorted(found)} but PEFT wrapped {sorted(tgts)}")
+        if spec.fitted:  # what a fitted method needs beyond weights and options (methods/fitting.py)
+            opts["context"] = InitContext(
+                cache=fitcache, progress=progress if progress is not None else _default_progress(),
+                biases={n: t.base.bias.detach() for n, t in tgts.items() if t.base.bias is not None})
+        ranks = {n: t.layer.r[adapter_name] for n, t in tgts.items()}
+        scalings = {n: t.layer.scaling[adapter_name] for n, t in tgts.items()}
+        w0s = {n: t.base_weight().detach() for n, t in tgts.items()}
+        # torchrun/accelerate: computed once (rank 0, or inilora's fit split by matrix), broadcast
+        result = distributed.share_init(lambda: spec.fn(w0s, ranks, scalings, rng_factory(seed), **opts),
+                                        split=spec.fitted, digest=fp["sha256"] if fp else None)
+        factors = result.factors
+        _set_factors(tgts, adapter_name, factors)
+        requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
+        report = InitReport(spec.name, True, info=result.info,
+                            fit={n: {k: v for k, v in f.items() if k not in ("losses", "U", "P")}
+                                 for n, f in result.fit.items()})
+        curve = _mean_curve([f["losses"] for f in result.fit.values() if f.get("losses")])
+        if curve:
+            report.info["approx_loss"] = curve
+        if requant:
+            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(requant),
+                                        "requant_rel_error_max": max(requant.values()),
+                                        "requant_rel_error_mean": sum(requant.values()) / len(requant)}
+        elif quant and residual_dtype is not None:
+            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(tgts),
+                                        "kept_unquantized": str(residual_dtype).replace("torch.", "")}
+    if gguf:
+        report.info["gguf"] = "dequantised GGUF base; transformers' quantizer marker dropped (weights unchanged)"
+
+    if spec.residual:
+        meta = {
+            "format": FORMAT,
+            "inilora_version": __version__,
+            "method": spec.name,
+            "options": _json_safe(opts),
+            "seed": seed,
+            "adapter": adapter_name,
+            "init_adapter": INIT_ADAPTER,
+            "residual_dtype": str(residual_dtype).replace("torch.", "") if residual_dtype else None,
+            "fingerprint": fp,
+            "info": report.info,
+            "fit": report.fit,
+        }
+        _finish_residual(peft_model, adapter_name, factors, meta, seed, trainable=True)
+        if before is not None:
+            report.drift = _drift(before, _output(peft_model, probe))
+            meta["init_drift"] = report.drift
+            q = report.info.get("quantized", {})
+            _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
+                        "kept" if q else None)
+    _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
+    peft_model.inilora_report = report
+    return peft_model
+
+
+def _finish_residual(peft_model: PeftModel, adapter: str, factors, meta: dict, seed: int, trainable: bool) -> None:
+    config = peft_model.peft_config[adapter]
+    _attach_init_adapter(peft_model, config, seed)
+    _set_factors(targets(peft_model, INIT_ADAPTER), INIT_ADAPTER, factors)
+    _mark(config, meta)
+    _mark(peft_model.peft_config[INIT_ADAPTER], {**meta, "role": "initial factors A0, B0"})
+    _set_trainable(peft_model, adapter, trainable)
+
+
+def _fit_cache(cache: bool | str | os.PathLike | FitCache) -> FitCache | None:
+    if cache is False or cache is None:
+        return None
+    if isinstance(cache, FitCache):
+        return cache
+    return FitCache() if cache is True else FitCache(cache)
+
+
+def _default_progress():
+    from ..progress import approximation_progress
+
+    return approximation_progress()
