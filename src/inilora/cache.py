@@ -23,7 +23,7 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from .errors import InitError
-from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, cache_root  # noqa: F401 - re-exported
+from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, cache_root, file_digest  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -36,14 +36,6 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         t = tensors[name].detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(memoryview(t.cpu().contiguous().view(torch.uint8).numpy()))
-    return h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 

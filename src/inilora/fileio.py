@@ -25,6 +25,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("INILORA_CACHE") or Path.home() / ".cache" / "inilora").expanduser()
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -94,5 +105,5 @@ def replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "cache_root", "dir_mode", "file_mode",
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "cache_root", "dir_mode", "file_digest", "file_mode",
            "replace_dir", "temp_dir"]

@@ -44,7 +44,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .fileio import dir_mode, replace_dir
+from .fileio import dir_mode, file_digest, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,6 @@ def _smollm2_copy_dir() -> Path:
 _VERIFIED_STAMP = ".inilora-verified.json"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _copy_is_complete(folder: Path) -> bool:
     """A finished copy has its manifest (written last) and every file it lists, at its size and
     content hash.  Hashing the copy (~0.5 GB) takes a second or two, so it is done when a file's
@@ -207,7 +199,7 @@ def _copy_is_complete(folder: Path) -> bool:
                 return True
         except (OSError, ValueError):
             pass
-        if any(_file_digest(folder / rel) != digests[rel] for rel in files):
+        if any(file_digest(folder / rel) != digests[rel] for rel in files):
             warnings.warn(f"inilora: the model copy {folder} does not match its recorded content hash; "
                           "rebuilding it.", stacklevel=2)
             return False
@@ -321,7 +313,7 @@ def _ensure_smollm2_copy() -> Path:
                     extra = _build_smollm2_copy(tmp)
                 listed = [p for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != _VERIFIED_STAMP]
                 files = {str(p.relative_to(tmp)): p.stat().st_size for p in listed}
-                digests = {str(p.relative_to(tmp)): _file_digest(p) for p in listed}
+                digests = {str(p.relative_to(tmp)): file_digest(p) for p in listed}
                 import transformers
 
                 manifest = {

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -147,17 +146,9 @@ class Resume:
             "losses": [[(int(s), float(v)) for s, v in run] for run in losses],
             "snaps": [{int(s): (u.detach().cpu(), p.detach().cpu()) for s, (u, p) in d.items()} for d in snaps],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from ..fileio import atomic_write
+
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
         self._note(saves=self.saves + 1)
         self.start(t)
         if _interrupt["asked"]:
