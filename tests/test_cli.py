@@ -105,3 +105,27 @@ def test_approximate_fills_the_cache_init_reads(base_dir, tmp_path, monkeypatch)
                                      "--steps", steps, "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert json.loads((out / "inilora.json").read_text())["info"]["cache"] == "hit"
+
+
+@pytest.mark.parametrize("raised,code,said", [
+    (ZeroDivisionError("boom"), 1, "internal error (ZeroDivisionError: boom); rerun with --debug"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_main_ends_every_failure_in_one_line(monkeypatch, capsys, tmp_path, raised, code, said):
+    """A genuine bug is one line (with how to get the traceback), Ctrl-C outside a fit one line, exit 130;
+    --debug shows the traceback."""
+    import inilora.cli as cli
+
+    def explode(*a, **k):
+        raise raised
+
+    monkeypatch.setattr(cli, "_check_method", explode)
+    argv = ["init", "--model", "x", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert said in " ".join(err.split()) and "Traceback" not in err
+    if code == 1:
+        with pytest.raises(ZeroDivisionError):
+            cli.main([*argv, "--debug"])

@@ -134,3 +134,16 @@ def test_small_n_is_said_plainly_in_tables_and_summary(tmp_path):
     text = console.export_text()
     assert "mean ± std (×100)" in text and text.count("(×100)") == 1
     assert "one seed only" in text and "std exactly 0" in text
+
+
+def test_a_constant_difference_gets_no_p_value_and_says_why():
+    """Two seeds that tie on a small eval set (differences 0.0625, 0.0625): t is infinite, p would be 0."""
+    from inilora.report import markdown_tables
+
+    assert math.isnan(paired_p([0.0625, 0.0625], [0.0, 0.0]))
+    assert paired_p([0.0625, 0.0625], [0.0625, 0.0625]) == 1.0
+    rows = [_row("lora", s, 0.0) for s in (0, 1)] + [_row("inilora", s, 0.0625) for s in (0, 1)]
+    md = markdown_tables(rows, aggregate(rows), "lora")
+    line = next(x for x in md.splitlines() if x.startswith("| inilora"))
+    assert line.rstrip(" |").endswith("—")
+    assert "same difference to `lora` on every seed" in md

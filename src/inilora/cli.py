@@ -88,9 +88,9 @@ def _guarded(fn):
         except KeyboardInterrupt as exc:
             from .approx import FitInterrupted
 
-            if not isinstance(exc, FitInterrupted):
-                raise
-            _fail(f"{exc}. Run the same command again to resume from there.", 130)
+            if isinstance(exc, FitInterrupted):
+                _fail(f"{exc}. Run the same command again to resume from there.", 130)
+            _fail("interrupted (a finished output is never replaced by a partial one)", 130)
 
     return run
 
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         command = exc.ctx.command_path if exc.ctx is not None else "inilora"
         _say_error(f"{exc.format_message()} (see `{command} --help`)")
         code = 2
-    except click_exc.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C outside a fit into Abort
         _say_error("interrupted")
         code = 130
     except Exception as exc:  # noqa: BLE001 - a genuine bug: short, with how to get the details

@@ -140,11 +140,12 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
                   f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)} × {len(nlg.seeds)} seeds, "
                   f"{sizes.nlg_steps} steps, graded on {sizes.nlg_eval} held-out problems\n"
                   f"inilora fit: {fit['steps']} approximation steps, engine {fit['engine']}{note}; "
-                  f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}")
+                  f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}", soft_wrap=True)
     paths: dict[str, Path] = {}
+    short: list[str] = []
     stdout = Console()
     for name, grid in (("nlu", nlu), ("nlg", nlg)):
-        console.print(f"\n[bold]{grid.title}")
+        console.print(f"\n[bold]{grid.title}", soft_wrap=True)
         if name == "nlg":  # the first seed of every NLG method always runs; the other seeds as time allows
             run_grid(replace(grid, seeds=grid.seeds[:1]), run_fn=run_fn, console=console)
         deadline = None if name == "nlu" else start + sizes.budget_s
@@ -153,9 +154,16 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
             continue
         paths[name] = write_report(grid.output_dir, rows, title=grid.title, baseline=grid.baseline)
         stdout.print(summary_table(rows, baseline=grid.baseline, title=grid.title))
+        seeds = {m: len({r["seed"] for r in rows if r["method"] == m}) for m in {r["method"] for r in rows}}
+        if min(seeds.values()) < 2:
+            short.append(f"{name.upper()} has {min(seeds.values())} seed for some methods, so it has no statistics "
+                         "(no std, no test against lora)")
     elapsed = time.time() - start
     console.print(f"\n[bold green]demo finished in {elapsed / 60:.1f} min[/]; reports: "
-                  + ", ".join(str(p) for p in paths.values()))
+                  + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
+    for line in short:  # said plainly, with the way to more seeds
+        console.print(f"[yellow]{line}; run `inilora demo` again: it resumes and adds the seeds left out.[/]",
+                      soft_wrap=True)
     return paths
 
 

@@ -69,6 +69,10 @@ def _notes(cell: list[Stat], baseline: str) -> list[str]:
     if any(len(s.values) >= 2 and s.std == 0 for s in cell):
         notes.append(f"{TIE} std exactly 0: every seed gave the same value (a tie, e.g. of correct counts on a small "
                      "evaluation set), not evidence of stability; more evaluation examples separate them.")
+    constant = sorted({s.method for s in cell if len(s.values) >= 2 and s.n_pairs >= 2 and math.isnan(s.p)})
+    if constant:
+        notes.append(f"{', '.join(constant)}: the same difference to `{baseline}` on every seed, so the paired t-test "
+                     "has no variance and gives no p-value (—); more seeds or evaluation examples are needed.")
     single = sorted({s.method for s in cell if len(s.values) < 2})
     if single:
         notes.append(f"{', '.join(single)}: one seed only, so no std and no test against `{baseline}` are possible "

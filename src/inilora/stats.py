@@ -33,14 +33,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def paired_p(method: Sequence[float], baseline: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value; 1 when every difference is 0, NaN with < 2 pairs."""
+    """Two-sided paired t-test p-value; 1 when every difference is 0; NaN with < 2 pairs, and NaN when
+    every difference is the same non-zero number (no variance: the t statistic is infinite and its
+    p = 0 would claim certainty from, say, two seeds that tied on a small evaluation set)."""
     from scipy import stats
 
     a, b = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
     if a.size < 2:
         return math.nan
-    if np.all(a - b == 0):
+    d = a - b
+    if np.all(d == 0):
         return 1.0
+    if np.ptp(d) <= 1e-9 * np.max(np.abs(d)):  # the same difference on every seed (to rounding)
+        return math.nan
     with warnings.catch_warnings():  # near-constant differences: scipy warns, the p-value is still right
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_rel(a, b).pvalue)
