@@ -25,10 +25,10 @@ import pytest
 CLI = Path(sys.executable).with_name("inilora")
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason="the inilora console script is not installed here")
 
-#: a case that fails before the model library loads is well under this; loading the embedded
+#: a case that fails before the model loads takes 0.2–8 s on 2 busy cores; loading the embedded
 #: SmolLM2 for the first time (what every case with embedded:smollm2 would trigger) takes 15-30 s
 #: and writes into the cache, which is hashed
-FAST_S = 12.0
+FAST_S = 20.0
 
 
 def _tree(root: Path) -> dict[str, str]:
