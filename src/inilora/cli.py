@@ -65,10 +65,7 @@ def _iterations(text: str | None) -> list[int]:
 
 
 def _fail(exc: Exception | str, code: int = 2) -> None:
-    from rich.markup import escape
-
-    # escaped: a key like "[red]" prints as written; soft-wrapped: paths in it stay copy-pasteable
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    _say_error(str(exc))
     raise typer.Exit(code)
 
 
@@ -537,6 +534,8 @@ def _plain_warning(message, category, filename, lineno, line=None) -> str:  # no
 
 
 def _say_error(message: str) -> None:
+    """The one error line; escaped (a key like "[red]" prints as written), never wrapped (paths stay
+    copy-pasteable)."""
     from rich.markup import escape
 
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

@@ -520,7 +520,8 @@ def load_skeleton(name_or_path: str, *, kind: str = "auto") -> PreTrainedModel |
 
     Rank, targets and shapes are checked against it before the real load.  The embedded
     SmolLM2 before its plain copy exists: the config is read from the GGUF's header (a few
-    seconds, where building the copy takes 15-30), and nothing is written.
+    seconds, where building the copy takes 15-30), and nothing is written.  None for an
+    architecture that cannot be built without weights (its checks then run after the load).
     """
     if isinstance(name_or_path, str) and _normalise_alias(name_or_path) == SMOLLM2_ALIAS \
             and not _copy_is_complete(_smollm2_copy_dir()):
@@ -528,9 +529,13 @@ def load_skeleton(name_or_path: str, *, kind: str = "auto") -> PreTrainedModel |
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     else:
         config = _from_pretrained(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _model_class(config, kind, None).from_config(config)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _model_class(config, kind, None).from_config(config)
+    except Exception as exc:  # noqa: BLE001 - an architecture that cannot be built weightless: check after the load
+        log.debug("inilora: no weightless skeleton of %s (%s); its targets are checked after loading", name_or_path, exc)
+        return None
 
 
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
