@@ -8,7 +8,7 @@ import torch
 from _fixtures import problem
 
 from inilora import approx
-from inilora.approx import approximate, cpu_fused, cpu_tuning, resolve_engine
+from inilora.approx import approximate, cpu_fused, cpu_tuning, resolve_engine, trust
 
 
 def _builds(width: int) -> bool:
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not all(_builds(w) for w in cpu_tuning.WIDTHS), 
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     """Fresh verdicts and choices (the builds themselves are shared with the session)."""
-    monkeypatch.setattr(cpu_tuning, "_state_dir", lambda: tmp_path)
+    monkeypatch.setattr(trust, "state_dir", lambda: tmp_path)
     monkeypatch.setattr(approx, "_noticed", set())
     monkeypatch.delenv(cpu_tuning.ENV, raising=False)
     cpu_tuning.last_choice.clear()
@@ -63,7 +63,7 @@ def test_a_forced_layout_is_used_and_still_checked(state, monkeypatch):
     ws, inits = _ws()
     assert cpu_tuning.choose_width(ws, inits, timer=lambda *a: pytest.fail("a forced layout is not timed")) == 16
     assert "forced" in cpu_tuning.describe()
-    assert list(cpu_tuning._read("trust.json"))  # checked against torch all the same
+    assert list(trust.read("trust.json"))  # checked against torch all the same
     monkeypatch.setenv(cpu_tuning.ENV, "12")
     with pytest.raises(ValueError, match="INILORA_CPU_LANES"):
         cpu_tuning.candidate_widths()
@@ -81,13 +81,13 @@ def test_a_layout_that_disagrees_with_torch_is_never_used(state, monkeypatch):
     monkeypatch.setattr(cpu_tuning, "_fused_run", wrong_for_16)
     with pytest.warns(RuntimeWarning, match="16 fp32 lanes disagrees with the 'torch' engine.*matrix 1"):
         assert cpu_tuning.trusted_widths() == [8, 4]
-    verdicts = cpu_tuning._read("trust.json")
+    verdicts = trust.read("trust.json")
     assert sorted(v["ok"] for v in verdicts.values()) == [False, True, True]
     assert cpu_tuning.trusted_widths() == [8, 4]  # the verdict is kept: no second check, no second warning
 
 
 def test_no_trusted_layout_falls_back_to_torch_and_the_key_says_so(state, monkeypatch):
-    monkeypatch.setattr(cpu_tuning, "check_build", lambda lib: "injected mismatch")
+    monkeypatch.setattr(trust, "compare", lambda got, ref: "injected mismatch")
     with pytest.warns(RuntimeWarning):
         assert resolve_engine("cpu-fused", ["cpu"]) == "torch"
     W, init = problem({"a": (32, 24)}, r=4)
@@ -114,3 +114,32 @@ def test_every_layout_gives_the_torch_result_through_the_engine(state, monkeypat
         runs = cpu_fused.cpu_fused_engine(ws, inits, steps=120, log_every=40)
         for a, b in zip(runs, ref):
             assert float((a.U @ a.P.T - b.U @ b.P.T).norm() / (b.U @ b.P.T).norm()) <= 1e-5
+
+
+def test_triton_on_a_gpu_model_not_checked_here_is_compared_once(state, monkeypatch):
+    """No GPU here: the check is stood in for, the decision in resolve_engine is what is tested."""
+    from inilora.approx import triton_engine as te
+
+    monkeypatch.setattr(te, "_import_triton", lambda: True)
+    monkeypatch.setattr(approx, "_triton_trusted", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="'auto' runs the portable 'torch' engine: the Triton kernel disagrees"):
+        assert resolve_engine("auto", ["cuda:0"]) == "torch"
+    monkeypatch.setattr(approx, "_triton_trusted", lambda device: True)
+    assert resolve_engine("auto", ["cuda:0"]) == "triton"
+
+
+def test_a_verdict_is_taken_once_and_kept(state):
+    calls = []
+
+    def run(ws, inits):
+        from inilora.approx.batched import fit_batched
+
+        calls.append(1)
+        out = fit_batched(ws, inits, steps=trust.STEPS, log_every=100)
+        out[0].U.mul_(1.05)
+        return out
+
+    with pytest.warns(RuntimeWarning, match="a test engine disagrees with the 'torch' engine here.*matrix 0"):
+        assert not trust.trusted("test-engine", run, what="a test engine")
+    assert not trust.trusted("test-engine", run, what="a test engine") and len(calls) == 1
+    assert trust.read("trust.json")["test-engine"]["ok"] is False

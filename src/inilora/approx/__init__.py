@@ -45,6 +45,7 @@ from .result import (
 from .resume import FitInterrupted, Resume, run_fingerprint, snapshot_on_interrupt
 from .split import assign
 from .triton_engine import engine as _triton_engine
+from .triton_engine import fit_triton
 
 __all__ = [
     "ENGINES",
@@ -111,6 +112,7 @@ def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
     of its C++ kernel builds here and passed its check against "torch"), else "torch" with a
     notice.  An explicit "cpu-fused" that cannot run here (weights off the CPU, no build, no
     trusted layout) resolves to "torch" with a warning."""
+    devices = list(devices)
     kinds = {torch.device(d).type for d in devices}
     if engine != AUTO:
         if engine not in ENGINES:
@@ -121,18 +123,45 @@ def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
                 warnings.warn(f"cpu-fused engine unavailable ({problem}); running the portable 'torch' engine",
                               RuntimeWarning, stacklevel=3)
                 return "torch"
+        if engine == "triton" and kinds == {"cuda"} and _triton._import_triton() \
+                and not all(_triton_trusted(d) for d in devices):
+            warnings.warn("the Triton kernel disagrees with the 'torch' engine on this GPU; running 'torch'",
+                          RuntimeWarning, stacklevel=3)
+            return "torch"
         return engine
     if kinds == {"cuda"}:
-        if _triton._import_triton():
-            return "triton"
-        _notice("inilora: engine 'auto' runs the portable 'torch' engine: triton is not importable (pip install triton)")
-        return "torch"
+        if not _triton._import_triton():
+            _notice("inilora: engine 'auto' runs the portable 'torch' engine: triton is not importable (pip install triton)")
+            return "torch"
+        if not all(_triton_trusted(d) for d in devices):
+            _notice("inilora: engine 'auto' runs the portable 'torch' engine: the Triton kernel disagrees with it on "
+                    "this GPU (see the warning above)")
+            return "torch"
+        return "triton"
     if kinds <= {"cpu"}:
         problem = _cpu_fused_problem()
         if problem is None:
             return "cpu-fused"
         _notice(f"inilora: engine 'auto' runs the portable 'torch' engine: the cpu-fused kernel is unavailable ({problem})")
     return "torch"
+
+
+def _triton_trusted(device: torch.device | str) -> bool:
+    """The Triton kernel agrees with "torch" on this GPU model (checked once per model, Triton
+    version and kernel source; see :mod:`.trust`): until it has run on a GPU here, this check is
+    what protects the first user of one."""
+    import hashlib
+    from pathlib import Path
+
+    from . import trust
+
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return True  # nothing to run the check on (resolve_engine is asked about devices only)
+    source = hashlib.sha256(Path(_triton.__file__).read_bytes()).hexdigest()[:16]
+    key = f"triton|{torch.cuda.get_device_name(dev)}|triton {_triton.triton.__version__}|{source}"
+    run = lambda ws, ins: fit_triton(ws, ins, steps=trust.STEPS, log_every=100)  # noqa: E731
+    return trust.trusted(key, run, what=f"the Triton kernel on {torch.cuda.get_device_name(dev)}", device=dev)
 
 
 def _cpu_fused_problem() -> str | None:

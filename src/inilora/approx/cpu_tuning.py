@@ -2,13 +2,11 @@
 
 Two decisions, both made on the user's own machine, never by ISA name (SPEC §7):
 
-- **Trust on first use.** A build (one lane layout: 16, 8 or 4 fp32 lanes) that has not been
-  checked on this CPU runs a short fit of a few seeded random matrices beside the portable
-  "torch" engine; the factors' product must agree to 1e-3 (relative) and the logged losses
-  to 1 %, SPEC §3's tolerances.  The verdict is kept beside the build (its name hashes the
-  source, flags, CPU model and flags, torch), so the check costs about a second once.  A
-  build that fails it is never used; if none passes, "cpu-fused" resolves to "torch" with a
-  warning, before any cache key is made, so the key names the engine that really ran.
+- **Trust on first use** (:mod:`.trust`). A build (one lane layout: 16, 8 or 4 fp32 lanes) that
+  has not been checked on this CPU is compared once with "torch"; the verdict is kept under the
+  build's name (a hash of the source, flags, CPU model and flags, torch).  A build that fails it
+  is never used; if none passes, "cpu-fused" resolves to "torch" with a warning, before any
+  cache key is made, so the key names the engine that really ran.
 - **Autotune.** Among the trusted layouts, each is timed on the caller's matrices (all of
   them, or one per distinct shape for big models) for a few steps, interleaved over three
   rounds, minimum per layout (robust to a noisy shared machine; ≲ 2 s in all); the fastest
@@ -31,43 +29,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import cpu_fused
+from . import cpu_fused, trust
 
 log = logging.getLogger("inilora")
 
 WIDTHS = (16, 8, 4)
 ENV = "INILORA_CPU_LANES"
-#: SPEC §3: product of the factors (relative Frobenius) and logged losses (relative)
-PRODUCT_TOL, LOSS_TOL = 1e-3, 1e-2
-TRUST_STEPS = 300
 #: seconds one layout's timing aims at per round (3 rounds × 3 layouts ≈ 1–2 s)
 TIME_BUDGET_S = 0.15
 
 #: what the last :func:`choose_width` decided (for reports): width, ms/step per layout, source
 last_choice: dict[str, Any] = {}
-
-
-def _state_dir():
-    """Where verdicts and choices are kept: beside the builds they are about."""
-    return cpu_fused._build_root()
-
-
-def _read(name: str) -> dict[str, Any]:
-    try:
-        return json.loads((_state_dir() / name).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(name: str, key: str, value: Any) -> None:
-    from ..fileio import atomic_write_json
-
-    data = _read(name)
-    data[key] = value
-    try:
-        atomic_write_json(_state_dir() / name, data)
-    except OSError as exc:  # a read-only cache: decide again next time
-        log.debug("inilora: cannot record %s in %s: %s", key, name, exc)
 
 
 def candidate_widths() -> tuple[int, ...]:
@@ -81,35 +53,8 @@ def candidate_widths() -> tuple[int, ...]:
     return WIDTHS
 
 
-def _trust_case(seed: int = 0) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
-    g = torch.Generator().manual_seed(seed)
-    ws, inits = [], []
-    for d, k, r in ((96, 160, 8), (160, 96, 8), (40, 72, 3)):
-        ws.append(torch.randn(d, k, generator=g) * 0.2)
-        inits.append((torch.randn(d, r, generator=g) * 0.2, torch.randn(k, r, generator=g) * 0.2))
-    return ws, inits
-
-
 def _fused_run(lib, ws, inits):
-    return cpu_fused.fit_cpu_fused(ws, inits, steps=TRUST_STEPS, log_every=100, lib=lib, threads=1)
-
-
-def check_build(lib) -> str | None:
-    """None when the build agrees with the "torch" engine (SPEC §3), else what differed."""
-    from .batched import fit_batched
-
-    ws, inits = _trust_case()
-    ref = fit_batched(ws, inits, steps=TRUST_STEPS, log_every=100)
-    got = _fused_run(lib, ws, inits)
-    for i, (a, b) in enumerate(zip(got, ref)):
-        pa, pb = a.U @ a.P.T, b.U @ b.P.T
-        rel = float((pa - pb).norm() / pb.norm())
-        if not rel <= PRODUCT_TOL:
-            return f"matrix {i}: factors' product {rel:.2g} off the torch engine (tolerance {PRODUCT_TOL})"
-        for (t, la), (_, lb) in zip(a.losses, b.losses):
-            if not abs(la - lb) <= LOSS_TOL * abs(lb):
-                return f"matrix {i}: loss at step {t} {la:.6g} vs {lb:.6g} (tolerance {LOSS_TOL:.0%})"
-    return None
+    return cpu_fused.fit_cpu_fused(ws, inits, steps=trust.STEPS, log_every=100, lib=lib, threads=1)
 
 
 def trusted_widths() -> list[int]:
@@ -120,20 +65,8 @@ def trusted_widths() -> list[int]:
             lib = cpu_fused.load_library(width)
         except cpu_fused.CpuFusedUnavailable:
             continue
-        name = cpu_fused.build_name(width)
-        verdict = _read("trust.json").get(name)
-        if verdict is None:
-            t0 = time.perf_counter()
-            problem = check_build(lib)
-            verdict = {"ok": problem is None, "problem": problem, "seconds": round(time.perf_counter() - t0, 2),
-                       "checked": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _write("trust.json", name, verdict)
-            if problem is not None:
-                import warnings
-
-                warnings.warn(f"inilora: the cpu-fused kernel with {width} fp32 lanes disagrees with the 'torch' engine "
-                              f"on this CPU ({problem}); it will not be used here.", RuntimeWarning, stacklevel=2)
-        if verdict.get("ok"):
+        if trust.trusted(cpu_fused.build_name(width), lambda ws, ins, lib=lib: _fused_run(lib, ws, ins),
+                         what=f"the cpu-fused kernel with {width} fp32 lanes"):
             out.append(width)
     return out
 
@@ -163,7 +96,7 @@ def choose_width(weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor
     shapes = sorted({(tuple(w.shape), str(w.dtype), int(i[0].shape[1])) for w, i in zip(weights, inits)})
     key = hashlib.sha256(json.dumps([[cpu_fused.build_name(w) for w in widths], shapes, nthreads,
                                      len(weights)]).encode()).hexdigest()[:24]
-    known = _read("layouts.json").get(key)
+    known = trust.read("layouts.json").get(key)
     if known is not None and known.get("width") in widths:
         last_choice.clear()
         last_choice.update(known, source="remembered")
@@ -189,7 +122,7 @@ def choose_width(weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor
               "timed_on": f"{len(ws)} of {len(weights)} matrices, {steps} steps × 3 rounds",
               "seconds": round(time.perf_counter() - t0, 2), "threads": nthreads,
               "chosen": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _write("layouts.json", key, record)
+    trust.write("layouts.json", key, record)
     last_choice.clear()
     last_choice.update(record, source="measured now")
     log.info("inilora: cpu-fused layout: %d fp32 lanes (%s ms/step measured here)", chosen,
@@ -206,4 +139,4 @@ def describe() -> str | None:
     return f"{last_choice['width']} fp32 lanes ({last_choice.get('source')}{': ' + timing if timing else ''})"
 
 
-__all__ = ["ENV", "WIDTHS", "candidate_widths", "check_build", "choose_width", "describe", "trusted_widths"]
+__all__ = ["ENV", "WIDTHS", "candidate_widths", "choose_width", "describe", "trusted_widths"]
