@@ -12,18 +12,18 @@ import sys
 import time
 from collections.abc import Callable
 
-Progress = Callable[[int, int, float], None]
+ProgressFn = Callable[[int, int, float], None]
 
 
 def approximation_progress(description: str = "IniLoRA fit", force: bool = False, *,
-                           every_s: float = 30.0) -> Progress | None:
+                           every_s: float = 30.0) -> ProgressFn | None:
     """A progress callback; None when stderr is not a terminal, unless ``force`` (then plain lines)."""
     if sys.stderr.isatty():
         return _bar(description)
     return _lines(description, every_s) if force else None
 
 
-def _bar(description: str) -> Progress:
+def _bar(description: str) -> ProgressFn:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -47,7 +47,7 @@ def _bar(description: str) -> Progress:
     return update
 
 
-def _lines(description: str, every_s: float) -> Progress:
+def _lines(description: str, every_s: float) -> ProgressFn:
     start = time.monotonic()
     state = {"tenth": -1, "last": start}
 
@@ -71,4 +71,4 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-__all__ = ["Progress", "approximation_progress"]
+__all__ = ["ProgressFn", "approximation_progress"]
