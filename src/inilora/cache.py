@@ -23,7 +23,13 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from .errors import InitError
-from .fileio import atomic_write, atomic_write_bytes, atomic_write_json, cache_root, file_digest  # noqa: F401 - re-exported
+from .fileio import (  # noqa: F401 - re-exported
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    cache_root,
+    file_digest,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = 1

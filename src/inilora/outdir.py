@@ -85,6 +85,19 @@ def check_output_dir(path: Path, *, what: str, overwrite: bool = False, inputs: 
     check_writable(path, what)
 
 
+def check_run_folder(path: Path, *, marker: str, kind: str, error: type[InitError] = InitError) -> None:
+    """A resumable run folder (``train``'s, ``compare``'s) is made by its run: an existing, non-empty
+    folder without the run's ``marker`` file holds someone else's files and is refused, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"output_dir {path} is a file; choose a folder path")
+    if path.is_dir() and not (path / marker).is_file() and any(path.iterdir()):
+        names = sorted(p.name for p in path.iterdir())[:5]
+        raise error(f"output_dir {path} holds files that are not an inilora {kind} ({', '.join(names)}); "
+                    "choose a new folder")
+    check_writable(path, "output_dir")
+
+
 def check_output_file(path: Path, *, what: str, overwrite: bool = False, marker: str) -> None:
     """The same rule for a single file: replaced only with ``overwrite`` and only if it is a JSON
     file inilora wrote (it holds the key ``marker``)."""
@@ -109,5 +122,6 @@ def write_export_marker(folder: Path, layout: str, source: str | None) -> None:
     (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files}, indent=2))
 
 
-__all__ = ["ADAPTER_ENTRIES", "EXPORT_MARKER", "check_output_dir", "check_output_file", "check_writable",
+__all__ = ["ADAPTER_ENTRIES", "EXPORT_MARKER", "check_output_dir", "check_output_file", "check_run_folder",
+           "check_writable",
            "foreign_entries", "write_export_marker"]

@@ -190,17 +190,10 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
 
 
 def _check_root(root: Path) -> None:
-    """A grid folder is made by its grid: a non-empty folder that holds no ``compare.yaml`` is the
-    user's, and is refused before any run (SPEC §8); the folder must be writable."""
-    from .outdir import check_writable
+    """A grid folder holds our ``compare.yaml`` or nothing (SPEC §8; ``outdir.check_run_folder``)."""
+    from .outdir import check_run_folder
 
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"output_dir {root} is a file; choose a folder path")
-    if root.is_dir() and not (root / "compare.yaml").is_file() and any(root.iterdir()):
-        names = sorted(p.name for p in root.iterdir())[:5]
-        raise ConfigError(f"output_dir {root} holds files that are not an inilora comparison "
-                          f"({', '.join(names)}); choose a new folder")
-    check_writable(root, "output_dir")
+    check_run_folder(root, marker="compare.yaml", kind="comparison", error=ConfigError)
 
 
 def _resumable(out: Path) -> bool:

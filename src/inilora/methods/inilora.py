@@ -19,6 +19,7 @@ import torch
 
 from .. import approx
 from ..cache import tensor_digest
+from ..checks import check_positive
 from ..errors import InitError
 from ..naming import module_type
 from .fitting import InitContext, cached_fit, resolve_engine
@@ -126,12 +127,9 @@ def cache_fields(weights, ranks, rng_for, dist, init, *, steps, lr, engine) -> d
 MAX_STEPS = 10**9
 
 
-def _number(value: Any, what: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (positive and value <= 0):
-        kind = "a positive number" if positive else "a finite number"
-        raise InitError(f"inilora option {what} must be {kind}, got {value!r}.")
-    return float(value)
+def _finite(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InitError(f"inilora option {what} must be a finite number, got {value!r}.")
 
 
 def _count(value: Any, what: str, *, least: int = 0) -> int:
@@ -142,39 +140,39 @@ def _count(value: Any, what: str, *, least: int = 0) -> int:
 
 def check_options(opts: Mapping[str, Any]) -> None:
     """Every inilora option checked without weights, so a typo fails before a model loads."""
-    steps = _count(opts.get("steps", OPTIONS["steps"]), "steps")
+    opts = {**OPTIONS, **opts}  # the defaults, as the registry derived them from the signature
+    steps = _count(opts["steps"], "steps")
     if steps > MAX_STEPS:
         raise InitError(f"inilora option steps must be at most {MAX_STEPS:,} (the paper uses 20,000), got {steps:,}.")
-    _number(opts.get("lr", OPTIONS["lr"]), "lr", positive=True)
-    std = opts.get("std", "auto")
+    check_positive(opts["lr"], "inilora option lr")
+    std = opts["std"]
     if std != "auto":
         if isinstance(std, str):
             raise InitError(f"inilora option std must be 'auto' or a positive number, got {std!r}.")
-        _number(std, "std", positive=True)
-    round_std = opts.get("round_std", 3)
-    if round_std is not None:
-        _count(round_std, "round_std")
+        check_positive(std, "inilora option std")
+    if opts["round_std"] is not None:
+        _count(opts["round_std"], "round_std")
     for key, allowed in (("std_source", ("weight", "weight+bias")), ("std_scope", ("module_type", "all"))):
-        if opts.get(key, OPTIONS[key]) not in allowed:
-            raise InitError(f"inilora option {key} must be one of {', '.join(allowed)}; got {opts.get(key)!r}.")
-    mean = opts.get("mean", 0.0)
+        if opts[key] not in allowed:
+            raise InitError(f"inilora option {key} must be one of {', '.join(allowed)}; got {opts[key]!r}.")
+    mean = opts["mean"]
     if mean != "auto":
         if isinstance(mean, str):
             raise InitError(f"inilora option mean must be 'auto' or a number, got {mean!r}.")
-        _number(mean, "mean")
-    engine = opts.get("engine", "auto")
+        _finite(mean, "mean")
+    engine = opts["engine"]
     if engine != approx.AUTO and engine not in approx.ENGINES:
         raise InitError(f"unknown approximation engine {engine!r}; engines: {approx.AUTO}, {', '.join(approx.ENGINES)}.")
-    checkpoints = opts.get("checkpoints", ())
+    checkpoints = opts["checkpoints"]
     if isinstance(checkpoints, (str, bytes)) or not isinstance(checkpoints, Sequence):
         raise InitError(f"inilora option checkpoints must be a list of iterations, got {checkpoints!r}.")
     bad_ckpt = [t for t in checkpoints if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= steps]
     if bad_ckpt:
         raise InitError(f"checkpoints must be whole numbers in [0, steps={steps}], got {bad_ckpt}.")
-    resume = opts.get("resume", True)
+    resume = opts["resume"]
     if resume is not True and resume is not False:
         _count(resume, "resume (True, False or a number of steps)", least=1)
-    devices = opts.get("devices")
+    devices = opts["devices"]
     if devices is not None and (isinstance(devices, str) or not all(isinstance(d, str) for d in devices)):
         raise InitError(f"inilora option devices must be a list of device names, got {devices!r}.")
 

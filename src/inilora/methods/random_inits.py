@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..checks import check_positive
 from ..errors import InitError
 from .registry import DRY_RUN, InitResult, RngFor
 from .registry import register as _register
@@ -44,12 +45,8 @@ def draw_factors(weights: Mapping[str, torch.Tensor], ranks: Mapping[str, int], 
 def _positive(name: str, value, what: str) -> float:
     if value is None:
         raise InitError(f"method {name!r} needs {what}=<number>, e.g. {what}=0.02.")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InitError(f"method {name!r}: {what} must be a positive number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise InitError(f"method {name!r}: {what} must be a positive number, got {value}.")
-    return value
+    check_positive(value, f"method {name!r}: {what}")
+    return float(value)
 
 
 @register("inilora-alpha", summary="IniLoRA-α: A, B ~ N(0, σ_α²), σ_α = 0.5; frozen residual",

@@ -46,17 +46,10 @@ def check_config(out: Path, resolved: dict[str, Any]) -> None:
 
 
 def check_folder(out: Path) -> None:
-    """A run folder is created by its run: an existing, non-empty folder without our
-    ``config.yaml`` holds someone else's files and is refused, before any work (SPEC §8)."""
-    from ..outdir import check_writable
+    """A run folder holds our ``config.yaml`` or nothing (SPEC §8; ``outdir.check_run_folder``)."""
+    from ..outdir import check_run_folder
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} is a file; choose a folder path")
-    if out.is_dir() and not (out / CONFIG).is_file() and any(out.iterdir()):
-        names = sorted(p.name for p in out.iterdir())[:5]
-        raise ConfigError(f"output_dir {out} holds files that are not an inilora run ({', '.join(names)}); "
-                          "choose a new folder")
-    check_writable(out, "output_dir")
+    check_run_folder(out, marker=CONFIG, kind="run", error=ConfigError)
 
 
 def write_config(out: Path, resolved: dict[str, Any]) -> None:
