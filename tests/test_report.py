@@ -147,3 +147,49 @@ def test_a_constant_difference_gets_no_p_value_and_says_why():
     line = next(x for x in md.splitlines() if x.startswith("| inilora"))
     assert line.rstrip(" |").endswith("—")
     assert "same difference to `lora` on every seed" in md
+
+
+def _lr_rows():
+    """LoRA is best on validation at 2e-3, IniLoRA at 1e-3; their *test* accuracies peak elsewhere, so a
+    choice made on the test metric would pick other rates (and other numbers)."""
+    val = {("lora", 1e-3): 0.50, ("lora", 2e-3): 0.60, ("inilora", 1e-3): 0.70, ("inilora", 2e-3): 0.65}
+    test = {("lora", 1e-3): 0.90, ("lora", 2e-3): 0.40, ("inilora", 1e-3): 0.55, ("inilora", 2e-3): 0.95}
+    rows = []
+    for (method, lr), v in val.items():
+        for seed in (0, 1, 2):
+            r = _row(method, seed, test[method, lr] + 0.01 * seed * (1 + (method == "inilora")),
+                     settings={"learning_rate": lr}, tune={"learning_rate": "val/accuracy"})
+            r["metrics"]["val/accuracy"] = v + 0.001 * seed
+            rows.append(r)
+    return rows
+
+
+def test_tuned_chooses_on_validation_and_tests_against_the_baselines_own_choice():
+    from inilora.stats import tuned
+
+    found = {t.method: t for t in tuned(_lr_rows(), "learning_rate", "val/accuracy", "lora")}
+    assert found["lora"].choice == 2e-3 and found["inilora"].choice == 1e-3
+    assert found["inilora"].on_means[2e-3] == pytest.approx(0.651)
+    lora_vals, ini_vals = found["lora"].stat.values, found["inilora"].stat.values
+    assert lora_vals == pytest.approx([0.40, 0.41, 0.42]) and ini_vals == pytest.approx([0.55, 0.57, 0.59])
+    assert found["inilora"].stat.p == pytest.approx(paired_p(ini_vals, lora_vals))
+    assert math.isnan(found["lora"].stat.p)
+
+
+def test_tuned_ties_go_to_the_first_value_swept():
+    from inilora.stats import tuned
+
+    rows = [r for r in _lr_rows() if r["method"] == "lora"]
+    for r in rows:
+        r["metrics"]["val/accuracy"] = 0.5
+    assert tuned(rows, "learning_rate", "val/accuracy")[0].choice == 1e-3
+
+
+def test_report_has_the_own_best_table_when_the_grid_tunes(tmp_path):
+    path = write_report(tmp_path, _lr_rows(), plots=False)
+    text = path.read_text()
+    assert "## Each method at its own best setting" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| inilora | 0.001 |"))
+    assert "**70.1**" in line and "57.0 ± 2.0" in line
+    rows = [{k: v for k, v in r.items() if k != "tune"} for r in _lr_rows()]
+    assert "own best" not in write_report(tmp_path, rows, plots=False).read_text()

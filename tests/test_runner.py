@@ -85,6 +85,40 @@ def test_variants_give_labels_and_options(tmp_path):
     assert runs[1].config.method_options == {"steps": 0}
 
 
+def test_variant_only_runs_at_its_sweep_values_and_pairs_there(tmp_path):
+    """A method added at one learning rate of a sweep runs there only, and the report's cell at that
+    rate holds it beside the swept methods (same seeds, so it pairs with the baseline)."""
+    from inilora.stats import aggregate
+
+    cfg = grid(tmp_path, methods=["lora", "inilora", "inilora-0"], seeds=[0, 1],
+               sweep={"learning_rate": [1e-3, 2e-3]},
+               variants={"inilora-0": Variant(method="inilora", options={"steps": 0}, only={"learning_rate": [2e-3]})})
+    runs = expand(cfg)
+    extra = [r for r in runs if r.label == "inilora-0"]
+    assert [r.run_id for r in extra] == ["inilora-0_learning_rate=0.002_seed=0", "inilora-0_learning_rate=0.002_seed=1"]
+    assert all(r.config.learning_rate == 2e-3 for r in extra) and len(runs) == 2 * 2 * 2 + 2
+    rows = run_grid(cfg, run_fn=fake_run, progress=False)
+    cells = {(s.setting, s.method) for s in aggregate(rows, "lora") if s.metric == "accuracy"}
+    assert ((("learning_rate", 2e-3),), "inilora-0") in cells
+    assert ((("learning_rate", 1e-3),), "inilora-0") not in cells
+
+
+@pytest.mark.parametrize("only, match", [
+    ({"lora.rank": [8]}, "not a sweep key"),
+    ({"learning_rate": [5e-3]}, "not among the swept values"),
+    ({"learning_rate": []}, "nothing"),
+])
+def test_variant_only_must_name_swept_values(tmp_path, only, match):
+    cfg = grid(tmp_path, methods=["lora", "x"], sweep={"learning_rate": [1e-3, 2e-3]},
+               variants={"x": Variant(method="inilora", only=only)})
+    with pytest.raises(ConfigError, match=match):
+        expand(cfg)
+    baseline_only = grid(tmp_path, methods=["lora", "inilora"], sweep={"learning_rate": [1e-3, 2e-3]},
+                         variants={"lora": Variant(method="lora", only={"learning_rate": [1e-3]})})
+    with pytest.raises(ConfigError, match="baseline runs in every cell"):
+        expand(baseline_only)
+
+
 @pytest.mark.parametrize("sweep, match", [
     ({"lora.rnk": [8]}, "rnk"),
     ({"learning_rat": [1e-3]}, "learning_rat"),
@@ -240,3 +274,11 @@ def test_compare_and_train_read_set_values_alike(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(root / "results-nlu.yaml"), "--dry-run", "--set",
                                       "base.shared_fit=true", "--output-dir", str(tmp_path / "grid")])
     assert result.exit_code == 0, result.output
+
+
+def test_tune_names_a_sweep_key_and_reaches_every_row(tmp_path):
+    with pytest.raises(ConfigError, match="tune.learning_rate: not a sweep key"):
+        grid(tmp_path, tune={"learning_rate": "accuracy"})
+    rows = run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"}),
+                    run_fn=fake_run, progress=False)
+    assert rows and all(r["tune"] == {"learning_rate": "f1"} for r in rows)

@@ -136,10 +136,15 @@ class TrainConfig:
 
 @dataclass
 class Variant:
-    """A named entry of a comparison: a method with its own options (``inilora`` at 0 iterations)."""
+    """A named entry of a comparison: a method with its own options (``inilora`` at 0 iterations).
+
+    ``only`` restricts the entry to part of the sweep (``only: {learning_rate: [2e-3]}``), so one
+    study can sweep a few methods over a setting and add more methods at one point of it: the
+    added runs pair with the swept ones there instead of being run twice in two studies."""
 
     method: str  # an init method of the registry, or a training mode: full, bitfit
     options: dict[str, Any] = field(default_factory=dict)  # over base.method_options, under the sweep
+    only: dict[str, list[Any]] = field(default_factory=dict)  # sweep key → the values it runs at
 
 
 @dataclass
@@ -158,6 +163,9 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 11, 22])
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     baseline: str = "lora"  # the method every other is tested against (paired t-test, Holm)
+    # swept key → metric to choose it on, per method (``learning_rate: offline-arith-val/accuracy``):
+    # the report adds a table of each method at its own best value; use a validation metric
+    tune: dict[str, str] = field(default_factory=dict)
     output_dir: str = "runs/compare"
     title: str = "inilora comparison"
 
@@ -170,6 +178,8 @@ class CompareConfig:
         _check(all(m.strip() for m in self.methods), "methods", "names must not be empty")
         for key, values in self.sweep.items():
             _check(isinstance(values, list) and len(values) > 0, f"sweep.{key}", "must be a non-empty list")
+        for key in self.tune:
+            _check(key in self.sweep, f"tune.{key}", f"not a sweep key (sweep: {', '.join(self.sweep) or 'none'})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .stats import (  # noqa: F401 - re-exported: the report's statistics
     paired_p,
     setting_label,
     sweep_keys,
+    tuned,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -171,6 +172,40 @@ def sweep_tables(stats: list[Stat], rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def tuned_tables(rows: list[dict], baseline: str) -> str:
+    """Each method at its own best value of every ``tune`` key of the grid, chosen on the metric
+    named there; the choice's evidence (the ``on`` mean at every value) is printed beside it."""
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    out: list[str] = []
+    for key, on in spec.items():
+        found = tuned(rows, key, on, baseline)
+        for task in dict.fromkeys(t.task for t in found):
+            for rest in dict.fromkeys(t.rest for t in found if t.task == task):
+                group = [t for t in found if t.task == task and t.rest == rest]
+                head = group[0].stat.metric
+                scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
+                on_scale = 100.0 if _percent(on, [v for t in group for v in t.on_means.values()]) else 1.0
+                values = list(dict.fromkeys(v for t in group for v in t.on_means))
+                label = setting_label(rest)
+                out += [f"### {task}: each method at its own best `{key}`, chosen on {on}"
+                        + (f" ({label})" if label != "default" else "") + "\n",
+                        f"| method | chosen `{key}` | {on} mean{' ×100' if on_scale == 100 else ''} at "
+                        + ", ".join(_fmt_value(v) for v in values)
+                        + f" | {head}{' ×100' if scale == 100 else ''} at the choice | per seed | p vs {baseline} (Holm) |",
+                        "|---|---|---|---|---|---|"]
+                for t in group:
+                    evidence = ", ".join("—" if v not in t.on_means else
+                                         (f"**{t.on_means[v] * on_scale:.1f}**" if v == t.choice
+                                          else f"{t.on_means[v] * on_scale:.1f}") for v in values)
+                    out.append(f"| {t.method} | {_fmt_value(t.choice)} | {evidence} | {_fmt_stat(t.stat, scale)} | "
+                               f"{_fmt_seeds(t.stat, scale)} | "
+                               f"{'baseline' if t.method == baseline else _fmt_p(t.stat.p_holm)} |")
+                out.append(f"\nThe choice uses {on} only (its mean over seeds); {head} is then read at that value. "
+                           f"p: paired t-test across seeds against `{baseline}` at `{baseline}`'s own choice, "
+                           "Holm-corrected over the other methods.\n")
+    return "\n".join(out)
+
+
 def _fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -214,6 +249,9 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
     sweeps = sweep_tables(stats, rows)
     if sweeps.strip():
         lines += ["## Sweeps\n", sweeps]
+    own_best = tuned_tables(rows, baseline)
+    if own_best.strip():
+        lines += ["## Each method at its own best setting\n", own_best]
     lines += ["## Runs\n", "| run | method | seed | " + "headline | wall (s) |", "|---|---|---|---|---|"]
     for r in rows:
         head = r.get("headline")

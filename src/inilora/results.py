@@ -28,6 +28,7 @@ class ResultRow(TypedDict, total=False):
     settings: dict[str, Any]  # the swept values that applied to this run
     sweep_keys: list[str]
     baseline: str
+    tune: dict[str, str]  # swept key → the metric each method's own best value of it is chosen on
     title: str
     metrics: dict[str, float]
     headline: str  # the metric tables and plots lead with

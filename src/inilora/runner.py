@@ -110,6 +110,16 @@ def _check_methods(config: CompareConfig) -> None:
             get_method(method).resolve_options({**config.base.method_options, **options}, check=False)
         except InitError as exc:  # names only here: a sweep may supply values; each run is checked in expand
             raise ConfigError(f"methods: {label}: {exc}") from None
+    for label, variant in config.variants.items():
+        for key, values in variant.only.items():
+            if key not in config.sweep:
+                raise ConfigError(f"variants.{label}.only: {key!r} is not a sweep key (sweep: {', '.join(config.sweep) or 'none'})")
+            missing = [v for v in values if v not in config.sweep[key]]
+            if not values or missing:
+                raise ConfigError(f"variants.{label}.only.{key}: {missing or 'nothing'} not among the swept values "
+                                  f"{config.sweep[key]}")
+        if variant.only and label == config.baseline:
+            raise ConfigError(f"variants.{label}.only: the baseline runs in every cell of the sweep")
     unused = sorted(set(config.variants) - set(config.methods))
     if unused:
         raise ConfigError(f"variants: {', '.join(unused)} not listed in methods")
@@ -138,6 +148,9 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
         cell = dict(zip(keys, values))
         for seed in config.seeds:
             for label in config.methods:
+                only = config.variants[label].only if label in config.variants else {}
+                if any(cell[k] not in values for k, values in only.items()):
+                    continue
                 method, options = _method_of(config, label)
                 applies = {k: v for k, v in cell.items()
                            if not k.startswith("method_options.") or _accepts(method, k.split(".", 1)[1])}
@@ -171,6 +184,8 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
     row = {"run_id": run.run_id, "method": run.label, "init": run.config.method, "seed": run.seed,
            "task": run.config.task, "model": run.config.model, "settings": run.settings,
            "sweep_keys": list(config.sweep), "baseline": config.baseline, "title": config.title}
+    if config.tune:
+        row["tune"] = dict(config.tune)
     row.update({k: result[k] for k in KEPT if k in result})
     row["config"] = to_dict(run.config)
     row["output_dir"] = run.config.output_dir

@@ -173,11 +173,63 @@ def _test(group: list[Stat], baseline: str) -> None:
         g.p_holm = adj
 
 
+# ------------------------------------------------------------------------------------------------
+# each method at its own best value of a swept key
+
+
+@dataclass
+class Tuned:
+    """A method at the value of ``key`` that maximised its mean ``on`` metric (never the reported one)."""
+
+    task: str
+    rest: tuple  # the other swept settings this choice was made within
+    method: str
+    key: str
+    choice: Any
+    on: str
+    on_means: dict[Any, float]  # every candidate value → its mean ``on`` metric (the evidence of the choice)
+    stat: Stat  # the reported metric at ``choice``, with p vs the baseline at *its* own choice
+
+
+def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> list[Tuned]:
+    """Per-method hyperparameter choice: for each task, other setting and method, the value of the
+    swept ``key`` with the highest mean of metric ``on`` over seeds (ties: the first value swept);
+    then the headline metric at that value, tested (paired by seed, Holm) against the baseline at
+    the baseline's own choice. ``on`` should be a validation metric disjoint from the headline's
+    examples, or the choice leaks the test set into the result."""
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    out: list[Tuned] = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task and key in r.get("settings", {})]
+        headline = next((r.get("headline") for r in trows if r.get("headline")), None)
+        rests = dict.fromkeys(tuple((k, _key(v)) for k, v in sorted(r["settings"].items()) if k != key) for r in trows)
+        for rest in rests:
+            group: list[Tuned] = []
+            srows = [r for r in trows if all(_key(r["settings"].get(k)) == v for k, v in rest)]
+            for method in methods_of(srows):
+                mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
+                         and headline in r.get("metrics", {})]
+                values = list(dict.fromkeys(_key(r["settings"][key]) for r in mrows))
+                if not values:
+                    continue
+                means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
+                         for v in values}
+                best = max(values, key=lambda v: (means[v], -values.index(v)))
+                by_seed = {r["seed"]: float(r["metrics"][headline]) for r in mrows if _key(r["settings"][key]) == best}
+                seeds = sorted(by_seed)
+                m, sd = mean_std([by_seed[x] for x in seeds])
+                stat = Stat(task, headline, rest + ((key, best),), method, [by_seed[x] for x in seeds], seeds, m, sd)
+                group.append(Tuned(task, rest, method, key, best, on, means, stat))
+            _test([g.stat for g in group], baseline)
+            out.extend(group)
+    return out
+
+
 def setting_label(setting: tuple) -> str:
     parts = [f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
              for k, v in setting if v is not ANY]
     return ", ".join(parts) or "default"
 
 
-__all__ = ["ANY", "Stat", "aggregate", "cells", "holm", "matches", "mean_std", "methods_of", "metrics_of",
-           "paired_p", "setting_label", "sweep_keys"]
+__all__ = ["ANY", "Stat", "Tuned", "aggregate", "cells", "holm", "matches", "mean_std", "methods_of", "metrics_of",
+           "paired_p", "setting_label", "sweep_keys", "tuned"]

@@ -120,3 +120,15 @@ def test_arith_generation_is_pinned():
 def test_arith_truncate_at_stop():
     evl = get_task("offline-arith-test")
     assert evl.truncate("1 + 2 = 3.\nThe answer is: 3\n\n### Instruction:\nmore") == "1 + 2 = 3.\nThe answer is: 3"
+
+
+def test_arith_validation_set_is_held_out_and_disjoint_from_test():
+    """Tuning on offline-arith-val must never see a test problem nor a training one."""
+    val, test = get_task("offline-arith-val").load(), get_task("offline-arith-test").load()
+    assert len(val) == 100 and len({e["id"] for e in val}) == 100
+    val_q, test_q = {e["question"] for e in val}, {e["question"] for e in test}
+    assert not val_q & test_q
+    assert not val_q & {r["question"] for r in arith_problems("train", 2000)}
+    # the problems right after the test set's in the held-out stream, so the test set never moves
+    assert [e["question"] for e in val] == [r["question"] for r in arith_problems("test", 300)[200:]]
+    assert get_task("offline-arith-val").load(limit=400) == val  # a larger eval_size: all 100

