@@ -193,3 +193,11 @@ def test_report_has_the_own_best_table_when_the_grid_tunes(tmp_path):
     assert "**70.1**" in line and "57.0 ± 2.0" in line
     rows = [{k: v for k, v in r.items() if k != "tune"} for r in _lr_rows()]
     assert "own best" not in write_report(tmp_path, rows, plots=False).read_text()
+
+
+def test_swept_numbers_are_tabled_in_ascending_order_whatever_order_runs_finished(tmp_path):
+    rows = _lr_rows()
+    rows = [r for r in rows if r["settings"]["learning_rate"] == 2e-3] + [r for r in rows if r["settings"]["learning_rate"] == 1e-3]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    assert text.index("### t — learning_rate=0.001") < text.index("### t — learning_rate=0.002")
+    assert "| method | 0.001 | 0.002 |" in text

@@ -95,7 +95,7 @@ def _numeric(values: list[Any]) -> bool:
 
 
 def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    from .stats import setting_label, sweep_keys
+    from .stats import ordered, setting_label, sweep_keys
 
     plt = _plt()
     files = []
@@ -104,7 +104,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
         cell = [s for s in stats if s.task == task and s.metric == headline]
         for key in keys:
-            values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))
+            values = ordered(dict(s.setting)[key] for s in cell)
             if len(values) < 2:
                 continue
             numeric = _numeric(values)
@@ -112,15 +112,16 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
             rests = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
             for rest in rests:
                 for method in dict.fromkeys(s.method for s in cell):
-                    pts = [(dict(s.setting)[key], s.mean, s.std) for s in cell if s.method == method
-                           and tuple((k, v) for k, v in s.setting if k != key) == rest]
+                    pts = sorted(((dict(s.setting)[key], s.mean, s.std) for s in cell if s.method == method
+                                  and tuple((k, v) for k, v in s.setting if k != key) == rest),
+                                 key=lambda p: values.index(p[0]))
                     if not pts:
                         continue
                     xs = [p[0] if numeric else values.index(p[0]) for p in pts]
                     label = method + (f" ({setting_label(rest)})" if setting_label(rest) != "default" else "")
                     ax.errorbar(xs, [p[1] for p in pts], yerr=[0 if math.isnan(p[2]) else p[2] for p in pts],
                                 marker="o", capsize=3, label=label)
-            if numeric and min(values) > 0 and max(values) / min(values) > 50:
+            if numeric and min(values) > 0 and max(values) / min(values) >= 8:  # learning rates, stds
                 ax.set_xscale("log")
             if not numeric:
                 ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +100,7 @@ def cells(rows: list[dict]) -> list[tuple]:
                     seen[k].append(v)
     combos = [[]]
     for k in keys:
-        combos = [c + [(k, v)] for c in combos for v in (seen[k] or [ANY])]
+        combos = [c + [(k, v)] for c in combos for v in (ordered(seen[k]) or [ANY])]
     return [tuple(c) for c in combos]
 
 
@@ -225,6 +225,14 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
     return out
 
 
+def ordered(values: Iterable[Any]) -> list[Any]:
+    """A swept key's values for a table's columns or a plot's axis: ascending when all are numbers
+    (runs may finish in any order, e.g. one learning rate run first), else as first seen."""
+    values = list(dict.fromkeys(values))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return sorted(values) if numeric else values
+
+
 def setting_label(setting: tuple) -> str:
     parts = [f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
              for k, v in setting if v is not ANY]
@@ -232,4 +240,4 @@ def setting_label(setting: tuple) -> str:
 
 
 __all__ = ["ANY", "Stat", "Tuned", "aggregate", "cells", "holm", "matches", "mean_std", "methods_of", "metrics_of",
-           "paired_p", "setting_label", "sweep_keys", "tuned"]
+           "ordered", "paired_p", "setting_label", "sweep_keys", "tuned"]
