@@ -174,6 +174,11 @@ def test_tuned_chooses_on_validation_and_tests_against_the_baselines_own_choice(
     assert lora_vals == pytest.approx([0.40, 0.41, 0.42]) and ini_vals == pytest.approx([0.55, 0.57, 0.59])
     assert found["inilora"].stat.p == pytest.approx(paired_p(ini_vals, lora_vals))
     assert math.isnan(found["lora"].stat.p)
+    # a method run at one rate only (a variant's `only`) was not tuned: it gets no row
+    once = [r for r in _lr_rows() if r["method"] == "lora" and r["settings"]["learning_rate"] == 1e-3]
+    for r in once:
+        r["method"] = "inilora-0it"
+    assert "inilora-0it" not in {t.method for t in tuned(_lr_rows() + once, "learning_rate", "val/accuracy")}
 
 
 def test_tuned_ties_go_to_the_first_value_swept():

@@ -210,7 +210,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
                 values = list(dict.fromkeys(_key(r["settings"][key]) for r in mrows))
-                if not values:
+                if len(values) < 2:  # run at one value only (a variant's `only`): nothing was chosen
                     continue
                 means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
                          for v in values}
