@@ -181,13 +181,14 @@ def test_tuned_chooses_on_validation_and_tests_against_the_baselines_own_choice(
     assert "inilora-0it" not in {t.method for t in tuned(_lr_rows() + once, "learning_rate", "val/accuracy")}
 
 
-def test_tuned_ties_go_to_the_first_value_swept():
+def test_tuned_ties_go_to_the_smallest_value_whatever_order_runs_finished():
     from inilora.stats import tuned
 
     rows = [r for r in _lr_rows() if r["method"] == "lora"]
     for r in rows:
         r["metrics"]["val/accuracy"] = 0.5
     assert tuned(rows, "learning_rate", "val/accuracy")[0].choice == 1e-3
+    assert tuned(rows[::-1], "learning_rate", "val/accuracy")[0].choice == 1e-3
 
 
 def test_report_has_the_own_best_table_when_the_grid_tunes(tmp_path):

@@ -193,7 +193,8 @@ class Tuned:
 
 def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> list[Tuned]:
     """Per-method hyperparameter choice: for each task, other setting and method, the value of the
-    swept ``key`` with the highest mean of metric ``on`` over seeds (ties: the first value swept);
+    swept ``key`` with the highest mean of metric ``on`` over seeds (ties: the smallest value, or the
+    first seen for non-numbers);
     then the headline metric at that value, tested (paired by seed, Holm) against the baseline at
     the baseline's own choice. ``on`` should be a validation metric disjoint from the headline's
     examples, or the choice leaks the test set into the result."""
@@ -209,7 +210,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
             for method in methods_of(srows):
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
-                values = list(dict.fromkeys(_key(r["settings"][key]) for r in mrows))
+                values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
                 if len(values) < 2:  # run at one value only (a variant's `only`): nothing was chosen
                     continue
                 means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
