@@ -91,11 +91,13 @@ def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
 
 
 def _numeric(values: list[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    from .stats import numeric
+
+    return numeric(values)
 
 
 def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    from .stats import ordered, setting_label, sweep_keys
+    from .stats import setting_label, sweep_keys
 
     plt = _plt()
     files = []
@@ -104,7 +106,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         headline = next((r.get("headline") for r in rows if r["task"] == task and r.get("headline")), None)
         cell = [s for s in stats if s.task == task and s.metric == headline]
         for key in keys:
-            values = ordered(dict(s.setting)[key] for s in cell)
+            values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))  # ascending: stats.cells orders them
             if len(values) < 2:
                 continue
             numeric = _numeric(values)
@@ -112,9 +114,8 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
             rests = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
             for rest in rests:
                 for method in dict.fromkeys(s.method for s in cell):
-                    pts = sorted(((dict(s.setting)[key], s.mean, s.std) for s in cell if s.method == method
-                                  and tuple((k, v) for k, v in s.setting if k != key) == rest),
-                                 key=lambda p: values.index(p[0]))
+                    pts = [(dict(s.setting)[key], s.mean, s.std) for s in cell if s.method == method
+                           and tuple((k, v) for k, v in s.setting if k != key) == rest]
                     if not pts:
                         continue
                     xs = [p[0] if numeric else values.index(p[0]) for p in pts]

@@ -24,7 +24,6 @@ from .stats import (  # noqa: F401 - re-exported: the report's statistics
     mean_std,
     methods_of,
     metrics_of,
-    ordered,
     paired_p,
     setting_label,
     sweep_keys,
@@ -150,7 +149,7 @@ def sweep_tables(stats: list[Stat], rows: list[dict]) -> str:
             if not cell:
                 continue
             others = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
-            values = ordered(dict(s.setting)[key] for s in cell)
+            values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))  # ascending: stats.cells orders them
             if len(values) < 2:
                 continue
             scale = 100.0 if _percent(headline, [v for s in cell for v in s.values]) else 1.0
@@ -186,7 +185,7 @@ def tuned_tables(rows: list[dict], baseline: str) -> str:
                 head = group[0].stat.metric
                 scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
                 on_scale = 100.0 if _percent(on, [v for t in group for v in t.on_means.values()]) else 1.0
-                values = ordered(v for t in group for v in t.on_means)
+                values = list(dict.fromkeys(v for t in group for v in t.on_means))  # ascending: stats.tuned orders them
                 label = setting_label(rest)
                 out += [f"### {task}: each method at its own best `{key}`, chosen on {on}"
                         + (f" ({label})" if label != "default" else "") + "\n",

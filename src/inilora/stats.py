@@ -230,8 +230,12 @@ def ordered(values: Iterable[Any]) -> list[Any]:
     """A swept key's values for a table's columns or a plot's axis: ascending when all are numbers
     (runs may finish in any order, e.g. one learning rate run first), else as first seen."""
     values = list(dict.fromkeys(values))
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    return sorted(values) if numeric else values
+    return sorted(values) if numeric(values) else values
+
+
+def numeric(values: Iterable[Any]) -> bool:
+    """All plain numbers (bools are not)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def setting_label(setting: tuple) -> str:
@@ -241,4 +245,4 @@ def setting_label(setting: tuple) -> str:
 
 
 __all__ = ["ANY", "Stat", "Tuned", "aggregate", "cells", "holm", "matches", "mean_std", "methods_of", "metrics_of",
-           "ordered", "paired_p", "setting_label", "sweep_keys", "tuned"]
+           "numeric", "ordered", "paired_p", "setting_label", "sweep_keys", "tuned"]
