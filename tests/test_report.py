@@ -191,11 +191,28 @@ def test_tuned_ties_go_to_the_smallest_value_whatever_order_runs_finished():
     assert tuned(rows[::-1], "learning_rate", "val/accuracy")[0].choice == 1e-3
 
 
+def test_a_choice_at_an_end_of_the_range_is_flagged_as_a_bound(tmp_path):
+    """A best value at an end of the rates tried may not be the method's best: the report must say
+    so; a best inside the range must not be flagged."""
+    from inilora.stats import tuned
+
+    rows = _lr_rows()
+    for seed in (0, 1, 2):  # lora also at 4e-3, worse on validation: its 2e-3 is now inside
+        r = _row("lora", seed, 0.3, settings={"learning_rate": 4e-3}, tune={"learning_rate": "val/accuracy"})
+        r["metrics"]["val/accuracy"] = 0.2
+        rows.append(r)
+    found = {t.method: t for t in tuned(rows, "learning_rate", "val/accuracy", "lora")}
+    assert found["lora"].edge == "" and found["inilora"].edge == "lowest"
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    assert "| lora | 0.002 |" in text
+    assert "At an end of the range tried: inilora (lowest)" in text
+
+
 def test_report_has_the_own_best_table_when_the_grid_tunes(tmp_path):
     path = write_report(tmp_path, _lr_rows(), plots=False)
     text = path.read_text()
     assert "## Each method at its own best setting" in text
-    line = next(ln for ln in text.splitlines() if ln.startswith("| inilora | 0.001 |"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| inilora | 0.001 (lowest tried) |"))
     assert "**70.1**" in line and "57.0 ± 2.0" in line
     rows = [{k: v for k, v in r.items() if k != "tune"} for r in _lr_rows()]
     assert "own best" not in write_report(tmp_path, rows, plots=False).read_text()
@@ -207,3 +224,19 @@ def test_swept_numbers_are_tabled_in_ascending_order_whatever_order_runs_finishe
     text = write_report(tmp_path, rows, plots=False).read_text()
     assert text.index("### t — learning_rate=0.001") < text.index("### t — learning_rate=0.002")
     assert "| method | 0.001 | 0.002 |" in text
+
+
+def test_report_says_which_settings_a_method_ran_at_that_the_baseline_did_not(tmp_path):
+    """Full fine-tuning at its own learning rate (a variant's ``settings``) is named in the report;
+    settings that are swept, or that differ by construction (seed, output folder), are not."""
+    def cfg(lr, seed, out):
+        return {"learning_rate": lr, "seed": seed, "output_dir": out, "lora": {"rank": 8}, "method_options": {}}
+
+    rows = [_row("lora", s, 0.6 + s / 100, config=cfg(2e-3, s, f"a{s}")) for s in (0, 1, 2)]
+    rows += [_row("full", s, 0.7 + s / 100, config=cfg(1e-4, s, f"b{s}")) for s in (0, 1, 2)]
+    rows += [_row("inilora", s, 0.65 + s / 100, config=cfg(2e-3, s, f"c{s}")) for s in (0, 1, 2)]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("Settings that differ"))
+    assert line == "Settings that differ from the baseline's (lora): full: learning_rate = 0.0001."
+    same = [r for r in rows if r["method"] != "full"]
+    assert "Settings that differ" not in write_report(tmp_path, same, plots=False).read_text()

@@ -119,6 +119,32 @@ def test_variant_only_must_name_swept_values(tmp_path, only, match):
         expand(baseline_only)
 
 
+def test_variant_settings_override_base_for_that_entry_and_pair_in_its_cell(tmp_path):
+    """Full fine-tuning at its own learning rate beside LoRA at the base one: the override reaches
+    that entry's runs only, nested keys included, and the entry still pairs with the baseline."""
+    from inilora.stats import aggregate
+
+    cfg = grid(tmp_path, methods=["lora", "full-slow"], seeds=[0, 1], sweep={"lora.rank": [8]},
+               variants={"full-slow": Variant(method="full", settings={"learning_rate": 1e-4, "lora.alpha": 4})})
+    runs = {r.label: r.config for r in expand(cfg)}
+    assert runs["full-slow"].learning_rate == 1e-4 and runs["full-slow"].lora.alpha == 4
+    assert runs["lora"].learning_rate == TrainConfig().learning_rate and runs["lora"].lora.alpha == TrainConfig().lora.alpha
+    rows = run_grid(cfg, run_fn=fake_run, progress=False)
+    assert {s.method for s in aggregate(rows, "lora") if s.metric == "accuracy"} == {"lora", "full-slow"}
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"lora.rank": 4}, "swept"),
+    ({"seed": 3}, "set by the comparison"),
+    ({"method_options.steps": 0}, "use options"),
+    ({"learning_rat": 1e-4}, "learning_rat"),
+])
+def test_variant_settings_refuse_swept_grid_and_unknown_keys(tmp_path, settings, match):
+    cfg = grid(tmp_path, methods=["lora", "x"], variants={"x": Variant(method="inilora", settings=settings)})
+    with pytest.raises(ConfigError, match=match):
+        expand(cfg)
+
+
 @pytest.mark.parametrize("sweep, match", [
     ({"lora.rnk": [8]}, "rnk"),
     ({"learning_rat": [1e-3]}, "learning_rat"),

@@ -140,11 +140,16 @@ class Variant:
 
     ``only`` restricts the entry to part of the sweep (``only: {learning_rate: [2e-3]}``), so one
     study can sweep a few methods over a setting and add more methods at one point of it: the
-    added runs pair with the swept ones there instead of being run twice in two studies."""
+    added runs pair with the swept ones there instead of being run twice in two studies.
+
+    ``settings`` overrides training settings of ``base`` for this entry only (dotted keys:
+    ``{learning_rate: 1e-4}`` for full fine-tuning beside LoRA at 2e-3), so systems that want
+    different settings still pair seed by seed in one table; a swept key cannot be overridden."""
 
     method: str  # an init method of the registry, or a training mode: full, bitfit
     options: dict[str, Any] = field(default_factory=dict)  # over base.method_options, under the sweep
     only: dict[str, list[Any]] = field(default_factory=dict)  # sweep key → the values it runs at
+    settings: dict[str, Any] = field(default_factory=dict)  # dotted TrainConfig key → value, over base
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import atomic_write
+
 MAX_PANELS = 12
 
 
@@ -29,7 +31,7 @@ def _plt():
 def _save(fig, path: Path) -> Path:
     """Lay out, write (one resolution for every plot of a report) and release the figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
     _plt().close(fig)
     return path
 

@@ -7,12 +7,14 @@ paired t-test, Holm) are :mod:`inilora.stats`; this module lays them out for peo
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write_bytes
 from .results import read_results  # noqa: F401 - re-exported
 from .stats import (  # noqa: F401 - re-exported: the report's statistics
     ANY,
@@ -197,12 +199,18 @@ def tuned_tables(rows: list[dict], baseline: str) -> str:
                     evidence = ", ".join("—" if v not in t.on_means else
                                          (f"**{t.on_means[v] * on_scale:.1f}**" if v == t.choice
                                           else f"{t.on_means[v] * on_scale:.1f}") for v in values)
-                    out.append(f"| {t.method} | {_fmt_value(t.choice)} | {evidence} | {_fmt_stat(t.stat, scale)} | "
+                    chosen = _fmt_value(t.choice) + (f" ({t.edge} tried)" if t.edge else "")
+                    out.append(f"| {t.method} | {chosen} | {evidence} | {_fmt_stat(t.stat, scale)} | "
                                f"{_fmt_seeds(t.stat, scale)} | "
                                f"{'baseline' if t.method == baseline else _fmt_p(t.stat.p_holm)} |")
                 out.append(f"\nThe choice uses {on} only (its mean over seeds); {head} is then read at that value. "
                            f"p: paired t-test across seeds against `{baseline}` at `{baseline}`'s own choice, "
                            "Holm-corrected over the other methods.\n")
+                at_edge = [f"{t.method} ({t.edge})" for t in group if t.edge]
+                if at_edge:
+                    out.append(f"At an end of the range tried: {', '.join(at_edge)} — the best `{key}` may lie "
+                               "beyond it, so that row is a bound on the method at its own best, not a measurement "
+                               "of it; extend the sweep to settle it.\n")
     return "\n".join(out)
 
 
@@ -225,6 +233,37 @@ def _provenance(rows: list[dict]) -> str:
     return f"Measured on {devices}; runs finished {when}" + (f"; {libs}" if libs else "") + ".\n"
 
 
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# keys that differ between methods by construction, not by a variant's ``settings``
+_BY_METHOD = ("method", "seed", "output_dir", "method_options.")
+
+
+def _overrides(rows: list[dict], baseline: str) -> str:
+    """The training settings in which a method's runs differ from the baseline's of the same task,
+    seed and sweep cell (a variant's ``settings``: full fine-tuning at its own rate): a table that
+    compares systems at different settings must say so."""
+    base = {(r["task"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True, default=str)): _flat(r["config"])
+            for r in rows if r["method"] == baseline and isinstance(r.get("config"), dict)}
+    found: dict[str, dict[str, set]] = {}
+    for r in rows:
+        ref = base.get((r["task"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True, default=str)))
+        if r["method"] == baseline or ref is None or not isinstance(r.get("config"), dict):
+            continue
+        for key, value in _flat(r["config"]).items():
+            if not key.startswith(_BY_METHOD) and key not in r.get("settings", {}) and ref.get(key) != value:
+                found.setdefault(r["method"], {}).setdefault(key, set()).add(_fmt_value(value))
+    if not found:
+        return ""
+    parts = [f"{m}: " + ", ".join(f"{k} = {' / '.join(sorted(v))}" for k, v in keys.items()) for m, keys in found.items()]
+    return f"Settings that differ from the baseline's ({baseline}): " + "; ".join(parts) + ".\n"
+
+
 def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, title: str | None = None,
                  baseline: str | None = None, plots: bool = True) -> Path:
     """Write ``report.md`` (+ ``summary.json`` and PNG plots) into ``output_dir``; return its path."""
@@ -244,7 +283,7 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
              (f"{len(rows)} finished runs: {len(methods_of(rows))} methods, "
              f"{len({r['seed'] for r in rows})} seeds, tasks {', '.join(dict.fromkeys(r['task'] for r in rows))}; "
              f"models {', '.join(dict.fromkeys(r.get('model', '?') for r in rows))}.\n"),
-             _provenance(rows),
+             _provenance(rows), _overrides(rows, baseline),
              "## Results\n", markdown_tables(rows, stats, baseline)]
     sweeps = sweep_tables(stats, rows)
     if sweeps.strip():
@@ -262,21 +301,19 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
     if figures:
         lines += ["\n## Plots\n"] + [f"![{f.stem}](plots/{f.name})" for f in figures]
     path = output_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     _write_summary(output_dir / "summary.json", stats)
     return path
 
 
 def _write_summary(path: Path, stats: list[Stat]) -> None:
-    import json
-
     def clean(x: float) -> float | None:
         return None if isinstance(x, float) and math.isnan(x) else x
 
     data = [{"task": s.task, "metric": s.metric, "setting": {k: (None if v is ANY else v) for k, v in s.setting},
              "method": s.method, "mean": clean(s.mean), "std": clean(s.std), "n": len(s.values),
              "seeds": s.seeds, "p": clean(s.p), "p_holm": clean(s.p_holm)} for s in stats]
-    path.write_text(json.dumps(data, indent=1, default=str))
+    atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
 def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: str | None = None,

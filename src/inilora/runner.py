@@ -87,6 +87,10 @@ def _accepts(method: str, option: str) -> bool:
     return option in get_method(method).options
 
 
+# TrainConfig keys a variant's ``settings`` may not touch: the grid sets them (or ``options`` does)
+_NOT_SETTINGS = ("method", "seed", "output_dir", "method_options")
+
+
 def _check_methods(config: CompareConfig) -> None:
     from .errors import InitError
     from .methods import get_method
@@ -120,6 +124,12 @@ def _check_methods(config: CompareConfig) -> None:
                                   f"{config.sweep[key]}")
         if variant.only and label == config.baseline:
             raise ConfigError(f"variants.{label}.only: the baseline runs in every cell of the sweep")
+        for key in variant.settings:
+            if key in config.sweep:
+                raise ConfigError(f"variants.{label}.settings.{key}: swept (sweep.{key}); a variant cannot override it")
+            if key.split(".")[0] in _NOT_SETTINGS:
+                raise ConfigError(f"variants.{label}.settings.{key}: not a training setting here "
+                                  f"({'use options' if key.startswith('method_options') else 'set by the comparison'})")
     unused = sorted(set(config.variants) - set(config.methods))
     if unused:
         raise ConfigError(f"variants: {', '.join(unused)} not listed in methods")
@@ -148,7 +158,8 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
         cell = dict(zip(keys, values))
         for seed in config.seeds:
             for label in config.methods:
-                only = config.variants[label].only if label in config.variants else {}
+                variant = config.variants.get(label)
+                only = variant.only if variant else {}
                 if any(cell[k] not in values for k, values in only.items()):
                     continue
                 method, options = _method_of(config, label)
@@ -158,6 +169,8 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 data["method"] = method
                 data["seed"] = seed
                 data["method_options"] = {**data.get("method_options", {}), **options}
+                for key, value in (variant.settings if variant else {}).items():
+                    set_dotted(data, key, value)
                 for key, value in applies.items():
                     set_dotted(data, key, value)
                 parts = [_slug(label)] + [_slug(f"{short[k]}={_fmt(v)}") for k, v in applies.items()] + [f"seed={seed}"]

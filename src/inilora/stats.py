@@ -190,6 +190,15 @@ class Tuned:
     on_means: dict[Any, float]  # every candidate value → its mean ``on`` metric (the evidence of the choice)
     stat: Stat  # the reported metric at ``choice``, with p vs the baseline at *its* own choice
 
+    @property
+    def edge(self) -> str:
+        """"lowest" / "highest" when the choice is an end of this method's numeric range (its best
+        may lie beyond what was tried: an own-best comparison is then a bound, not a result), else ""."""
+        values = list(self.on_means)
+        if len(values) < 2 or not numeric(values):
+            return ""
+        return "lowest" if self.choice == min(values) else "highest" if self.choice == max(values) else ""
+
 
 def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> list[Tuned]:
     """Per-method hyperparameter choice: for each task, other setting and method, the value of the
