@@ -240,3 +240,17 @@ def test_report_says_which_settings_a_method_ran_at_that_the_baseline_did_not(tm
     assert line == "Settings that differ from the baseline's (lora): full: learning_rate = 0.0001."
     same = [r for r in rows if r["method"] != "full"]
     assert "Settings that differ" not in write_report(tmp_path, same, plots=False).read_text()
+
+
+def test_tables_list_the_baseline_first_then_methods_in_the_order_runs_first_named_them(tmp_path):
+    """A split or resumed study finishes runs in any order: the tables' order must not follow the
+    first cell's finishing order (here IniLoRA ran first at 1e-3)."""
+    rows = _lr_rows()
+    rows = [r for r in rows if r["method"] == "inilora"] + [r for r in rows if r["method"] == "lora"]
+    rows += [_row("alpha", s, 0.5, settings={"learning_rate": 2e-3}) for s in (0, 1, 2)]
+    order = list(dict.fromkeys(s.method for s in aggregate(rows) if s.setting == (("learning_rate", 1e-3),)))
+    assert order == ["lora", "inilora"]
+    assert list(dict.fromkeys(s.method for s in aggregate(rows))) == ["lora", "inilora", "alpha"]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    sweep = text[text.index("## Sweeps"):]
+    assert sweep.index("| lora |") < sweep.index("| inilora |") < sweep.index("| alpha |")

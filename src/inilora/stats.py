@@ -118,12 +118,15 @@ def matches(row: dict, setting: tuple) -> bool:
     return all(k not in settings or _key(settings[k]) == v for k, v in setting)
 
 
-def methods_of(rows: list[dict]) -> list[str]:
+def methods_of(rows: list[dict], baseline: str | None = None) -> list[str]:
+    """Methods in the order the runs first name them, the baseline first: one order for every table
+    and plot, whatever order a resumed or split study finished its runs in."""
     out: list[str] = []
     for row in rows:
         if row["method"] not in out:
             out.append(row["method"])
-    return out
+    baseline = baseline or (rows[0].get("baseline") if rows else None)
+    return sorted(out, key=lambda m: m != baseline)  # stable: the rest keep their order
 
 
 def metrics_of(rows: list[dict]) -> list[str]:
@@ -140,13 +143,14 @@ def aggregate(rows: list[dict], baseline: str | None = None) -> list[Stat]:
     """One Stat per (task, metric, setting, method), with the baseline tests filled in."""
     baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
     stats: list[Stat] = []
+    order = methods_of(rows, baseline)
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task]
         for setting in cells(trows):
             srows = [r for r in trows if matches(r, setting)]
             for metric in metrics_of(srows):
                 group: list[Stat] = []
-                for method in methods_of(srows):
+                for method in order:
                     by_seed = {r["seed"]: float(r["metrics"][metric]) for r in srows
                                if r["method"] == method and metric in r.get("metrics", {})}
                     if not by_seed:
@@ -216,7 +220,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
         for rest in rests:
             group: list[Tuned] = []
             srows = [r for r in trows if all(_key(r["settings"].get(k)) == v for k, v in rest)]
-            for method in methods_of(srows):
+            for method in methods_of(rows, baseline):
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
                 values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
