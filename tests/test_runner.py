@@ -129,6 +129,14 @@ def test_variant_settings_override_base_for_that_entry_and_pair_in_its_cell(tmp_
     runs = {r.label: r.config for r in expand(cfg)}
     assert runs["full-slow"].learning_rate == 1e-4 and runs["full-slow"].lora.alpha == 4
     assert runs["lora"].learning_rate == TrainConfig().learning_rate and runs["lora"].lora.alpha == TrainConfig().lora.alpha
+    # written nested (YAML, --set variants.X.settings.lora.alpha=4), a key overrides that key only,
+    # not the whole lora group (base's dropout stays)
+    base = TrainConfig(task="offline-topic")
+    base.lora.dropout = 0.3
+    nested = CompareConfig(base=base, methods=["lora", "x"], seeds=[0], output_dir=str(tmp_path / "n"),
+                           variants={"x": Variant(method="full", settings={"lora": {"alpha": 4}})})
+    x = next(r.config for r in expand(nested) if r.label == "x")
+    assert x.lora.alpha == 4 and x.lora.dropout == 0.3
     rows = run_grid(cfg, run_fn=fake_run, progress=False)
     assert {s.method for s in aggregate(rows, "lora") if s.metric == "accuracy"} == {"lora", "full-slow"}
 
@@ -138,6 +146,7 @@ def test_variant_settings_override_base_for_that_entry_and_pair_in_its_cell(tmp_
     ({"seed": 3}, "set by the comparison"),
     ({"method_options.steps": 0}, "use options"),
     ({"learning_rat": 1e-4}, "learning_rat"),
+    ({"lora": {"rank": 4}}, "swept"),  # nested = dotted: still the swept lora.rank
 ])
 def test_variant_settings_refuse_swept_grid_and_unknown_keys(tmp_path, settings, match):
     cfg = grid(tmp_path, methods=["lora", "x"], variants={"x": Variant(method="inilora", settings=settings)})

@@ -151,6 +151,19 @@ class Variant:
     only: dict[str, list[Any]] = field(default_factory=dict)  # sweep key → the values it runs at
     settings: dict[str, Any] = field(default_factory=dict)  # dotted TrainConfig key → value, over base
 
+    def __post_init__(self) -> None:
+        # `{lora: {alpha: 4}}` (YAML nesting, or --set variants.X.settings.lora.alpha=4) means the key
+        # lora.alpha: set whole, it would replace base's lora group and drop its other settings
+        def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, value in data.items():
+                nested = isinstance(value, dict) and not f"{prefix}{key}".startswith("method_options")
+                out.update(flat(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
+            return out
+
+        _check(isinstance(self.settings, dict), "settings", "must map training settings to values")
+        self.settings = flat(self.settings)
+
 
 @dataclass
 class CompareConfig:
