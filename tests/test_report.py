@@ -254,3 +254,10 @@ def test_tables_list_the_baseline_first_then_methods_in_the_order_runs_first_nam
     text = write_report(tmp_path, rows, plots=False).read_text()
     sweep = text[text.index("## Sweeps"):]
     assert sweep.index("| lora |") < sweep.index("| inilora |") < sweep.index("| alpha |")
+
+
+def test_provenance_names_the_machine_and_threads_of_each_run(tmp_path):
+    rows = [_row("lora", s, 0.6, device="cpu (AMD EPYC)", threads=1, precision="fp32") for s in (0, 1)]
+    rows += [_row("inilora", s, 0.7, device="cpu (AMD EPYC)", threads=2, precision="fp32") for s in (0, 1)]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    assert "Measured on cpu (AMD EPYC) (1 thread, fp32), cpu (AMD EPYC) (2 threads, fp32);" in text

@@ -224,7 +224,10 @@ def _fmt_value(v: Any) -> str:
 
 def _provenance(rows: list[dict]) -> str:
     """Where and when the numbers were measured: a wall time means nothing without its machine."""
-    devices = ", ".join(dict.fromkeys(f"{r['device']} ({r.get('threads', '?')} threads, {r.get('precision', '?')})"
+    def threads(n: Any) -> str:
+        return f"{n} thread" + ("" if n == 1 else "s")
+
+    devices = ", ".join(dict.fromkeys(f"{r['device']} ({threads(r.get('threads', '?'))}, {r.get('precision', '?')})"
                                       for r in rows if r.get("device"))) or "not recorded"
     stamps = sorted(r["finished_at"] for r in rows if r.get("finished_at"))
     when = f"{stamps[0][:16]} – {stamps[-1][:16]} UTC" if stamps else "not recorded"
