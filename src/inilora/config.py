@@ -154,15 +154,8 @@ class Variant:
     def __post_init__(self) -> None:
         # `{lora: {alpha: 4}}` (YAML nesting, or --set variants.X.settings.lora.alpha=4) means the key
         # lora.alpha: set whole, it would replace base's lora group and drop its other settings
-        def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for key, value in data.items():
-                nested = isinstance(value, dict) and not f"{prefix}{key}".startswith("method_options")
-                out.update(flat(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
-            return out
-
         _check(isinstance(self.settings, dict), "settings", "must map training settings to values")
-        self.settings = flat(self.settings)
+        self.settings = flatten(self.settings, keep=("method_options",))
 
 
 @dataclass
@@ -394,6 +387,18 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
             data["variants"][parts[1]] = value
     else:
         set_dotted(data, key, value)
+
+
+def flatten(data: Mapping[str, Any], keep: tuple[str, ...] = (), prefix: str = "") -> dict[str, Any]:
+    """``{'lora': {'rank': 8}}`` → ``{'lora.rank': 8}``, the inverse of :func:`set_dotted`; mappings
+    under a dotted key in ``keep`` (free-form ones, like ``method_options``) stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and f"{prefix}{key}" not in keep:
+            out.update(flatten(value, keep, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -92,13 +91,8 @@ def _train_loss(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
     return files
 
 
-def _numeric(values: list[Any]) -> bool:
-    from .stats import numeric
-
-    return numeric(values)
-
-
 def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
+    from .stats import numeric as all_numbers
     from .stats import setting_label, sweep_keys
 
     plt = _plt()
@@ -111,7 +105,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
             values = list(dict.fromkeys(dict(s.setting)[key] for s in cell))  # ascending: stats.cells orders them
             if len(values) < 2:
                 continue
-            numeric = _numeric(values)
+            numeric = all_numbers(values)
             fig, ax = plt.subplots(figsize=(6, 4))
             rests = list(dict.fromkeys(tuple((k, v) for k, v in s.setting if k != key) for s in cell))
             for rest in rests:

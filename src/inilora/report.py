@@ -236,13 +236,6 @@ def _provenance(rows: list[dict]) -> str:
     return f"Measured on {devices}; runs finished {when}" + (f"; {libs}" if libs else "") + ".\n"
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 # keys that differ between methods by construction, not by a variant's ``settings``
 _BY_METHOD = ("method", "seed", "output_dir", "method_options.")
 
@@ -251,14 +244,19 @@ def _overrides(rows: list[dict], baseline: str) -> str:
     """The training settings in which a method's runs differ from the baseline's of the same task,
     seed and sweep cell (a variant's ``settings``: full fine-tuning at its own rate): a table that
     compares systems at different settings must say so."""
-    base = {(r["task"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True, default=str)): _flat(r["config"])
-            for r in rows if r["method"] == baseline and isinstance(r.get("config"), dict)}
+    from .config import flatten
+
+    def pairing(r: dict) -> tuple:  # the baseline run a run is compared with
+        return r["task"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True, default=str)
+
+    base = {pairing(r): flatten(r["config"]) for r in rows
+            if r["method"] == baseline and isinstance(r.get("config"), dict)}
     found: dict[str, dict[str, set]] = {}
     for r in rows:
-        ref = base.get((r["task"], r["seed"], json.dumps(r.get("settings", {}), sort_keys=True, default=str)))
+        ref = base.get(pairing(r))
         if r["method"] == baseline or ref is None or not isinstance(r.get("config"), dict):
             continue
-        for key, value in _flat(r["config"]).items():
+        for key, value in flatten(r["config"]).items():
             if not key.startswith(_BY_METHOD) and key not in r.get("settings", {}) and ref.get(key) != value:
                 found.setdefault(r["method"], {}).setdefault(key, set()).add(_fmt_value(value))
     if not found:

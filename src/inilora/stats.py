@@ -213,6 +213,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
     examples, or the choice leaks the test set into the result."""
     baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
     out: list[Tuned] = []
+    order = methods_of(rows, baseline)
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {})]
         headline = next((r.get("headline") for r in trows if r.get("headline")), None)
@@ -220,7 +221,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
         for rest in rests:
             group: list[Tuned] = []
             srows = [r for r in trows if all(_key(r["settings"].get(k)) == v for k, v in rest)]
-            for method in methods_of(rows, baseline):
+            for method in order:
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
                 values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
