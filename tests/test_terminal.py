@@ -4,6 +4,7 @@ no Python warning with a source line, no third-party chatter, and a fit that is 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 
 CLI = Path(sys.executable).with_name("inilora")
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason="the inilora console script is not installed here")
+#: on PYTHONPATH, bitsandbytes takes its AVX512-BF16 import path here too (see its docstring)
+BF16_PROBE = Path(__file__).with_name("bf16_probe")
 NOISE = ("Traceback", "UserWarning", "FutureWarning", "DeprecationWarning", "RuntimeWarning", "bitsandbytes",
          "kernels", "Loading weights", "Writing model shards", "Could not find a config file", ".py:")
 
@@ -26,8 +29,15 @@ def home(tmp_path_factory):
     return root
 
 
+def _env(home) -> dict[str, str]:
+    """A user's environment: hub offline, no PYTHONWARNINGS, bitsandbytes probing for its kernel."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return {**env, "INILORA_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "120",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(BF16_PROBE), env.get("PYTHONPATH")]))}
+
+
 def _run(home, *args):
-    env = {**os.environ, "INILORA_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    env = _env(home)
     done = subprocess.run([str(CLI), *args], cwd=home, env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
@@ -49,3 +59,17 @@ def test_common_commands_print_no_noise(home):
     assert "IniLoRA fit: step 0/300" in fit and "step 300/300 (100 %)" in fit  # steps, not matrix-iterations
     assert "loss nan" not in fit
     assert "wrote a" in " ".join(outputs["init"].split())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_kernel_probe_is_quiet_in_our_imports_only(home):
+    """The probe's lines exist (so the check above can fail), are dropped when inilora imports
+    PEFT through the library API, and still reach a user who imports bitsandbytes themselves."""
+    script = ("import logging, sys; logging.basicConfig(format='%(name)s: %(message)s')\n"
+              "if sys.argv[1] == 'user': import bitsandbytes\n"
+              "else:\n    import inilora; inilora.get_peft_model\n")
+    said = {who: subprocess.run([sys.executable, "-c", script, who], cwd=home, env=_env(home), capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL) for who in ("user", "inilora")}
+    assert all(done.returncode == 0 for done in said.values()), said
+    assert "kernels-community" in said["user"].stderr
+    assert "kernels-community" not in said["inilora"].stderr, said["inilora"].stderr

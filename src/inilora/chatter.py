@@ -7,20 +7,58 @@ keeps every message the libraries would give it.
   model loads in under a second, and a command that loads once shows one line of its own;
 - transformers' FutureWarning that ``is_gradient_checkpointing`` is renamed (PEFT reads it);
 - PEFT's "Could not find a config file in embedded:smollm2 - will assume that the vocabulary
-  was not modified" (our aliases are not hub names; the vocabulary is indeed unmodified).
+  was not modified" (our aliases are not hub names; the vocabulary is indeed unmodified);
+- bitsandbytes' optional-kernel probe: on CPUs with AVX512-BF16, importing bitsandbytes (which
+  ``import peft`` does) asks the hub for ``kernels-community/quantization-bitsandbytes``; offline,
+  the ``kernels`` package logs "Skipping publisher trust check …" and bitsandbytes "Failed to load
+  CPU gemm_4bit_forward …", then falls back to its own kernel. Both records name
+  ``kernels-community``; only those, on those two loggers, while *we* import (:func:`import_quietly`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
+import sys
 import warnings
 from collections.abc import Iterator
+from types import ModuleType
 
 _MESSAGES = (
     r".*is_gradient_checkpointing.* is deprecated",
     r"Could not find a config file in .* will assume that the vocabulary was not modified",
     r".*`gradient_checkpointing` is deprecated",
 )
+
+#: the loggers of the kernel probe (filters act on the logger that makes the record, not its parents)
+_PROBE_LOGGERS = ("kernels._internals.hf_hub", "bitsandbytes.backends.cpu.ops")
+
+
+def _not_probe(record: logging.LogRecord) -> bool:
+    return "kernels-community" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_kernel_probe() -> Iterator[None]:
+    """Drop the kernel probe's two records (see the module docstring) inside the block."""
+    loggers = [logging.getLogger(name) for name in _PROBE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(_not_probe)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_not_probe)
+
+
+def import_quietly(name: str) -> ModuleType:
+    """``import name`` with the kernel probe silenced: the modules of ours that need PEFT call
+    this before ``from peft import …``, so the first import (the only one that probes) is ours."""
+    if name in sys.modules:
+        return sys.modules[name]
+    with quiet_kernel_probe():
+        return importlib.import_module(name)
 
 
 @contextlib.contextmanager
@@ -30,7 +68,7 @@ def quiet() -> Iterator[None]:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_kernel_probe():  # a 4-bit load imports bitsandbytes
             for message in _MESSAGES:
                 warnings.filterwarnings("ignore", message=message)
             yield
@@ -39,4 +77,4 @@ def quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["quiet"]
+__all__ = ["import_quietly", "quiet", "quiet_kernel_probe"]

@@ -113,11 +113,10 @@ def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: li
               use_rslora: bool = False):
     """Rank, alpha and targets against the model's *config* (a weightless skeleton): a wrong
     one fails in a second, before the weights load.  Returns the LoraConfig to use."""
-    from peft import LoraConfig
-
-    from .bridge import check_plan
+    from .bridge import check_plan  # first: it imports peft quietly (chatter.import_quietly)
     from .checks import check_lora_numbers
     from .models import load_skeleton
+    from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=targets, use_rslora=use_rslora)
     check_lora_numbers(config)
@@ -500,9 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
     logging.getLogger("inilora").setLevel(logging.DEBUG if debug else logging.INFO)  # status lines, plain
-    if not debug:  # bitsandbytes says at import, on AVX512-BF16 CPUs, that an optional kernel package is absent
-        logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-            lambda record: "kernels-community" not in record.getMessage())
+    if not debug:
         warnings.formatwarning = _plain_warning  # a real warning: one line, without our source line
     try:
         code = app(args=args, prog_name="inilora", standalone_mode=False)

@@ -27,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
+
+from .chatter import import_quietly
+
+import_quietly("peft")  # first: bitsandbytes' kernel probe stays quiet
+from peft import LoraConfig, PeftModel  # noqa: E402
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 

@@ -17,6 +17,10 @@ This package knows no training and no experiments.
 
 from __future__ import annotations
 
+from ..chatter import import_quietly
+
+import_quietly("peft")  # before any module of ours imports it: bitsandbytes' kernel probe stays quiet
+
 from .build import InitReport, get_peft_model
 from .loading import check_fingerprint, is_residual_model, load, original, read_metadata
 from .markers import INIT_ADAPTER, SIDECAR, InitLoraConfig, is_marked, marker

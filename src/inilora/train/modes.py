@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import LoraConfig
+
+from ..chatter import import_quietly
+
+import_quietly("peft")  # first: bitsandbytes' kernel probe stays quiet
+from peft import LoraConfig  # noqa: E402
 
 from ..config import TrainConfig
 from ..errors import InitError
