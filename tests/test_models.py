@@ -20,6 +20,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from inilora import models as M
+from inilora.models import embedded as E
 from inilora.models import (
     DEFAULT_CAUSAL_LM,
     DEFAULT_ENCODER,
@@ -135,7 +136,7 @@ def test_copy_matches_gguf_model(smollm2):
     """Independent of the build's own check: dequantise the GGUF again and compare logits."""
     from transformers import AutoModelForCausalLM
 
-    gguf = M._smollm2_gguf_path()
+    gguf = E._smollm2_gguf_path()
     ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
     assert ref.dtype == torch.float32
     x = probe_inputs(smollm2)
@@ -157,17 +158,17 @@ def fake_builder(smollm2, monkeypatch, tmp_path):
         calls.append(folder)
         time.sleep(0.2)  # long enough for a concurrent caller to find the lock held
         for f in real.iterdir():
-            if f.name not in ("inilora-manifest.json", M._VERIFIED_STAMP):
+            if f.name not in ("inilora-manifest.json", E._VERIFIED_STAMP):
                 os.symlink(f, folder / f.name)
         return {"dtype": "float32"}
 
     monkeypatch.setenv("INILORA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(M, "_build_smollm2_copy", build)
+    monkeypatch.setattr(E, "_build_smollm2_copy", build)
     return calls
 
 
 def test_half_built_copy_is_never_used(fake_builder):
-    final = M._smollm2_copy_dir()
+    final = E._smollm2_copy_dir()
     final.mkdir(parents=True)
     (final / "config.json").write_text("{ half written")  # no manifest: unfinished
     stale_tmp = final.parent / f".tmp-{final.name}-crashed"
@@ -188,9 +189,9 @@ def test_copy_with_missing_or_truncated_file_is_rebuilt(fake_builder):
     meta = json.loads((final / "inilora-manifest.json").read_text())
     meta["files"]["extra.bin"] = 10  # listed but absent
     (final / "inilora-manifest.json").write_text(json.dumps(meta))
-    assert not M._copy_is_complete(final)
+    assert not E._copy_is_complete(final)
     resolve("embedded:smollm2")
-    assert len(fake_builder) == 2 and M._copy_is_complete(final)
+    assert len(fake_builder) == 2 and E._copy_is_complete(final)
 
 
 def test_concurrent_resolve_builds_once(fake_builder):
@@ -216,7 +217,7 @@ def test_concurrent_resolve_builds_once(fake_builder):
 
 
 def test_cache_folder_name_depends_on_gguf_content(smollm2):
-    name = M._smollm2_copy_dir().name
+    name = E._smollm2_copy_dir().name
     assert name == Path(resolve("embedded:smollm2")).name
     assert len(name.rsplit("-", 1)[1]) == 16
 
@@ -398,18 +399,18 @@ def test_copy_with_flipped_bytes_is_rebuilt_not_loaded(fake_builder):
     """A file of the same size but other content (a flipped byte loads and gives NaN logits) is caught
     by the manifest's content hash; an unchanged copy is hashed once, then trusted by size and mtime."""
     final = Path(resolve("embedded:smollm2"))
-    assert M._copy_is_complete(final)
-    stamp = final / M._VERIFIED_STAMP
+    assert E._copy_is_complete(final)
+    stamp = final / E._VERIFIED_STAMP
     assert stamp.is_file()  # the successful hash is remembered...
     before = stamp.stat().st_mtime_ns
-    assert M._copy_is_complete(final) and stamp.stat().st_mtime_ns == before  # ...so it is not redone
+    assert E._copy_is_complete(final) and stamp.stat().st_mtime_ns == before  # ...so it is not redone
     config = final / "config.json"
     data = bytearray(config.read_bytes())
     data[data.index(b"llama")] = ord("L")  # one byte, same size
     config.unlink()  # the fixture's copy is a symlink to the session's copy: write a file of our own
     config.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="content hash"):
-        assert not M._copy_is_complete(final)
+        assert not E._copy_is_complete(final)
     resolve("embedded:smollm2")
-    assert len(fake_builder) == 2 and M._copy_is_complete(final)
+    assert len(fake_builder) == 2 and E._copy_is_complete(final)
     assert json.loads((final / "config.json").read_text())["model_type"] == "llama"

@@ -116,10 +116,10 @@ def _check_model_kind(model: str, kind: str, task: str) -> None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from ..models import _from_pretrained, _is_causal_config, resolve
+    from ..models import call_loader, is_causal_config, resolve
 
-    cfg = _from_pretrained(AutoConfig.from_pretrained, model, resolve(model))
-    causal = _is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
+    cfg = call_loader(AutoConfig.from_pretrained, model, resolve(model))
+    causal = is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
     if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise InitError(f"task {task!r} is a classification task, but {model!r} ({cfg.model_type}) has no "
                         "sequence-classification head in transformers; use an encoder such as embedded:minilm")
