@@ -56,9 +56,11 @@ __all__ = [
     "PROBE_TEXT",
     "TINY_ARCHS",
     "embedded_name",
+    "is_causal_config",
     "is_embedded",
     "load_model",
     "load_tokenizer",
+    "model_config",
     "model_output",
     "models_cache_dir",
     "probe_inputs",
@@ -446,6 +448,14 @@ def _is_causal_config(config) -> bool:
             getattr(config, "is_decoder", False)
         )
     return False
+
+
+is_causal_config = _is_causal_config  # public name, for checks made before the model loads
+
+
+def model_config(name_or_path: str):
+    """The model's transformers config alone (no weights): what a check before the load reads."""
+    return _from_pretrained(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
 
 
 def load_model(
