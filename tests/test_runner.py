@@ -174,6 +174,23 @@ def test_unknown_method_and_baseline_fail(tmp_path):
         expand(grid(tmp_path, methods=["inilora"]))
 
 
+def test_each_method_is_looked_up_once_per_grid_and_modes_sweep_their_own_options(tmp_path, monkeypatch):
+    """train.resolve once per label (not per run); a bottleneck mode takes its own swept option."""
+    import inilora.train
+
+    calls = []
+    resolve = inilora.train.resolve
+    monkeypatch.setattr(inilora.train, "resolve", lambda name: calls.append(name) or resolve(name))
+    runs = expand(grid(tmp_path, methods=["lora", "houlsby", "full"], sweep={"method_options.size": [8, 16]}))
+    assert sorted(calls) == ["full", "houlsby", "lora"]
+    assert [r.run_id for r in runs if r.seed == 0] == ["lora_seed=0", "houlsby_size=8_seed=0", "full_seed=0",
+                                                      "houlsby_size=16_seed=0"]
+    with pytest.raises(ConfigError, match="houlsby.*size must be"):
+        expand(grid(tmp_path, methods=["lora", "houlsby"], sweep={"method_options.size": [0]}))
+    with pytest.raises(ConfigError, match="full.*takes no method_options"):
+        expand(grid(tmp_path, methods=["lora", "full-x"], variants={"full-x": Variant(method="full", options={"size": 8})}))
+
+
 def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
     from rich.console import Console
 

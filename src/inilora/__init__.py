@@ -15,9 +15,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
-
 from .errors import FingerprintMismatch, InitError
+from .version import __version__
 
 _LAZY = {
     "available_methods": "methods",

@@ -177,8 +177,8 @@ def init(
     check_output_dir(out, what="--out", overwrite=overwrite, inputs=_model_input(model))
     _check_method(method, opts)
 
-    from . import get_peft_model
     from .approx import snapshot_on_interrupt
+    from .bridge import get_peft_model
     from .models import load_model
     from .progress import approximation_progress
 
@@ -252,8 +252,8 @@ def approximate(
         _check_device(device, "--device")
     for d in opts.get("devices") or []:
         _check_device(d, "--devices")
-    from . import get_peft_model
     from .approx import snapshot_on_interrupt
+    from .bridge import get_peft_model
     from .cache import FitCache
     from .models import load_model
     from .progress import approximation_progress

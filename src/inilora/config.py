@@ -29,10 +29,6 @@ class ConfigError(InitError):
     """A configuration file or mapping that cannot be run as written."""
 
 
-#: training modes that are not an init method of the registry (paper Table 1's non-LoRA rows)
-TRAINING_MODES = ("full", "bitfit", "houlsby", "pfeiffer")  # the last two: bottleneck adapters
-
-
 @dataclass
 class LoraSettings:
     """LoRA hyper-parameters. ``alpha`` defaults to ``rank`` (s = 1), as in every released script."""
@@ -79,7 +75,7 @@ class TrainConfig:
 
     model: str = "embedded:minilm"  # hub name, local folder or embedded:minilm / embedded:smollm2
     task: str = "offline-topic"  # a task of inilora.tasks (`inilora tasks` lists them)
-    method: str = "lora"  # an init method of the registry, or a training mode: full, bitfit
+    method: str = "lora"  # an init method of the registry, or a training mode (train.modes): full, bitfit, houlsby, pfeiffer
     method_options: dict[str, Any] = field(default_factory=dict)  # passed to the init method
     lora: LoraSettings = field(default_factory=LoraSettings)
     seed: int = 0  # seeds the init (so inilora's fit too) and training
@@ -129,10 +125,6 @@ class TrainConfig:
         for key in ("model", "task", "method", "output_dir", "scheduler", "device"):
             _check(getattr(self, key).strip() != "", key, "must not be empty")
 
-    @property
-    def is_lora(self) -> bool:
-        return self.method not in TRAINING_MODES
-
 
 @dataclass
 class Variant:
@@ -146,7 +138,7 @@ class Variant:
     ``{learning_rate: 1e-4}`` for full fine-tuning beside LoRA at 2e-3), so systems that want
     different settings still pair seed by seed in one table; a swept key cannot be overridden."""
 
-    method: str  # an init method of the registry, or a training mode: full, bitfit
+    method: str  # an init method of the registry, or a training mode (train.modes)
     options: dict[str, Any] = field(default_factory=dict)  # over base.method_options, under the sweep
     only: dict[str, list[Any]] = field(default_factory=dict)  # sweep key → the values it runs at
     settings: dict[str, Any] = field(default_factory=dict)  # dotted TrainConfig key → value, over base

@@ -25,7 +25,6 @@ from typing import Any
 import yaml
 
 from .config import (
-    TRAINING_MODES,
     CompareConfig,
     ConfigError,
     TrainConfig,
@@ -79,39 +78,29 @@ def _method_of(config: CompareConfig, label: str) -> tuple[str, dict[str, Any]]:
     return (variant.method, dict(variant.options)) if variant else (label, {})
 
 
-def _accepts(method: str, option: str) -> bool:
-    if method in TRAINING_MODES:
-        return False
-    from .methods import get_method
-
-    return option in get_method(method).options
+def _accepts(spec: Any, option: str) -> bool:
+    """``spec``: a method's registry entry (``train.resolve``): an init method or a training mode."""
+    return option in spec.options
 
 
 # TrainConfig keys a variant's ``settings`` may not touch: the grid sets them (or ``options`` does)
 _NOT_SETTINGS = ("method", "seed", "output_dir", "method_options")
 
 
-def _check_methods(config: CompareConfig) -> None:
+def _check_methods(config: CompareConfig) -> dict[str, Any]:
+    """Each label's method looked up once (``train.resolve``: an init method or a training mode),
+    its option names checked; returns label → registry entry."""
     from .errors import InitError
-    from .methods import get_method
+    from .train import resolve
 
     if config.baseline not in config.methods:
         raise ConfigError(f"baseline: {config.baseline!r} is not one of methods {config.methods}")
+    specs = {}
     for label in config.methods:
         method, options = _method_of(config, label)
-        if method in TRAINING_MODES:
-            from .train.bottleneck import MODES, check_options
-
-            if method in MODES:
-                try:
-                    check_options(method, {**config.base.method_options, **options})
-                except InitError as exc:
-                    raise ConfigError(f"variants.{label}: {exc}") from None
-            elif options:
-                raise ConfigError(f"variants.{label}: training mode {method!r} takes no options")
-            continue
         try:
-            get_method(method).resolve_options({**config.base.method_options, **options}, check=False)
+            specs[label] = resolve(method)
+            specs[label].resolve_options({**config.base.method_options, **options}, check=False)
         except InitError as exc:  # names only here: a sweep may supply values; each run is checked in expand
             raise ConfigError(f"methods: {label}: {exc}") from None
     for label, variant in config.variants.items():
@@ -133,15 +122,15 @@ def _check_methods(config: CompareConfig) -> None:
     unused = sorted(set(config.variants) - set(config.methods))
     if unused:
         raise ConfigError(f"variants: {', '.join(unused)} not listed in methods")
+    return specs
 
 
 def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[PlannedRun]:
     """The grid's runs in execution order (settings, then seed, then method), each with a stable,
     readable id; raises ConfigError for any key or method that cannot run, before any run starts."""
     from .errors import InitError
-    from .methods import get_method
 
-    _check_methods(config)
+    specs = _check_methods(config)
     root = Path(output_dir or config.output_dir)
     keys = list(config.sweep)
     short = _short_names(keys)
@@ -150,7 +139,7 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
             option = key.split(".", 1)[1]
             if "." in option:
                 raise ConfigError(f"sweep.{key}: method options are not nested")
-            if not any(_accepts(_method_of(config, m)[0], option) for m in config.methods):
+            if not any(_accepts(specs[m], option) for m in config.methods):
                 raise ConfigError(f"sweep.{key}: no method of {config.methods} takes option {option!r}")
     base = to_dict(config.base)
     planned: dict[str, PlannedRun] = {}
@@ -164,7 +153,7 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                     continue
                 method, options = _method_of(config, label)
                 applies = {k: v for k, v in cell.items()
-                           if not k.startswith("method_options.") or _accepts(method, k.split(".", 1)[1])}
+                           if not k.startswith("method_options.") or _accepts(specs[label], k.split(".", 1)[1])}
                 data = json.loads(json.dumps(base))  # deep copy of plain data
                 data["method"] = method
                 data["seed"] = seed
@@ -178,8 +167,8 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 data["output_dir"] = str(root / RUNS / run_id)
                 try:
                     train_config = from_dict(TrainConfig, data)
-                    if method not in TRAINING_MODES and not get_method(method).peft_backed:
-                        get_method(method).resolve_options(train_config.method_options)
+                    if not getattr(specs[label], "peft_backed", False):
+                        specs[label].resolve_options(train_config.method_options)
                 except InitError as exc:  # ConfigError too: the run's whole config, values included
                     raise ConfigError(f"run {run_id}: {exc}") from None
                 if run_id in planned:

@@ -122,6 +122,65 @@ def test_lora_defaults_alpha_to_rank_and_targets_to_peft_defaults():
     assert cfg.r == 16 and cfg.lora_alpha == 16 and cfg.target_modules is None and cfg.task_type == "SEQ_CLS"
 
 
+def test_the_method_is_looked_up_once_per_run(tmp_path, monkeypatch):
+    """plan() resolves the method; applying it and the bridge are handed the registry entry."""
+    import inilora.bridge.build as build
+    import inilora.bridge.targeting as targeting
+    from inilora.train import pipeline
+
+    calls = []
+    resolve = modes.resolve
+    monkeypatch.setattr(modes, "resolve", lambda name: calls.append(name) or resolve(name))
+
+    def no_lookup(name):
+        raise AssertionError(f"the bridge looked {name!r} up again")
+
+    monkeypatch.setattr(build, "get_method", no_lookup)
+    monkeypatch.setattr(targeting, "get_method", no_lookup)
+    cfg = _cfg(tmp_path, method="inilora-alpha", train_size=8, eval_size=8,
+               lora=from_dict(type(TrainConfig().lora), {"rank": 4}))
+    p = plan(cfg)
+    model, _, info = pipeline.load(p)
+    assert calls == ["inilora-alpha"] and p.method.name == "inilora-alpha" and p.is_lora
+    assert info["residual"] and model.inilora_report.method == "inilora-alpha"
+
+
+def test_a_training_mode_registered_from_outside_is_resolved_and_applied(tmp_path):
+    """Like an init method, a training mode is one registered entry: resolve, options, the kinds it
+    trains (refused before any model loads), the trainable guard — no other file touched."""
+    from inilora.train import pipeline
+
+    def head_only(model, options, kind):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(tuple(f"{h}." for h in modes.head_names(model))))
+        return {"scale": options["scale"]}
+
+    mode = modes.Mode("test-head-only", "only the classifier head trains", head_only, options={"scale": 1},
+                      kinds=("nlu",), kinds_reason="a head needs a classifier.", trains=lambda n: False)
+    modes.register_mode(mode)
+    try:
+        assert modes.resolve("test-head-only") is mode and "test-head-only" in modes.available_modes()
+        with pytest.raises(InitError, match="does not take option.*sise.*scale"):
+            plan(_cfg(tmp_path, method="test-head-only", method_options={"sise": 2}))
+        with pytest.raises(InitError, match="test-head-only: a head needs a classifier"):
+            plan(_cfg(tmp_path, model="embedded:smollm2", task="offline-arith", method="test-head-only"))
+        cfg = _cfg(tmp_path, method="test-head-only", method_options={"scale": 2})
+        model, info = modes.apply_mode(tiny_model("roberta"), cfg, "nlu", mode)
+        assert info == {"mode": "test-head-only", "residual": False, "scale": 2}
+        assert _names(model) and all(n.startswith("classifier.") for n in _names(model))
+        pipeline._check_trainable(model, mode, "nlu")  # the head is allowed beside the mode's own
+        next(p for n, p in model.named_parameters() if n.startswith("roberta.")).requires_grad_(True)
+        with pytest.raises(RuntimeError, match="would train beside the test-head-only mode"):
+            pipeline._check_trainable(model, mode, "nlu")
+    finally:
+        modes._MODES.pop("test-head-only")
+
+
+def test_an_unknown_method_names_both_registries():
+    with pytest.raises(InitError, match=r"Did you mean the training mode 'bitfit'.*Training modes: full, bitfit"):
+        modes.resolve("bitfitt")
+
+
 # ------------------------------------------------------------------------------------------------
 # SFT: loss on the response only
 

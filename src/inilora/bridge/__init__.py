@@ -13,6 +13,18 @@ that gives back the original model (:func:`original`).  One file per concern:
 - ``loading`` — ``load`` (with the fingerprint check) and ``original``.
 
 This package knows no training and no experiments.
+
+Internal API: the underscored names the modules above share among themselves (not for users, hence
+the underscore; ``tests/test_layers.py`` fails on any other cross-module import of a private name):
+
+- ``markers``: ``_mark`` (write the marks on a LoraConfig), ``_RESERVED`` (adapter names inilora owns);
+- ``targeting``: ``_check_config``, ``_check_targets``, ``_default_targets``, ``_rank_of`` (the checks
+  and the target/rank rules :func:`get_peft_model` and :func:`check_plan` share);
+- ``residual``: ``_apply_residual``, ``_set_factors``, ``_factors_of``, ``_check_finite``,
+  ``_share_peft_init`` (the residual layout, written by ``build`` and rebuilt by ``loading``);
+- ``drift``: ``_probe``, ``_output``, ``_drift``, ``_warn_drift`` (the output drift at init);
+- ``build``: ``_inject``, ``_attach_init_adapter``, ``_set_trainable`` (PEFT injection and the
+  frozen second adapter, reused by ``loading``).
 """
 
 from __future__ import annotations

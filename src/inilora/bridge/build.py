@@ -19,13 +19,14 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft import get_peft_model as _peft_get_peft_model
 
-from .. import __version__, distributed, quantized
+from .. import distributed, quantized
 from ..cache import FitCache
 from ..errors import InitError
-from ..methods import get_method
+from ..methods import Method, get_method
 from ..methods.fitting import InitContext
 from ..methods.registry import BRIDGE_OPTIONS
 from ..naming import rng_factory
+from ..version import __version__
 from .drift import _drift, _output, _probe, _warn_drift
 from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark
 from .residual import (
@@ -122,7 +123,7 @@ class InitReport:
 def get_peft_model(
     model: torch.nn.Module,
     peft_config: LoraConfig,
-    method: str = "lora",
+    method: str | Method = "lora",
     *,
     seed: int = 0,
     adapter_name: str = "default",
@@ -140,17 +141,18 @@ def get_peft_model(
     "float32"`` keeps replaced base weights in fp32 on a bf16/fp16 model (on a bitsandbytes
     4/8-bit model: the targeted layers become fp32 layers holding R, instead of re-quantizing R).  ``cache``
     (inilora only): True for ``$INILORA_CACHE``, a folder, or False.  The report of
-    what was done is ``model.inilora_report``.
+    what was done is ``model.inilora_report``.  ``method`` is a name, or its registry entry
+    (:func:`inilora.get_method`) when the caller has already resolved it (the training pipeline).
     """
-    spec = get_method(method)
+    spec = method if isinstance(method, Method) else get_method(method)
     if spec.peft_backed and options:
-        raise InitError(f"method {method!r} is PEFT's own and takes no options; got {', '.join(options)}.")
+        raise InitError(f"method {spec.name!r} is PEFT's own and takes no options; got {', '.join(options)}.")
     opts = {} if spec.peft_backed else spec.resolve_options(options)
     config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
     if isinstance(residual_dtype, str):
         residual_dtype = getattr(torch, residual_dtype)
     if residual_dtype is not None and not spec.residual:
-        raise InitError(f"residual_dtype applies to residual methods only; {method!r} leaves the base unchanged.")
+        raise InitError(f"residual_dtype applies to residual methods only; {spec.name!r} leaves the base unchanged.")
 
     _default_targets(model, config)
     found = predicted_targets(model, config)

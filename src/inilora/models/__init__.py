@@ -21,13 +21,13 @@ from .embedded import (
     models_cache_dir,
     resolve,
 )
-from .loading import KINDS, call_loader, is_causal_config, load_model, load_skeleton, load_tokenizer
+from .loading import KINDS, call_loader, is_causal_config, load_model, load_skeleton, load_tokenizer, model_config
 from .probe import PROBE_TEXT, model_output, probe_inputs, random_probe_ids, relative_drift, top1_agreement
 from .tiny import TINY_ARCHS, tiny_model
 
 __all__ = [
     "DEFAULT_CAUSAL_LM", "DEFAULT_ENCODER", "EMBEDDED_ALIASES", "KINDS", "MINILM_ALIAS", "PROBE_TEXT",
     "SMOLLM2_ALIAS", "TINY_ARCHS", "call_loader", "embedded_name", "is_causal_config", "is_embedded",
-    "load_model", "load_skeleton", "load_tokenizer", "model_output", "models_cache_dir", "probe_inputs",
+    "load_model", "load_skeleton", "load_tokenizer", "model_config", "model_output", "models_cache_dir", "probe_inputs",
     "random_probe_ids", "relative_drift", "resolve", "tiny_model", "top1_agreement",
 ]

@@ -107,6 +107,11 @@ def is_causal_config(config) -> bool:
     return False
 
 
+def model_config(name_or_path: str):
+    """The model's transformers config alone (no weights): what a check before the load reads."""
+    return call_loader(AutoConfig.from_pretrained, name_or_path, resolve(name_or_path))
+
+
 def load_model(
     name_or_path: str,
     *,

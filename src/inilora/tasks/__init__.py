@@ -1,7 +1,8 @@
 """Datasets, prompts, graders and sandboxed execution for the paper's experiments (no LoRA here).
 
 ``get_task(name)`` returns a registered task; each task family is one module that registers its
-tasks on import. Modules are imported on first lookup, so ``import inilora`` stays light.
+tasks on import (into :mod:`.base`'s registry). Families are imported here, on first lookup — never
+by ``base``, which every family imports — so ``import inilora`` stays light and no import runs in a circle.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from .base import (
     SFTTask,
     Task,
     TaskError,
-    available_tasks,
-    get_task,
     register_task,
+    registered_task,
+    registered_tasks,
     require_columns,
 )
 
@@ -32,6 +33,18 @@ def _load_all() -> None:
         for family in _FAMILIES:  # a family that failed to import is retried (and re-raises) next time
             importlib.import_module(f"{__name__}.{family}")
         _loaded = True
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name`` (every family imported first); an unknown name lists the close ones."""
+    _load_all()
+    return registered_task(name)
+
+
+def available_tasks() -> dict[str, Task]:
+    """Every task of every family, by name."""
+    _load_all()
+    return registered_tasks()
 
 
 __all__ = [

@@ -129,11 +129,9 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def get_task(name: str) -> Task:
-    """The task called ``name``; an unknown name lists the close ones."""
-    from . import _load_all
-
-    _load_all()
+def registered_task(name: str) -> Task:
+    """The task registered as ``name`` (families not yet imported are not searched: use
+    :func:`inilora.tasks.get_task`, which imports them first); an unknown name lists the close ones."""
     try:
         return _TASKS[name]
     except KeyError:
@@ -142,10 +140,8 @@ def get_task(name: str) -> Task:
         raise TaskError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(_TASKS))}") from None
 
 
-def available_tasks() -> dict[str, Task]:
-    from . import _load_all
-
-    _load_all()
+def registered_tasks() -> dict[str, Task]:
+    """Every task registered so far, by name."""
     return dict(sorted(_TASKS.items()))
 
 
@@ -164,8 +160,8 @@ __all__ = [
     "SFTTask",
     "Task",
     "TaskError",
-    "available_tasks",
-    "get_task",
     "register_task",
+    "registered_task",
+    "registered_tasks",
     "require_columns",
 ]

@@ -1,8 +1,8 @@
 """Training pipelines: one :class:`~inilora.config.TrainConfig` in, one finished run out.
 
 ``run(config)`` loads the model (a sequence classifier for NLU tasks, a causal LM for SFT tasks),
-applies the method (an init method of the registry through :func:`inilora.get_peft_model`, or
-``full`` / ``bitfit``), trains with transformers' ``Trainer`` and evaluates with the task's own
+applies the method (an init method of the registry through :func:`inilora.get_peft_model`, or a
+training mode of :mod:`.modes`: ``full``, ``bitfit``, ``houlsby``, ``pfeiffer``), trains with transformers' ``Trainer`` and evaluates with the task's own
 metrics. It writes into ``config.output_dir``:
 
 - ``config.yaml`` — the resolved config (the folder belongs to this config from then on);
@@ -20,6 +20,23 @@ per-epoch metrics (NLU), the device and library versions.
 
 from __future__ import annotations
 
-from .pipeline import Plan, load_config, plan, run
+from importlib import import_module
+from typing import Any
 
-__all__ = ["Plan", "load_config", "plan", "run"]
+from . import bottleneck  # noqa: F401  (registers the houlsby / pfeiffer training modes)
+from .modes import Mode, available_modes, resolve
+
+#: the pipeline (transformers' Trainer) is imported on first use, so checking a grid's methods
+#: (``resolve``) costs torch, not transformers
+_LAZY = {"Plan": "pipeline", "load_config": "pipeline", "plan": "pipeline", "run": "pipeline"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Mode", "Plan", "available_modes", "load_config", "plan", "resolve", "run"]

@@ -1,4 +1,4 @@
-"""Bottleneck adapters (paper Table 1's "Adapter" rows), as training modes beside ``full`` and ``bitfit``.
+"""Bottleneck adapters (paper Table 1's "Adapter" rows), registered as training modes beside ``full`` and ``bitfit``.
 
 AdapterHub's ``adapters`` package pins transformers 4.57, which this stack cannot use, so the two
 classic placements are built here, on BERT-style encoders (BERT, RoBERTa, MiniLM: every layer
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InitError
+from .modes import Mode, register_mode
 
 MODES = ("houlsby", "pfeiffer")
 #: the sublayer output projections each placement adapts, relative to one encoder layer
@@ -155,5 +156,19 @@ def load(model: nn.Module, directory) -> nn.Module:
     model.load_state_dict(state, strict=False)
     return model
 
+
+def _mode(mode: str, summary: str) -> Mode:
+    def apply(model: nn.Module, options: dict[str, Any], kind: str) -> dict[str, Any]:
+        return {"adapters": len(add_adapters(model, mode, options)), "adapter_options": options}
+
+    return Mode(mode, summary, apply, options=DEFAULTS, check=lambda opts: check_options(mode, opts), kinds=("nlu",),
+                kinds_reason="adapters are built for the encoder (NLU) models, as in the paper's Table 1; "
+                             "use a LoRA method or full for a causal LM.",
+                save=lambda model, directory, options: save(model, directory, mode, options),
+                trains=lambda name: ".adapter." in name)
+
+
+register_mode(_mode("houlsby", "Houlsby bottleneck adapters after the attention and feed-forward blocks"))
+register_mode(_mode("pfeiffer", "Pfeiffer bottleneck adapters after the feed-forward block"))
 
 __all__ = ["DEFAULTS", "MODES", "Bottleneck", "add_adapters", "check_options", "load", "save"]

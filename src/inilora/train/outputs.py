@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..cache import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..config import ConfigError
 
 CONFIG = "config.yaml"
@@ -86,7 +86,7 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "inilora": __version__}

@@ -1,7 +1,9 @@
 """One run: check everything, load, apply the method, train with transformers' Trainer, evaluate, record.
 
 Every check that can fail (task, method, eval tasks, model kind, data columns, scheduler) runs
-before the model is loaded, so a typo costs seconds, not a training run.
+before the model is loaded, so a typo costs seconds, not a training run.  The method is looked up
+once, in :func:`plan`: ``Plan.method`` is its registry entry (a training mode or an init method),
+and everything after — applying it, the trainable guard, saving — is handed that entry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..config import ConfigError, TrainConfig, to_dict
 from ..errors import InitError
 from ..tasks import ClassificationTask, SFTTask, Task, TaskError, get_task
 from . import evaluate, modes, nlu, outputs, sft
+from .modes import Mode, Trained
 
 
 @dataclass
@@ -35,6 +38,11 @@ class Plan:
     evals: list[tuple[Task, list[dict[str, Any]]]] = field(default_factory=list)  # NLG: (task, examples)
     device: str = "cpu"
     bf16: bool = False
+    method: Trained | None = None  # config.method's registry entry, resolved once
+
+    @property
+    def is_lora(self) -> bool:
+        return modes.is_lora(self.method)
 
     @property
     def max_length(self) -> int:
@@ -43,6 +51,9 @@ class Plan:
 
 def plan(config: TrainConfig) -> Plan:
     """Resolve and check ``config``; raises TaskError / InitError / ConfigError naming the problem."""
+    method = modes.resolve(config.method)  # the one lookup; unknown: InitError with the known names
+    if not getattr(method, "peft_backed", False):  # PEFT's own inits: the bridge refuses any option
+        method.resolve_options(config.method_options)
     task = get_task(config.task)
     if isinstance(task, ClassificationTask):
         kind = "nlu"
@@ -51,15 +62,13 @@ def plan(config: TrainConfig) -> Plan:
     else:
         raise TaskError(f"task {task.name!r} is an evaluation ({type(task).__name__}); train on a classification "
                         "or SFT task and list this one in eval_tasks")
-    if config.is_lora:
-        from ..methods import get_method
-
-        get_method(config.method)  # unknown method: InitError with the known names
+    if isinstance(method, Mode):
+        method.check_kind(kind)
     _check_scheduler(config.scheduler)
     _check_model_kind(config.model, kind, task.name)
     device = _device(config.device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
-    p = Plan(config, kind, task, None, device=device, bf16=bf16)
+    p = Plan(config, kind, task, None, device=device, bf16=bf16, method=method)
     if kind == "nlu":
         if config.eval_tasks:
             raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
@@ -73,22 +82,6 @@ def plan(config: TrainConfig) -> Plan:
             ev = get_task(name)
             p.evals.append((ev, evaluate.load_examples(ev, config.eval_size)))
     return p
-
-
-def _check_method(config: TrainConfig) -> None:
-    """The method and its options, checked before data or model load (a typo costs a second)."""
-    from ..config import TRAINING_MODES
-    from ..methods import get_method
-
-    if config.method in TRAINING_MODES:
-        from .bottleneck import MODES, check_options
-
-        if config.method in MODES:
-            check_options(config.method, config.method_options)
-        return
-    spec = get_method(config.method)
-    if not spec.peft_backed:
-        spec.resolve_options(config.method_options)
 
 
 def _check_scheduler(name: str) -> None:
@@ -111,14 +104,13 @@ def _device(name: str) -> str:
 
 def _check_model_kind(model: str, kind: str, task: str) -> None:
     """An NLU task needs a model with a sequence-classification class, an SFT task a causal LM."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from ..models import call_loader, is_causal_config, resolve
+    from ..models import is_causal_config, model_config
 
-    cfg = call_loader(AutoConfig.from_pretrained, model, resolve(model))
+    cfg = model_config(model)
     causal = is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
     if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise InitError(f"task {task!r} is a classification task, but {model!r} ({cfg.model_type}) has no "
@@ -157,26 +149,27 @@ def load(p: Plan) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
             model.config.pad_token_id = tokenizer.pad_token_id
     else:
         model = load_model(cfg.model, kind="causal-lm", dtype=torch.float32)
-    model, info = modes.apply_mode(model, cfg, p.kind)
-    _check_trainable(model, cfg, p.kind)
+    model, info = modes.apply_mode(model, cfg, p.kind, p.method)
+    _check_trainable(model, p.method, p.kind)
     return model, tokenizer, info
 
 
-def _check_trainable(model: torch.nn.Module, cfg: TrainConfig, kind: str) -> None:
-    """LoRA runs train only the adapter's factors (and the classifier head for NLU): a guard against
-    a base weight left trainable, which would silently turn LoRA into full fine-tuning."""
+def _check_trainable(model: torch.nn.Module, spec: Trained, kind: str) -> None:
+    """LoRA runs train only the adapter's factors (and the classifier head for NLU), a mode with a
+    ``trains`` guard only what it names: against a base weight left trainable, which would silently
+    turn LoRA (or adapters) into full fine-tuning."""
     names = modes.trainable_parameters(model)
     if not names:
-        raise InitError(f"method {cfg.method!r} left nothing to train")
-    if cfg.is_lora:
+        raise InitError(f"method {spec.name!r} left nothing to train")
+    if modes.is_lora(spec):
         bad = [n for n in names if "lora_" not in n and not (kind == "nlu" and ".modules_to_save." in n)]
         if bad:
             raise RuntimeError(f"base parameters would train under LoRA: {bad[:5]}")
-    elif cfg.method in ("houlsby", "pfeiffer"):
+    elif spec.trains is not None:
         heads = tuple(f"{h}." for h in modes.head_names(model))
-        bad = [n for n in names if ".adapter." not in n and not n.startswith(heads)]
+        bad = [n for n in names if not spec.trains(n) and not n.startswith(heads)]
         if bad:
-            raise RuntimeError(f"base parameters would train beside the bottleneck adapters: {bad[:5]}")
+            raise RuntimeError(f"base parameters would train beside the {spec.name} mode's own: {bad[:5]}")
 
 
 def training_args(p: Plan, out: Path, progress: bool) -> TrainingArguments:
@@ -243,7 +236,6 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
     if done is not None:
         return done
     outputs.check_folder(out)
-    _check_method(config)
     with _quiet(not progress):
         p = plan(config)
         model, tokenizer, info = load(p)
@@ -259,14 +251,12 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         else:
             metrics, headline, extra, records = _nlg_results(p, model, tokenizer, history)
     adapter_dir = None
-    if config.is_lora:
+    if p.is_lora:
         adapter_dir = out / "adapter"
         model.save_pretrained(str(adapter_dir))
-    elif "adapter_options" in info:  # bottleneck adapters: what trained, and how to rebuild it
-        from . import bottleneck
-
+    elif p.method.save is not None:  # e.g. bottleneck adapters: what trained, and how to rebuild it
         adapter_dir = out / "adapter"
-        bottleneck.save(model, adapter_dir, config.method, info["adapter_options"])
+        p.method.save(model, adapter_dir, p.method.resolve_options(config.method_options))
     train_loss = [[int(h["step"]), float(h["loss"])] for h in history if "loss" in h]
     outputs.write_log(out, {"train_loss": train_loss, "eval": extra.get("epochs", []), "log_history": history,
                             "eval_records": records})
