@@ -12,13 +12,12 @@ keeps every message the libraries would give it.
   ``import peft`` does) asks the hub for ``kernels-community/quantization-bitsandbytes``; offline,
   the ``kernels`` package logs "Skipping publisher trust check …" and bitsandbytes "Failed to load
   CPU gemm_4bit_forward …", then falls back to its own kernel. Both records name
-  ``kernels-community``; only those, on those two loggers, while *we* import (:func:`import_quietly`).
+  ``kernels-community``; only those, on those two loggers, while *we* import (:func:`import_peft`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import sys
 import warnings
@@ -52,13 +51,13 @@ def quiet_kernel_probe() -> Iterator[None]:
             logger.removeFilter(_not_probe)
 
 
-def import_quietly(name: str) -> ModuleType:
-    """``import name`` with the kernel probe silenced: the modules of ours that need PEFT call
-    this before ``from peft import …``, so the first import (the only one that probes) is ours."""
-    if name in sys.modules:
-        return sys.modules[name]
-    with quiet_kernel_probe():
-        return importlib.import_module(name)
+def import_peft() -> ModuleType:
+    """``import peft`` with the kernel probe silenced: the modules of ours that need PEFT call this
+    before ``from peft import …``, so the first import (the only one that probes) is ours."""
+    if "peft" not in sys.modules:
+        with quiet_kernel_probe():
+            import peft  # noqa: F401 - imported for its side effect: bitsandbytes' probe runs here
+    return sys.modules["peft"]
 
 
 @contextlib.contextmanager
@@ -77,4 +76,4 @@ def quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-__all__ = ["import_quietly", "quiet", "quiet_kernel_probe"]
+__all__ = ["import_peft", "quiet", "quiet_kernel_probe"]

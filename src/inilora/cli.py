@@ -113,7 +113,7 @@ def _precheck(model: str, method: str, rank: int, lora_alpha: float, targets: li
               use_rslora: bool = False):
     """Rank, alpha and targets against the model's *config* (a weightless skeleton): a wrong
     one fails in a second, before the weights load.  Returns the LoraConfig to use."""
-    from .bridge import check_plan  # first: it imports peft quietly (chatter.import_quietly)
+    from .bridge import check_plan  # first: it imports peft quietly (chatter.import_peft)
     from .checks import check_lora_numbers
     from .models import load_skeleton
     from peft import LoraConfig

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from .chatter import import_quietly
+from .chatter import import_peft
 
-import_quietly("peft")  # first: bitsandbytes' kernel probe stays quiet
+import_peft()  # first: bitsandbytes' kernel probe stays quiet
 from peft import LoraConfig, PeftModel  # noqa: E402
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file

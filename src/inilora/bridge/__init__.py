@@ -29,9 +29,9 @@ the underscore; ``tests/test_layers.py`` fails on any other cross-module import 
 
 from __future__ import annotations
 
-from ..chatter import import_quietly
+from ..chatter import import_peft
 
-import_quietly("peft")  # before any module of ours imports it: bitsandbytes' kernel probe stays quiet
+import_peft()  # before any module of ours imports it: bitsandbytes' kernel probe stays quiet
 
 from .build import InitReport, get_peft_model
 from .loading import check_fingerprint, is_residual_model, load, original, read_metadata

@@ -108,9 +108,9 @@ def is_lora(spec: Trained) -> bool:
 def lora_config(config: TrainConfig, kind: str) -> LoraConfig:
     """The run's LoraConfig: alpha defaults to r (s = 1); targets default to PEFT's per-architecture
     query/value projections (the bridge fills them in)."""
-    from ..chatter import import_quietly  # here: resolving a method (a grid's check) needs no peft
+    from ..chatter import import_peft  # here: resolving a method (a grid's check) needs no peft
 
-    LoraConfig = import_quietly("peft").LoraConfig  # noqa: N806 - the class, imported quietly
+    LoraConfig = import_peft().LoraConfig  # noqa: N806 - the class, imported quietly
 
     lora = config.lora
     return LoraConfig(
