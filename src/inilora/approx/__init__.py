@@ -30,6 +30,7 @@ from . import cpu_fused as _cpu_fused
 from . import triton_engine as _triton
 from .batched import fit_batched
 from .cpu_fused import cpu_fused_engine as _cpu_fused_engine
+from .optimum import eckart_young, eckart_young_exact
 from .reference import fit_reference
 from .result import (
     LOG_EVERY,
@@ -38,7 +39,6 @@ from .result import (
     FitResult,
     Trajectory,
     check_run,
-    eckart_young,
     lr_at,
     relative_error,
 )
@@ -56,6 +56,7 @@ __all__ = [
     "approximate",
     "assign",
     "eckart_young",
+    "eckart_young_exact",
     "engine_detail",
     "fit_batched",
     "fit_reference",
