@@ -130,11 +130,13 @@ def bench(label: str, load, *, rank: int, engine_steps: int, init_steps: int, re
     weights = targeted(model)
     shapes = sorted({(tuple(w.shape), str(w.dtype).split(".")[-1]) for w in weights.values()})
     ms, engine = per_step(weights, rank, engine_steps)
+    print(f"  {label}: engine {engine} {ms * 1e3:.3f} ms/step", flush=True)
     del model, weights
     runs = defaultdict(list)
     for _ in range(reps):  # interleaved: a burst of load hits both, not one
         for optimum in ("top-r", "exact"):
             runs[optimum].append(one_init(load, rank, init_steps, optimum, True))
+            print(f"  {label}: init with optimum={optimum}: {runs[optimum][-1][0]:.2f} s", flush=True)
     runs["top-r, no drift probe"].append(one_init(load, rank, init_steps, "top-r", False))
     out = {"label": label, "shapes": shapes, "engine": engine, "ms_per_step": ms * 1e3, "rows": {}}
     for key, got in runs.items():
@@ -165,7 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=2, help="layers of the 7B-shaped checkpoint (default 2: 4 × 4096²)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--init-steps", type=int, default=10, help="steps of each timed get_peft_model (default 10)")
-    ap.add_argument("--reps", type=int, default=2, help="interleaved repetitions of old and new (best kept)")
+    ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions of old and new (best kept)")
+    ap.add_argument("--smol-engine-steps", type=int, default=1000, help="steps timing the engine on SmolLM2")
+    ap.add_argument("--big-engine-steps", type=int, default=100, help="steps timing the engine on the 7B shapes")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -179,13 +183,13 @@ def main(argv=None) -> int:
     results = []
     if args.only in (None, "smollm2"):
         results.append(bench("smollm2 (embedded SmolLM2-135M, real q/v)", lambda: load_model("embedded:smollm2"),
-                             rank=args.rank, engine_steps=1000, init_steps=args.init_steps, reps=args.reps + 1))
+                             rank=args.rank, engine_steps=args.smol_engine_steps, init_steps=args.init_steps, reps=args.reps))
         report(results[-1], args.init_steps)
     if args.only in (None, "llama2-7b"):
         with tempfile.TemporaryDirectory(prefix="inilora-7b-") as tmp:
             path = make_llama_checkpoint(os.path.join(tmp, "llama2-7b-shaped"), args.layers)
             results.append(bench(f"llama2-7b-shaped checkpoint, {args.layers} layers, bf16",
-                                 lambda: load_model(path), rank=args.rank, engine_steps=100,
+                                 lambda: load_model(path), rank=args.rank, engine_steps=args.big_engine_steps,
                                  init_steps=args.init_steps, reps=args.reps))
             report(results[-1], args.init_steps)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")

@@ -91,3 +91,19 @@ def test_small_or_full_rank_uses_the_exact_svd_and_trivial_cases():
     bad = big.clone()
     bad[3, 4] = math.inf
     assert math.isnan(eckart_young(bad, 8))
+
+
+def test_approximate_reports_the_optimum_the_way_asked():
+    from inilora.approx import approximate
+
+    g = torch.Generator().manual_seed(3)
+    W = {"a": torch.randn(600, 520, generator=g), "b": torch.randn(40, 30, generator=g)}
+    init = {n: (torch.randn(w.shape[0], 8, generator=g) * 0.1, torch.randn(w.shape[1], 8, generator=g) * 0.1)
+            for n, w in W.items()}
+    fast = approximate(W, init, steps=2, engine="torch")
+    exact = approximate(W, init, steps=2, engine="torch", optimum="exact")
+    assert exact["a"].optimum == eckart_young_exact(W["a"], 8) != fast["a"].optimum
+    assert abs(fast["a"].optimum - exact["a"].optimum) <= ACCURACY
+    assert math.isnan(approximate(W, init, steps=2, engine="torch", optimum="none")["a"].optimum)
+    with pytest.raises(ValueError, match="optimum must be one of"):
+        approximate(W, init, steps=2, engine="torch", optimum="svd")

@@ -8,8 +8,13 @@ Model-agnostic (torch only). Engines:
 - ``"triton"``: fused CUDA kernels;
 - ``"auto"`` (the default) picks one of the last three: "triton" for CUDA weights when triton
   imports, "cpu-fused" for CPU weights when its library builds, else "torch" (one notice).
-  :func:`resolve_engine` gives the choice, so callers can record it (cache keys must name
-  the engine that really ran).
+  :func:`resolve_engine` makes the choice once, at the entry point, and returns a
+  :class:`ResolvedEngine` (the name, plus the cpu-fused lane layout) that is passed down and
+  run as it is: no engine switches to another inside itself, so the result and a cache key
+  always name the engine that really ran.
+
+The report's Eckart–Young optimum comes from the top r singular values (:mod:`.optimum`:
+within 1e-4 of the full SVD, no O(d³) step); ``optimum="exact"`` asks for the full SVD.
 
 ``resume`` (:class:`Resume`) makes a fit survive interruption; ``devices`` splits the
 matrices over several devices and gathers the factors back.

@@ -96,6 +96,9 @@ def cached_fit(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, T
     key.  Returns the unscaled factors ``{name: (U, P)}``, the per-matrix report (rel_error,
     optimum — ``optimum`` says how, see :func:`inilora.approx.approximate` — and losses) and info
     for the report (``cache``: hit / miss / off, ``resumed_from``, ``engine_detail``)."""
+    if not isinstance(engine, approx.ResolvedEngine):
+        raise TypeError("cached_fit runs an engine resolved by resolve_engine (the cache key must name the engine "
+                        f"that runs), got {engine!r}")
     cache = context.cache
     todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
     info: dict[str, Any] = {"cache": "off"}
