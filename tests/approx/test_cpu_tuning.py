@@ -100,7 +100,7 @@ def test_cpu_fused_with_weights_on_another_device_is_resolved_to_torch(state):
     with pytest.warns(RuntimeWarning, match="weights are not on the CPU.*'torch'"):
         assert resolve_engine("cpu-fused", ["cuda:0"]) == "torch"
     with pytest.raises(ValueError, match="CPU weights only"):
-        cpu_fused.cpu_fused_engine([torch.zeros(4, 4, device="meta")], [(torch.zeros(4, 1), torch.zeros(4, 1))],
+        cpu_tuning.cpu_fused_engine([torch.zeros(4, 4, device="meta")], [(torch.zeros(4, 1), torch.zeros(4, 1))],
                                    steps=1)
 
 
@@ -111,7 +111,7 @@ def test_every_layout_gives_the_torch_result_through_the_engine(state, monkeypat
     ref = fit_batched(ws, inits, steps=120, log_every=40)
     for width in cpu_tuning.WIDTHS:
         monkeypatch.setenv(cpu_tuning.ENV, str(width))
-        runs = cpu_fused.cpu_fused_engine(ws, inits, steps=120, log_every=40)
+        runs = cpu_tuning.cpu_fused_engine(ws, inits, steps=120, log_every=40)
         for a, b in zip(runs, ref):
             assert float((a.U @ a.P.T - b.U @ b.P.T).norm() / (b.U @ b.P.T).norm()) <= 1e-5
 

@@ -8,8 +8,13 @@ Model-agnostic (torch only). Engines:
 - ``"triton"``: fused CUDA kernels;
 - ``"auto"`` (the default) picks one of the last three: "triton" for CUDA weights when triton
   imports, "cpu-fused" for CPU weights when its library builds, else "torch" (one notice).
-  :func:`resolve_engine` gives the choice, so callers can record it (cache keys must name
-  the engine that really ran).
+  :func:`resolve_engine` makes the choice once, at the entry point, and returns a
+  :class:`ResolvedEngine` (the name, plus the cpu-fused lane layout) that is passed down and
+  run as it is: no engine switches to another inside itself, so the result and a cache key
+  always name the engine that really ran.
+
+The report's Eckart–Young optimum comes from the top r singular values (:mod:`.optimum`:
+within 1e-4 of the full SVD, no O(d³) step); ``optimum="exact"`` asks for the full SVD.
 
 ``resume`` (:class:`Resume`) makes a fit survive interruption; ``devices`` splits the
 matrices over several devices and gathers the factors back.
@@ -20,6 +25,7 @@ stepped before the optimiser, fp32 factors, W never cast below its stored dtype.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -27,9 +33,10 @@ import torch
 from torch import Tensor
 
 from . import cpu_fused as _cpu_fused
+from . import cpu_tuning as _cpu_tuning
 from . import triton_engine as _triton
 from .batched import fit_batched
-from .cpu_fused import cpu_fused_engine as _cpu_fused_engine
+from .optimum import eckart_young, eckart_young_exact
 from .reference import fit_reference
 from .result import (
     LOG_EVERY,
@@ -38,7 +45,6 @@ from .result import (
     FitResult,
     Trajectory,
     check_run,
-    eckart_young,
     lr_at,
     relative_error,
 )
@@ -52,15 +58,18 @@ __all__ = [
     "ENGINE_VERSION",
     "FitInterrupted",
     "FitResult",
+    "OPTIMA",
     "Resume",
     "approximate",
     "assign",
     "eckart_young",
+    "eckart_young_exact",
     "engine_detail",
     "fit_batched",
     "fit_reference",
     "lr_at",
     "relative_error",
+    "ResolvedEngine",
     "resolve_engine",
     "snapshot_on_interrupt",
 ]
@@ -84,7 +93,7 @@ def _reference_engine(weights, inits, *, steps, progress=None, resume=None, **kw
 
 _ENGINES: dict[str, Engine] = {"reference": _reference_engine, "torch": fit_batched}
 _ENGINES["triton"] = _triton_engine  # CUDA (fused Triton kernels); raises TritonUnavailable elsewhere
-_ENGINES["cpu-fused"] = _cpu_fused_engine  # CPU, fused C++ kernel built on first use; else warns, runs "torch"
+_ENGINES["cpu-fused"] = _cpu_tuning.cpu_fused_engine  # CPU, fused C++ kernel built on first use (resolve_engine checks)
 ENGINES: tuple[str, ...] = tuple(_ENGINES)
 #: Bumped whenever an engine's numerics change, so cached fits (keyed on it) are recomputed.
 ENGINE_VERSION: dict[str, str] = {"reference": "1", "torch": "1"}
@@ -95,6 +104,8 @@ ENGINE_VERSION["cpu-fused"] = "1"
 Progress = Callable[[int, int, float], None]
 
 AUTO = "auto"
+#: how :func:`approximate` reports the Eckart–Young optimum (see :mod:`.optimum`)
+OPTIMA = ("top-r", "exact", "none")
 _noticed: set[str] = set()
 
 
@@ -105,28 +116,63 @@ def _notice(text: str) -> None:
         warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
-def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
+class ResolvedEngine(str):
+    """An engine resolved once, at the entry point, and passed down: its name (what runs, what the
+    result and a cache key record — a plain ``str`` for both) and what was decided with it, the
+    cpu-fused lane ``layout`` when the shapes were known.  :func:`approximate` runs it as given."""
+
+    layout: int | None
+
+    def __new__(cls, name: str, layout: int | None = None) -> ResolvedEngine:
+        obj = super().__new__(cls, name)
+        obj.layout = layout
+        return obj
+
+    def __reduce__(self):  # broadcast to the other ranks under torchrun
+        return (ResolvedEngine, (str(self), self.layout))
+
+    def __repr__(self) -> str:
+        return f"ResolvedEngine({str(self)!r}, layout={self.layout})"
+
+
+def resolve_engine(engine: str, devices: Iterable[torch.device | str], *, weights: Sequence[Tensor] | None = None,
+                   inits: Sequence[tuple[Tensor, Tensor]] | None = None) -> ResolvedEngine:
     """The engine that will run — the one place that decides it, so a cache key never names an
     engine that did not run: ``engine`` itself, or for ``"auto"`` the fastest available for these
     weight devices — "triton" (all CUDA, triton importable), "cpu-fused" (all CPU, a lane layout
     of its C++ kernel builds here and passed its check against "torch"), else "torch" with a
     notice.  An explicit "cpu-fused" that cannot run here (weights off the CPU, no build, no
-    trusted layout) resolves to "torch" with a warning."""
-    devices = list(devices)
+    trusted layout, an empty matrix among ``weights``) resolves to "torch" with a warning.
+    With ``weights`` and ``inits`` the cpu-fused layout is chosen now, for these shapes
+    (:func:`.cpu_tuning.choose_width`).  A :class:`ResolvedEngine` is returned as it is."""
+    if isinstance(engine, ResolvedEngine):
+        return engine
+    name = _resolve_name(engine, list(devices), weights)
+    if name == "cpu-fused" and weights is not None and inits is not None:
+        layout = _cpu_tuning.choose_width(list(weights), list(inits))
+        if layout is None:  # the verdicts changed since _resolve_name looked (another process)
+            warnings.warn("cpu-fused engine unavailable (no trusted lane layout); running the portable 'torch' engine",
+                          RuntimeWarning, stacklevel=2)
+            return ResolvedEngine("torch")
+        return ResolvedEngine(name, layout)
+    return ResolvedEngine(name)
+
+
+def _resolve_name(engine: str, devices: list, weights: Sequence[Tensor] | None) -> str:
     kinds = {torch.device(d).type for d in devices}
     if engine != AUTO:
         if engine not in ENGINES:
             raise ValueError(f"unknown approximation engine {engine!r}; valid engines: {AUTO}, {', '.join(ENGINES)}")
         if engine == "cpu-fused":
-            problem = "weights are not on the CPU" if not kinds <= {"cpu"} else _cpu_fused_problem()
+            problem = "weights are not on the CPU" if not kinds <= {"cpu"} else _cpu_fused_problem(weights)
             if problem:  # asked for by name: said on every call, not once
                 warnings.warn(f"cpu-fused engine unavailable ({problem}); running the portable 'torch' engine",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=4)
                 return "torch"
         if engine == "triton" and kinds == {"cuda"} and _triton._import_triton() \
                 and not all(_triton_trusted(d) for d in devices):
             warnings.warn("the Triton kernel disagrees with the 'torch' engine on this GPU; running 'torch'",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             return "torch"
         return engine
     if kinds == {"cuda"}:
@@ -139,7 +185,7 @@ def resolve_engine(engine: str, devices: Iterable[torch.device | str]) -> str:
             return "torch"
         return "triton"
     if kinds <= {"cpu"}:
-        problem = _cpu_fused_problem()
+        problem = _cpu_fused_problem(weights)
         if problem is None:
             return "cpu-fused"
         _notice(f"inilora: engine 'auto' runs the portable 'torch' engine: the cpu-fused kernel is unavailable ({problem})")
@@ -164,15 +210,16 @@ def _triton_trusted(device: torch.device | str) -> bool:
     return trust.trusted(key, run, what=f"the Triton kernel on {torch.cuda.get_device_name(dev)}", device=dev)
 
 
-def _cpu_fused_problem() -> str | None:
-    """Why the cpu-fused engine cannot run here (no build, or no layout that passed its trust check), or None."""
-    from . import cpu_tuning
-
+def _cpu_fused_problem(weights: Sequence[Tensor] | None = None) -> str | None:
+    """Why the cpu-fused engine cannot run here (no build, no layout that passed its trust check,
+    an empty matrix among ``weights``), or None."""
+    if weights is not None and any(w.numel() == 0 for w in weights):
+        return "an empty weight matrix"
     try:
-        _cpu_fused.load_library(cpu_tuning.candidate_widths()[0])
+        _cpu_fused.load_library(_cpu_tuning.candidate_widths()[0])
     except _cpu_fused.CpuFusedUnavailable as exc:
         return str(exc)
-    if not cpu_tuning.trusted_widths():
+    if not _cpu_tuning.trusted_widths():
         return "no lane layout of its kernel agrees with the 'torch' engine on this CPU"
     return None
 
@@ -180,9 +227,7 @@ def _cpu_fused_problem() -> str | None:
 def engine_detail(engine: str) -> str | None:
     """What the last fit of ``engine`` ran as, for reports (the cpu-fused lane layout and its timing)."""
     if engine == "cpu-fused":
-        from . import cpu_tuning
-
-        return cpu_tuning.describe()
+        return _cpu_tuning.describe()
     return None
 
 
@@ -231,6 +276,7 @@ def approximate(
     progress: Progress | None = None,
     resume: Resume | None = None,
     devices: Sequence[torch.device | str] | None = None,
+    optimum: str = "top-r",
 ) -> dict[str, FitResult]:
     """Fit every ``weights[name] ≈ U Pᵀ`` from ``init[name] = (U0, P0)``.
 
@@ -240,28 +286,35 @@ def approximate(
     count (0 = the initial factors), so one run serves every point of a sweep.
     ``progress(done, total, loss)`` counts matrix-iterations (display only).
 
-    ``engine="auto"`` resolves with :func:`resolve_engine`; ``FitResult.engine`` names the
-    engine that ran.  ``resume``: snapshot the state periodically and continue from an
-    earlier snapshot of the same run (bit-identical result; not for "reference").
-    ``devices``: fit each matrix on one of these devices (a deterministic, balanced split by
-    size; the engines run the devices' shares side by side) and return every factor on its
-    weight's own device.
+    ``engine``: a name (``"auto"`` included), resolved here with :func:`resolve_engine`, or a
+    :class:`ResolvedEngine` a caller resolved already (run as given: decided once);
+    ``FitResult.engine`` names the engine that ran.  ``resume``: snapshot the state periodically
+    and continue from an earlier snapshot of the same run (bit-identical result; not for
+    "reference").  ``devices``: fit each matrix on one of these devices (a deterministic,
+    balanced split by size; the engines run the devices' shares side by side) and return every
+    factor on its weight's own device.  ``optimum``: ``"top-r"`` (the default: from the top r
+    singular values, within 1e-4 of the exact value, :mod:`.optimum`), ``"exact"`` (the full
+    float64 SVD, O(d³)) or ``"none"`` (NaN: skipped).
     """
     check_run(steps, log_every, checkpoints)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if optimum not in OPTIMA:
+        raise ValueError(f"optimum must be one of {', '.join(OPTIMA)}, got {optimum!r}")
     _check(weights, init)
     names = list(weights)
     work_w, work_i = (weights, init) if not devices else _placement(weights, init, devices)
-    engine = resolve_engine(engine, {w.device for w in work_w.values()})  # validates the name, decides the engine
+    ws, inits = [work_w[n] for n in names], [work_i[n] for n in names]
+    chosen = resolve_engine(engine, {w.device for w in ws}, weights=ws, inits=inits)  # the one decision
     total = steps * len(names)
     cb = None if progress is None else (lambda t, loss: progress(round(t * len(names)), total, loss))
-    ws, inits = [work_w[n] for n in names], [work_i[n] for n in names]
     if resume is not None:
-        resume = resume.bind(run_fingerprint(engine, ws, inits, steps=steps, lr=lr, log_every=log_every,
+        resume = resume.bind(run_fingerprint(str(chosen), ws, inits, steps=steps, lr=lr, log_every=log_every,
                                              checkpoints=checkpoints))
-    runs = _ENGINES[engine](
+    extra = {"vector_width": chosen.layout} if chosen == "cpu-fused" else {}
+    runs = _ENGINES[chosen](
         ws, inits, steps=steps, lr=lr, log_every=log_every, checkpoints=checkpoints, progress=cb, resume=resume,
+        **extra,
     )
     out: dict[str, FitResult] = {}
     for name, run in zip(names, runs):
@@ -271,15 +324,15 @@ def approximate(
         def back(x: Tensor, home=home) -> Tensor:
             return x if x.device == home else x.to(home)
 
+        r = run.U.shape[1]
         out[name] = FitResult(
             U=back(run.U),
             P=back(run.P),
             losses=run.losses,
             rel_error=relative_error(work_w[name], run.U, run.P),
-            optimum=eckart_young(work_w[name], run.U.shape[1]),
+            optimum=math.nan if optimum == "none" else eckart_young(work_w[name], r, exact=optimum == "exact"),
             checkpoints={t: (back(u), back(p)) for t, (u, p) in run.checkpoints.items()},
             steps=steps,
-            engine=engine,
+            engine=str(chosen),
         )
     return out
-

@@ -13,8 +13,10 @@ The library is built on first use with ``torch.utils.cpp_extension.load`` (``-O3
 ``~/.cache/inilora/build``) in a folder named after the hash of the source, the flags and
 the CPU, and loaded with ctypes (the source includes no torch header: it builds in seconds).
 Builds are serialised by a file lock (see ``_compile``); where no compiler (or no ninja) is
-found or the build fails, the engine says so in one warning and runs the portable "torch"
-engine instead: installing inilora never needs a compiler.
+found or the build fails, ``approx.resolve_engine`` picks the portable "torch" engine instead,
+with one warning, before anything runs: installing inilora never needs a compiler.  This module
+is the kernel only: which lane layout runs is :mod:`.cpu_tuning`'s choice (which imports this
+module, never the other way), and the registry entry is ``cpu_tuning.cpu_fused_engine``.
 
 Numerics: fp32 factors and Adam state, fp32 products with fp32 accumulation; W is read in
 fp32, never rounded: bf16 is cast up exactly; up to ``PACK_LIMIT`` bytes of W are copied into
@@ -31,7 +33,6 @@ import logging
 import os
 import platform
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from .result import (
 )
 from .resume import Resume
 
-__all__ = ["CpuFusedUnavailable", "cpu_fused_engine", "fit_cpu_fused", "load_library"]
+__all__ = ["CpuFusedUnavailable", "fit_cpu_fused", "load_library", "time_steps"]
 
 SOURCE = Path(__file__).with_name("csrc") / "fused_step.cpp"
 # -ffp-contract=fast: the products are written as a*b + c and must become FMAs (cpp_extension's
@@ -209,39 +210,6 @@ def load_library(vector_width: int | None = None) -> ctypes.CDLL:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
-
-
-def _fallback(reason: str, weights, inits, progress, kw) -> list[Trajectory]:
-    from .batched import fit_batched
-
-    warnings.warn(f"cpu-fused engine unavailable ({reason}); running the portable 'torch' engine", RuntimeWarning, stacklevel=3)
-    if kw.get("resume") is not None:  # the torch engine's buffers differ: never mix the two
-        kw = {**kw, "resume": kw["resume"].bind("fallback:torch")}
-    return fit_batched(weights, inits, progress=progress, **kw)
-
-
-def cpu_fused_engine(weights, inits, *, progress=None, vector_width: int | None = None, **kw) -> list[Trajectory]:
-    """Registry entry: every matrix on the CPU at once.  The lane layout is the fastest trusted one for these shapes
-    (:mod:`.cpu_tuning`), unless ``vector_width`` names one.  ``resolve_engine`` has already
-    decided that this engine runs (CPU weights, a trusted build): weights elsewhere are an error
-    here, never a quiet switch to another engine under this engine's name."""
-    from . import cpu_tuning
-
-    if any(w.device.type != "cpu" for w in weights):
-        raise ValueError("the cpu-fused engine runs on CPU weights only; resolve_engine picks another engine")
-    if any(w.numel() == 0 for w in weights):
-        return _fallback("empty weight matrix", weights, inits, progress, kw)
-    try:
-        if vector_width is None:
-            vector_width = cpu_tuning.choose_width(weights, inits, threads=kw.get("threads"))
-            if vector_width is None:
-                raise CpuFusedUnavailable("no lane layout of the kernel passed its check against 'torch' here")
-        lib = load_library(vector_width)
-    except CpuFusedUnavailable as exc:
-        return _fallback(str(exc), weights, inits, progress, kw)
-    if kw.get("resume") is not None:  # the padded buffers depend on the layout: never restore across layouts
-        kw = {**kw, "resume": kw["resume"].bind(f"lanes:{vector_width}")}
-    return fit_cpu_fused(weights, inits, progress=progress, lib=lib, **kw)
 
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}

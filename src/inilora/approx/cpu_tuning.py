@@ -14,6 +14,10 @@ Two decisions, both made on the user's own machine, never by ISA name (SPEC §7)
   AMD EPYC Zen 4 the native 16-lane layout is 1.8× slower than the 8-lane one (bench/RESULTS.md).
 
 ``INILORA_CPU_LANES=16|8|4`` forces a layout (tests, bisecting); it is still trust-checked.
+
+:func:`cpu_fused_engine` is the engine registry's entry: the layout (chosen here, usually already
+by ``approx.resolve_engine``, which passes it down) and the kernel run with it — never another
+engine under this one's name.
 """
 
 from __future__ import annotations
@@ -130,6 +134,26 @@ def choose_width(weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor
     return chosen
 
 
+def cpu_fused_engine(weights: Sequence[Tensor], inits: Sequence[tuple[Tensor, Tensor]], *,
+                     vector_width: int | None = None, **kw: Any) -> list:
+    """Registry entry: every matrix on the CPU at once, with the lane layout ``vector_width``
+    (decided by ``approx.resolve_engine``), or when None the fastest trusted one for these shapes.
+    ``resolve_engine`` has already decided that this engine runs (CPU weights, none empty, a
+    trusted build); anything else is an error here, never a quiet switch to another engine."""
+    if any(w.device.type != "cpu" for w in weights):
+        raise ValueError("the cpu-fused engine runs on CPU weights only; resolve_engine picks another engine")
+    if any(w.numel() == 0 for w in weights):
+        raise ValueError("the cpu-fused engine does not fit empty matrices; resolve_engine picks 'torch' for them")
+    if vector_width is None:
+        vector_width = choose_width(weights, inits, threads=kw.get("threads"))
+        if vector_width is None:
+            raise cpu_fused.CpuFusedUnavailable("no lane layout of the kernel passed its check against 'torch' here")
+    lib = cpu_fused.load_library(vector_width)
+    if kw.get("resume") is not None:  # the padded buffers depend on the layout: never restore across layouts
+        kw = {**kw, "resume": kw["resume"].bind(f"lanes:{vector_width}")}
+    return cpu_fused.fit_cpu_fused(weights, inits, lib=lib, **kw)
+
+
 def describe() -> str | None:
     """One line for reports: the layout that ran and what the timing measured."""
     if not last_choice:
@@ -139,4 +163,4 @@ def describe() -> str | None:
     return f"{last_choice['width']} fp32 lanes ({last_choice.get('source')}{': ' + timing if timing else ''})"
 
 
-__all__ = ["ENV", "WIDTHS", "candidate_widths", "choose_width", "describe", "trusted_widths"]
+__all__ = ["ENV", "WIDTHS", "candidate_widths", "choose_width", "cpu_fused_engine", "describe", "trusted_widths"]

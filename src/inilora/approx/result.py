@@ -81,19 +81,6 @@ def relative_error(W: Tensor, U: Tensor, P: Tensor) -> float:
     return torch.linalg.matrix_norm(R).item() / norm
 
 
-def eckart_young(W: Tensor, r: int) -> float:
-    """Best possible relative error of a rank-r approximation: ``√(Σ_{i>r} σ_i²) / ‖W‖_F``.
-
-    Eckart–Young: the truncated SVD is optimal in Frobenius norm. Singular values in float64.
-    """
-    s = torch.linalg.svdvals(W.detach().to(torch.float64))
-    total = torch.sum(s * s).item()
-    if total == 0.0:
-        return 0.0
-    tail = torch.sum(s[r:] * s[r:]).item()
-    return math.sqrt(tail / total)
-
-
 def check_run(steps: int, log_every: int, checkpoints: Sequence[int], weights: Sequence = (),
               inits: Sequence = ()) -> set[int]:
     """The argument checks every engine makes before any work; the checkpoint iterations asked for."""

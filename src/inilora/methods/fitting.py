@@ -41,12 +41,17 @@ class InitContext:
     biases: Mapping[str, Tensor] = field(default_factory=dict)
 
 
-def resolve_engine(engine: str, weights: Mapping[str, Tensor], devices: Sequence[str] | None) -> str:
-    """The engine that will run (``"auto"`` resolved), decided on rank 0 under torchrun: the cache
-    key must name it exactly, and every rank must run the same one."""
+def resolve_engine(engine: str, weights: Mapping[str, Tensor], devices: Sequence[str] | None,
+                   init: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> approx.ResolvedEngine:
+    """The engine that will run (``"auto"`` resolved; with ``init``, the cpu-fused layout for these
+    shapes too), decided once, on rank 0 under torchrun: the cache key must name it exactly, and
+    every rank must run the same one.  Pass the result on to :func:`cached_fit` as it is."""
     where = [torch.device(d) for d in devices] if devices else [w.device for w in weights.values()]
+    names = list(weights)
+    ws = [weights[n] for n in names]
+    inits = [init[n] for n in names] if init is not None else None
     try:
-        return distributed.on_rank0(lambda: approx.resolve_engine(engine, where))
+        return distributed.on_rank0(lambda: approx.resolve_engine(engine, where, weights=ws, inits=inits))
     except ValueError as exc:
         raise InitError(str(exc)) from None
 
@@ -67,6 +72,14 @@ def _every(resume: bool | int) -> dict[str, Any]:
     raise InitError(f"resume must be True, False or a number of steps ≥ 1, got {resume!r}.")
 
 
+def _exact_optima(weights: Mapping[str, Tensor], unscaled: Mapping[str, tuple[Tensor, Tensor]],
+                  report: Mapping[str, Any]) -> dict[str, Any]:
+    """A cached report with its optimum recomputed by the full SVD (``optimum="exact"`` asked for:
+    the entry may hold the top-r value, which the cache key does not distinguish — the fit is the same)."""
+    return {n: {**f, "optimum": approx.eckart_young(weights[n], unscaled[n][0].shape[1], exact=True)}
+            for n, f in report.items()}
+
+
 def _report(weights: Mapping[str, Tensor], results: Mapping[str, Any], t: int | None = None) -> dict[str, Any]:
     if t is None:
         return {n: {"rel_error": f.rel_error, "optimum": f.optimum, "losses": f.losses} for n, f in results.items()}
@@ -76,11 +89,16 @@ def _report(weights: Mapping[str, Tensor], results: Mapping[str, Any], t: int | 
 
 def cached_fit(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, Tensor]], fields: dict[str, Any], *,
                context: InitContext, steps: int, lr: float, engine: str, checkpoints: Sequence[int] = (),
-               resume: bool | int = True, devices: Sequence[str] | None = None) -> tuple[dict, dict, dict]:
+               resume: bool | int = True, devices: Sequence[str] | None = None,
+               optimum: str = "top-r") -> tuple[dict, dict, dict]:
     """Fit ``U Pᵀ ≈ W`` from ``init`` (or take it from the cache); ``engine`` is already resolved
-    (:func:`resolve_engine`) and part of ``fields``, the cache key.  Returns the unscaled factors
-    ``{name: (U, P)}``, the per-matrix report (rel_error, optimum, losses) and info for the report
-    (``cache``: hit / miss / off, ``resumed_from``, ``engine_detail``)."""
+    (:func:`resolve_engine`: run as it is, never decided again) and part of ``fields``, the cache
+    key.  Returns the unscaled factors ``{name: (U, P)}``, the per-matrix report (rel_error,
+    optimum — ``optimum`` says how, see :func:`inilora.approx.approximate` — and losses) and info
+    for the report (``cache``: hit / miss / off, ``resumed_from``, ``engine_detail``)."""
+    if not isinstance(engine, approx.ResolvedEngine):
+        raise TypeError("cached_fit runs an engine resolved by resolve_engine (the cache key must name the engine "
+                        f"that runs), got {engine!r}")
     cache = context.cache
     todo = sorted({int(t) for t in checkpoints if 0 < int(t) < int(steps)})
     info: dict[str, Any] = {"cache": "off"}
@@ -95,7 +113,8 @@ def cached_fit(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, T
     if hit is not None:
         unscaled, meta = hit
         info["cache"] = "hit"
-        return unscaled, meta["report"], info
+        report = meta["report"] if optimum != "exact" else _exact_optima(weights, unscaled, meta["report"])
+        return unscaled, report, info
     if cache is not None:
         cache.check_writable()
     snap = distributed.per_rank(
@@ -103,7 +122,8 @@ def cached_fit(weights: Mapping[str, Tensor], init: Mapping[str, tuple[Tensor, T
         if cache is not None and resume else None)
     results = distributed.split_approximate(
         approx.approximate, weights, init, steps=int(steps), lr=float(lr), engine=engine,
-        checkpoints=todo, progress=_in_steps(context.progress, int(steps)), resume=snap, devices=devices)
+        checkpoints=todo, progress=_in_steps(context.progress, int(steps)), resume=snap, devices=devices,
+        optimum=optimum)
     unscaled = {n: (r.U, r.P) for n, r in results.items()}
     fit = _report(weights, results)
     detail = approx.engine_detail(engine)

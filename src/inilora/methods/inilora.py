@@ -58,9 +58,10 @@ def init_distribution(
         if std_source == "weight+bias" and biases and biases.get(name) is not None:
             tensors.append(biases[name])
         for t in tensors:
-            t32 = t.detach().float()
+            t32 = t.detach().float()  # no copy of fp32 W
             stds[group].append(t32.std().item())  # unbiased, as torch.std() in the released code
-            means[group].append(t32.mean().item())
+            if mean == "auto":  # one more pass over W, only when the mean is used
+                means[group].append(t32.mean().item())
 
     def resolve(values: list[float], what: str, group: str, guard_zero: bool) -> float:
         exact = sum(values) / len(values)
@@ -175,6 +176,8 @@ def check_options(opts: Mapping[str, Any]) -> None:
     devices = opts["devices"]
     if devices is not None and (isinstance(devices, str) or not all(isinstance(d, str) for d in devices)):
         raise InitError(f"inilora option devices must be a list of device names, got {devices!r}.")
+    if opts["optimum"] not in ("top-r", "exact"):
+        raise InitError(f"inilora option optimum must be 'top-r' or 'exact', got {opts['optimum']!r}.")
 
 
 @register("inilora", check=check_options, fitted=True,
@@ -182,17 +185,20 @@ def check_options(opts: Mapping[str, Any]) -> None:
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
             std_source="weight", std_scope="module_type", mean=0.0, engine="auto",
             checkpoints: Sequence[int] = (), resume: bool | int = True, devices: Sequence[str] | None = None,
-            context: InitContext | None = None) -> InitResult:
+            optimum: str = "top-r", context: InitContext | None = None) -> InitResult:
     """The registry entry.  ``engine="auto"`` picks the fastest engine available (the key
     records the one that ran); ``resume``: with a cache, the fit snapshots its state next to
     the entry (every 30 s, and every ``resume`` steps when it is a number) and a
     rerun with the same key continues from it; ``devices``: split the matrices over these
-    devices.  Under torchrun the matrices are split over the ranks.  Caching, resuming and
-    splitting are :func:`~inilora.methods.fitting.cached_fit`'s; this decides what is fitted."""
+    devices.  Under torchrun the matrices are split over the ranks.  ``optimum``: how the
+    reported Eckart–Young optimum is computed — ``"top-r"`` (top r singular values, ≤ 1e-4 off) or
+    ``"exact"`` (the full float64 SVD, O(d³) per matrix).  Caching, resuming and splitting are
+    :func:`~inilora.methods.fitting.cached_fit`'s; this decides what is fitted.  The engine is
+    resolved once, here, and passed down (the cache key names the engine that runs)."""
     context = context or InitContext()
     check_options(dict(steps=steps, lr=lr, std=std, round_std=round_std, std_source=std_source,
                        std_scope=std_scope, mean=mean, engine=engine, checkpoints=checkpoints, resume=resume,
-                       devices=devices))
+                       devices=devices, optimum=optimum))
     dist = init_distribution(weights, std=std, round_std=round_std, std_source=std_source,
                              std_scope=std_scope, mean=mean, biases=context.biases)
     init = draw_init(weights, ranks, rng_for, dist, std_scope)
@@ -202,10 +208,12 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     if int(steps) == 0:
         unscaled = init
     else:
-        engine = info["engine"] = resolve_engine(engine, weights, devices)
-        fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=engine)
+        engine = resolve_engine(engine, weights, devices, init)
+        info["engine"] = str(engine)
+        fields = cache_fields(weights, ranks, rng_for, dist, init, steps=steps, lr=lr, engine=str(engine))
         unscaled, fit, more = cached_fit(weights, init, fields, context=context, steps=int(steps), lr=float(lr),
-                                         engine=engine, checkpoints=checkpoints, resume=resume, devices=devices)
+                                         engine=engine, checkpoints=checkpoints, resume=resume, devices=devices,
+                                         optimum=optimum)
         info.update(more)
     factors, fits = {}, {}
     for name, (u, p) in unscaled.items():
@@ -213,7 +221,8 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
         factors[name] = ((p.T / root).contiguous().float(), (u / root).contiguous().float())
         # SPEC §2: the unscaled (U, P) beside the curve and errors; with 0 steps the fit is the draw itself
         known = fit.get(name) or {"rel_error": approx.relative_error(weights[name], u, p),
-                                  "optimum": approx.eckart_young(weights[name], u.shape[1]), "losses": []}
+                                  "optimum": approx.eckart_young(weights[name], u.shape[1], exact=optimum == "exact"),
+                                  "losses": []}
         fits[name] = {**known, "U": u, "P": p}
     return InitResult(factors=factors, fit=fits, info=info)
 
