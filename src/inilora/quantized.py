@@ -79,8 +79,8 @@ def check_layer(name: str, module: torch.nn.Module, method: Any) -> str | None:
                 "initialise that with loftq, or use 'lora' (QLoRA) on this base.")
         if getattr(method, "full_precision", False) and not method.residual:
             raise InitError(
-                f"{name} is a bitsandbytes {kind} layer; method {method.name!r} takes an SVD of the base weights, which "
-                "PEFT would read as packed bytes. Dequantize the base first (model.dequantize()) or load it unquantized, "
+                f"{name} is a bitsandbytes {kind} layer; method {method.name!r} reads the base weight as float numbers (an "
+                "SVD, its dtype), which PEFT would take from packed bytes. Dequantize the base first (model.dequantize()) or load it unquantized, "
                 "or use 'lora' / 'eva' (they leave the quantized base as it is).")
         if method.residual and method.peft_backed:
             raise InitError(

@@ -66,6 +66,8 @@ class Method:
     hooks: Any = None
     #: option sets worth exercising besides the defaults (the contract tests each)
     variants: tuple[Mapping[str, Any], ...] = ()
+    #: options for a representative cheap run (tests, smoke checks): few fit steps, a value the method requires
+    example_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peft_backed(self) -> bool:
@@ -125,7 +127,7 @@ _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
 def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None,
              check: Callable[[Mapping[str, Any]], None] | str | None = None, fitted: bool = False,
              calibration: str | None = None, full_precision: bool = False,
-             variants: tuple[Mapping[str, Any], ...] = ()):
+             variants: tuple[Mapping[str, Any], ...] = (), example_options: Mapping[str, Any] | None = None):
     """Decorator: add ``fn`` to the registry under ``name``.
 
     Its options are the keyword-only parameters of ``fn`` with their defaults (``options``
@@ -138,7 +140,7 @@ def register(name: str, *, summary: str, residual: bool = True, options: Mapping
         opts = dict(options) if options is not None else _signature_options(fn)
         _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=opts, check=check,
                     fitted=fitted, calibration=_calibration_kind(calibration), full_precision=full_precision,
-                    variants=tuple(variants)))
+                    variants=tuple(variants), example_options=dict(example_options or {})))
         return fn
 
     return wrap
