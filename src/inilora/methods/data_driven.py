@@ -100,7 +100,7 @@ def _eva_finish(peft_model, adapter, opts, batches):
             raise InitError(f"eva: the activations' top components did not converge within {EVA_MAX_PASSES} passes "
                             f"over the {len(batches)} calibration batches; give more calibration examples or a lower "
                             "tau (option tau, e.g. 0.9).")
-        return model(**inputs)
+        return model(**{k: v for k, v in inputs.items() if k != "labels"})  # labels: for the mask only
 
     tokens = min(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
     config = peft_model.peft_config[adapter]
@@ -173,7 +173,14 @@ def _ga_configure(config, opts):
 
 
 def _ga_prepare(model, config, opts, batches):
+    import inspect
+
     from peft.tuners.lora.loraga import preprocess_loraga
+
+    if "labels" not in inspect.signature(model.forward).parameters:
+        raise InitError(f"lora-ga needs gradients of a loss, and {type(model).__name__} computes none (no labels); "
+                        "load the model with its head (e.g. AutoModelForSequenceClassification / ForCausalLM) or "
+                        "use eva or corda, which need activations only.")
 
     def step():
         for batch in batches:

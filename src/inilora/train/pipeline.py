@@ -87,8 +87,16 @@ def _check_method(config: TrainConfig) -> None:
             check_options(config.method, config.method_options)
         return
     spec = get_method(config.method)
-    if not spec.peft_backed:
+    if not spec.peft_backed or spec.options:
         spec.resolve_options(config.method_options)
+    calibration = config.calibration.spec
+    if spec.calibration and calibration is None:
+        raise ConfigError(f"method {config.method!r} is data-driven ({spec.calibration}): add a calibration: block "
+                          "(task: TASK, examples: N).")
+    if calibration is not None:  # a compare's shared block: the methods without data ignore it
+        from ..calibration import check_spec
+
+        check_spec(calibration)
 
 
 def _check_scheduler(name: str) -> None:
