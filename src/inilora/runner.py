@@ -178,8 +178,10 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 data["output_dir"] = str(root / RUNS / run_id)
                 try:
                     train_config = from_dict(TrainConfig, data)
-                    if method not in TRAINING_MODES and not get_method(method).peft_backed:
+                    if method not in TRAINING_MODES and (not get_method(method).peft_backed or get_method(method).options):
                         get_method(method).resolve_options(train_config.method_options)
+                    if method not in TRAINING_MODES and get_method(method).calibration and not train_config.calibration.task:
+                        raise ConfigError(f"method {method!r} is data-driven: add a calibration: block (task:, examples:)")
                 except InitError as exc:  # ConfigError too: the run's whole config, values included
                     raise ConfigError(f"run {run_id}: {exc}") from None
                 if run_id in planned:
