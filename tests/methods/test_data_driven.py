@@ -159,3 +159,18 @@ def test_cli_calibration_errors_are_one_line_and_write_nothing(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 2 and match in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_mica_trains_a_only_and_b_stays_the_minor_singular_vectors():
+    model = inilora.get_peft_model(tiny_model("llama-gqa"), _cfg(), "mica")
+    layer = targets(model, "default")["model.layers.0.self_attn.q_proj"].layer
+    assert layer.lora_A["default"].weight.requires_grad and not layer.lora_B["default"].weight.requires_grad
+    b0 = layer.lora_B["default"].weight.detach().clone()
+    w = layer.get_base_layer().weight.detach().double()
+    u = torch.linalg.svd(w, full_matrices=False)[0][:, -4:]
+    assert torch.allclose((u.T @ b0.double()).abs().sum(0), torch.ones(4, dtype=torch.float64), atol=1e-4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = _batches(n=1)[0]
+    model(**batch).loss.backward()
+    opt.step()
+    assert torch.equal(layer.lora_B["default"].weight, b0) and layer.lora_A["default"].weight.abs().sum() > 0
