@@ -97,10 +97,25 @@ def _check_method(method: str, opts: dict[str, Any]) -> None:
     from .methods import get_method
 
     spec = get_method(method)
-    if not spec.peft_backed:
+    if not spec.peft_backed or spec.options:
         spec.resolve_options(opts)
     elif opts:
         raise InitError(f"method {method!r} is PEFT's own and takes no options; got {', '.join(opts)}.")
+
+
+def _check_calibration(method: str, spec_text: str | None) -> None:
+    """A data-driven method needs --calibration, the others refuse it; the task is looked up."""
+    from .calibration import check_spec
+    from .methods import get_method
+
+    needs = get_method(method).calibration
+    if needs and spec_text is None:
+        raise InitError(f"method {method!r} is data-driven ({needs}): give --calibration TASK[:N], e.g. "
+                        "--calibration offline-topic:32 (`inilora tasks` lists the tasks).")
+    if spec_text is not None:
+        if not needs:
+            raise InitError(f"method {method!r} takes no calibration data; drop --calibration.")
+        check_spec(spec_text)
 
 
 def _model_input(model: str) -> list[Path]:
@@ -135,11 +150,13 @@ def methods() -> None:
     table = Table(title="inilora init methods")
     table.add_column("method", style="bold")
     table.add_column("residual")
+    table.add_column("needs")
     table.add_column("description")
     table.add_column("options")
     for m in all_methods():
         opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items())
-        table.add_row(m.name, "yes" if m.residual else "no", m.summary, opts or ("(PEFT)" if m.peft_backed else ""))
+        table.add_row(m.name, "yes" if m.residual else "no", m.needs, m.summary,
+                      opts or ("(PEFT)" if m.peft_backed else ""))
     Console().print(table)
 
 
@@ -162,6 +179,8 @@ def init(
     dtype: str | None = typer.Option(None, help="Load the base in this dtype (float32, bfloat16, ...)."),
     residual_dtype: str | None = typer.Option(None, help="Keep replaced base weights in this dtype."),
     cache: bool = typer.Option(True, help="Use the fit cache ($INILORA_CACHE)."),
+    calibration: str | None = typer.Option(None, help="Data-driven methods (eva, corda, lora-ga): TASK[:N], N "
+                                           "seeded training examples of a task of `inilora tasks` (default 32)."),
 ) -> None:
     """Write an initialised, ready-to-train adapter: factors, metadata and A0/B0, never a full model."""
     from .outdir import check_output_dir
@@ -176,6 +195,7 @@ def init(
     check_positive(lora_alpha, "lora_alpha (--lora-alpha)")
     check_output_dir(out, what="--out", overwrite=overwrite, inputs=_model_input(model))
     _check_method(method, opts)
+    _check_calibration(method, calibration)
 
     from .approx import snapshot_on_interrupt
     from .bridge import get_peft_model
@@ -185,9 +205,15 @@ def init(
     config = _precheck(model, method, rank, lora_alpha if lora_alpha is not None else rank, split_names(targets),
                        use_rslora)
     base = load_model(model, dtype=dtype)
+    batches = None
+    if calibration is not None:
+        from .calibration import from_task
+        from .models import load_tokenizer
+
+        batches = from_task(calibration, load_tokenizer(model), seed=seed)
     with snapshot_on_interrupt():
         peft_model = get_peft_model(base, config, method, seed=seed, residual_dtype=residual_dtype, cache=cache,
-                                    progress=approximation_progress(force=True), **opts)
+                                    progress=approximation_progress(force=True), calibration=batches, **opts)
     peft_model.peft_config["default"].base_model_name_or_path = model
     _save_adapter(peft_model, out)
     _print_report(peft_model.inilora_report, out)

@@ -70,6 +70,22 @@ class GenerationSettings:
 
 
 @dataclass
+class CalibrationSettings:
+    """Calibration data for the data-driven inits (eva, corda, lora-ga): ``examples`` seeded training
+    examples of ``task``, tokenized; None: no calibration (the other methods)."""
+
+    task: str | None = None
+    examples: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.examples >= 1, "calibration.examples", "must be ≥ 1")
+
+    @property
+    def spec(self) -> str | None:
+        return None if self.task is None else f"{self.task}:{self.examples}"
+
+
+@dataclass
 class TrainConfig:
     """One fine-tuning run: model × method × task × hyper-parameters × seed."""
 
@@ -104,6 +120,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
     shared_fit: bool = False  # inilora: reuse the seed-0 fit for every training seed (paper)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", "must be > 0 (or set max_steps)")

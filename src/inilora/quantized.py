@@ -72,6 +72,16 @@ def check_layer(name: str, module: torch.nn.Module, method: Any) -> str | None:
     kind = quant_kind(module)
     weight = getattr(module, "weight", None)
     if kind is not None:
+        if method.name == "loftq":
+            raise InitError(
+                f"{name} is already a bitsandbytes {kind} layer; LoftQ quantizes the full-precision weights itself "
+                "and cannot start from quantized ones. Load the base unquantized (without quantization_config) and "
+                "initialise that with loftq, or use 'lora' (QLoRA) on this base.")
+        if getattr(method, "full_precision", False) and not method.residual:
+            raise InitError(
+                f"{name} is a bitsandbytes {kind} layer; method {method.name!r} reads the base weight as float numbers (an "
+                "SVD, its dtype), which PEFT would take from packed bytes. Dequantize the base first (model.dequantize()) or load it unquantized, "
+                "or use 'lora' / 'eva' (they leave the quantized base as it is).")
         if method.residual and method.peft_backed:
             raise InitError(
                 f"{name} is a bitsandbytes {kind} layer; method {method.name!r} is PEFT's own init, which "

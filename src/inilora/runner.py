@@ -167,8 +167,11 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 data["output_dir"] = str(root / RUNS / run_id)
                 try:
                     train_config = from_dict(TrainConfig, data)
-                    if not getattr(specs[label], "peft_backed", False):
-                        specs[label].resolve_options(train_config.method_options)
+                    spec = specs[label]
+                    if not getattr(spec, "peft_backed", False) or getattr(spec, "options", None):
+                        spec.resolve_options(train_config.method_options)
+                    if getattr(spec, "calibration", None) and not train_config.calibration.task:
+                        raise ConfigError(f"method {method!r} is data-driven: add a calibration: block (task:, examples:)")
                 except InitError as exc:  # ConfigError too: the run's whole config, values included
                     raise ConfigError(f"run {run_id}: {exc}") from None
                 if run_id in planned:

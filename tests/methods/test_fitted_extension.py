@@ -4,45 +4,24 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
-import torch
 from peft import LoraConfig
 
 import inilora
 from inilora import approx, distributed
-from inilora.cache import tensor_digest
 from inilora.methods import registry
-from inilora.methods.fitting import InitContext, cached_fit, resolve_engine
-from inilora.methods.registry import InitResult, register
 from inilora.models import model_output, probe_inputs, relative_drift, tiny_model
 
-NAME = "test-half-fit"
+from _extension import NAME
 
 
 @pytest.fixture(scope="module", autouse=True)
 def half_fit():
-    """A throwaway fitted method: U, P ~ N(0, 0.1²) fitted for ``steps`` steps, B0 = U/√s, A0 = Pᵀ/√s."""
+    """The throwaway fitted method of ``tests/_extension.py`` (registered on import, by conftest too)."""
+    import _extension  # noqa: F401
 
-    @register(NAME, fitted=True, summary="test: a fitted method defined outside the package")
-    def fn(weights, ranks, scalings, rng_for, *, steps=40, engine="torch", context: InitContext | None = None):
-        init = {}
-        for n, w in weights.items():
-            g = rng_for(n)
-            init[n] = (torch.randn(w.shape[0], ranks[n], generator=g) * 0.1,
-                       torch.randn(w.shape[1], ranks[n], generator=g) * 0.1)
-        engine = resolve_engine(engine, weights, None)
-        fields = {"method": NAME, "weights": tensor_digest(weights), "seed": getattr(rng_for, "seed", None),
-                  "ranks": {n: ranks[n] for n in sorted(ranks)}, "steps": steps, "engine": engine}
-        unscaled, fit, info = cached_fit(weights, init, fields, context=context or InitContext(), steps=steps,
-                                         lr=5e-4, engine=engine)
-        factors = {n: ((p.T / math.sqrt(scalings[n])).contiguous(), (u / math.sqrt(scalings[n])).contiguous())
-                   for n, (u, p) in unscaled.items()}
-        return InitResult(factors=factors, fit=fit, info=info)
-
+    assert NAME in registry.available_methods()
     yield
-    registry._REGISTRY.pop(NAME)
 
 
 def _cfg():

@@ -131,6 +131,7 @@ def get_peft_model(
     cache: bool | str | os.PathLike | FitCache = True,
     measure_drift: bool = True,
     progress: Any = None,
+    calibration: Any = None,
     **options: Any,
 ) -> PeftModel:
     """Wrap ``model`` with a LoRA adapter initialised by ``method``; a regular ``PeftModel``.
@@ -143,11 +144,19 @@ def get_peft_model(
     (inilora only): True for ``$INILORA_CACHE``, a folder, or False.  The report of
     what was done is ``model.inilora_report``.  ``method`` is a name, or its registry entry
     (:func:`inilora.get_method`) when the caller has already resolved it (the training pipeline).
+    ``calibration`` (data-driven methods: eva, corda, lora-ga; see ``inilora methods``): an iterable
+    of batches the model's forward accepts (``input_ids``, ``attention_mask``, and ``labels`` where
+    the method needs gradients).
     """
     spec = method if isinstance(method, Method) else get_method(method)
-    if spec.peft_backed and options:
+    if spec.peft_backed and options and not spec.options:
         raise InitError(f"method {spec.name!r} is PEFT's own and takes no options; got {', '.join(options)}.")
-    opts = {} if spec.peft_backed else spec.resolve_options(options)
+    opts = spec.resolve_options(options)
+    if spec.calibration and calibration is None:
+        raise InitError(f"method {spec.name!r} is data-driven: pass calibration=<batches of {spec.calibration}> "
+                        "(CLI: --calibration TASK[:N]); nothing was changed.")
+    if calibration is not None and not spec.calibration:
+        raise InitError(f"method {spec.name!r} takes no calibration data; only {', '.join(_data_methods())} do.")
     config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
     if isinstance(residual_dtype, str):
         residual_dtype = getattr(torch, residual_dtype)
@@ -163,17 +172,37 @@ def get_peft_model(
     if fitcache is not None:  # SPEC §8: an unwritable cache is refused before any work
         fitcache.check_writable()
 
+    batches = calib = None
+    if spec.calibration:
+        from .. import calibration as _calibration
+
+        device = next((p.device for p in model.parameters() if not p.is_meta), None)
+        batches = _calibration.materialize(calibration, spec.name, spec.calibration, device)
+        calib = _calibration.digest(batches)
+
     weights = {n: oriented(m) for n, m in found.items()}
     fp = fingerprint_modules(found) if spec.residual else None
+    if fp is not None and calib is not None:
+        fp["calibration"] = calib["sha256"]  # recorded beside the weights' hash: same base, other data ≠ same init
     probe = _probe(model) if (measure_drift and spec.residual) else None
     before = _output(model, probe) if probe is not None else None
 
     if spec.peft_backed:
-        # PEFT rounds its residual to the base dtype in place; to keep it in another dtype we
-        # need W0 back, so hold a copy of the targeted weights only in that case.
-        w0_copy = {n: w.detach().clone() for n, w in weights.items()} if residual_dtype is not None else None
+        # PEFT computes its residual its own way (``(s·B)@A``, in place, in the base dtype); ``load``
+        # recomputes ``R = W0 − s·(B0@A0)`` in fp32.  To reload bit for bit, R is recomputed here the
+        # load's way from a copy of W0 (the targeted weights only).
+        w0_copy = {n: w.detach().clone() for n, w in weights.items()} if spec.residual else None
         config.init_lora_weights = spec.peft_init
+        hooks = spec.hooks
+        if hooks is not None:
+            hooks.configure(config, opts)
+            if hooks.prepare is not None:
+                with _seeded(seed):
+                    hooks.prepare(model, config, opts, batches)
         peft_model = _inject(model, config, adapter_name, seed)
+        if hooks is not None and hooks.finish is not None:
+            with _seeded(seed):
+                hooks.finish(peft_model, adapter_name, opts, batches)
         tgts = targets(peft_model, adapter_name)
         _share_peft_init(tgts, adapter_name, spec.residual, fp)  # torchrun: rank 0's init everywhere
         factors = _factors_of(tgts, adapter_name) if spec.residual else {}
@@ -214,6 +243,8 @@ def get_peft_model(
         elif quant and residual_dtype is not None:
             report.info["quantized"] = {"kind": "/".join(quant), "layers": len(tgts),
                                         "kept_unquantized": str(residual_dtype).replace("torch.", "")}
+    if calib is not None:
+        report.info["calibration"] = calib
     if gguf:
         report.info["gguf"] = "dequantised GGUF base; transformers' quantizer marker dropped (weights unchanged)"
 
@@ -250,6 +281,12 @@ def _finish_residual(peft_model: PeftModel, adapter: str, factors, meta: dict, s
     _mark(config, meta)
     _mark(peft_model.peft_config[INIT_ADAPTER], {**meta, "role": "initial factors A0, B0"})
     _set_trainable(peft_model, adapter, trainable)
+
+
+def _data_methods() -> list[str]:
+    from ..methods import methods
+
+    return [m.name for m in methods() if m.calibration]
 
 
 def _fit_cache(cache: bool | str | os.PathLike | FitCache) -> FitCache | None:

@@ -1,6 +1,6 @@
 """The registry of initialization methods; importing this package registers them all."""
 
-from . import inilora, peft_backed, random_inits, svd  # noqa: F401  (registration side effects)
+from . import data_driven, inilora, peft_backed, random_inits, svd  # noqa: F401  (registration side effects)
 from .registry import (
     InitResult,
     Method,

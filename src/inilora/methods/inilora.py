@@ -180,7 +180,7 @@ def check_options(opts: Mapping[str, Any]) -> None:
         raise InitError(f"inilora option optimum must be 'top-r' or 'exact', got {opts['optimum']!r}.")
 
 
-@register("inilora", check=check_options, fitted=True,
+@register("inilora", check=check_options, fitted=True, example_options={"steps": 40},
           summary="IniLoRA: A, B fitted to W0 by Adam on the per-matrix mean MSE (cached); frozen residual")
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
             std_source="weight", std_scope="module_type", mean=0.0, engine="auto",

@@ -67,7 +67,7 @@ def inilora_beta_ku(weights, ranks, scalings, rng_for) -> InitResult:
 
 
 @register("normal", summary="A, B ~ N(mean, std²) (std sweep, paper Fig. 3); frozen residual",
-          options={"std": None, "mean": 0.0})
+          options={"std": None, "mean": 0.0}, example_options={"std": 0.02})
 def normal(weights, ranks, scalings, rng_for, *, std=None, mean=0.0) -> InitResult:
     std = _positive("normal", std, "std")
     return draw_factors(weights, ranks, rng_for,
@@ -75,7 +75,7 @@ def normal(weights, ranks, scalings, rng_for, *, std=None, mean=0.0) -> InitResu
 
 
 @register("uniform", summary="A, B ~ U(-bound, bound); give bound, or std (bound = √3·std); frozen residual",
-          options={"bound": None, "std": None})
+          options={"bound": None, "std": None}, example_options={"std": 0.02})
 def uniform(weights, ranks, scalings, rng_for, *, bound=None, std=None) -> InitResult:
     if bound is not None and std is not None:
         raise InitError("method 'uniform': give bound or std, not both (bound = √3·std).")

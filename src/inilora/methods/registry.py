@@ -54,10 +54,34 @@ class Method:
     #: progress, biases) as ``context=``, and its work splits across ranks under torchrun
     #: (each rank fits a share; see ``fitting.cached_fit``) instead of running on rank 0 alone
     fitted: bool = False
+    #: the data a data-driven method needs (SPEC §2's signature gains ``calibration``): None, or
+    #: ``"activations"`` (forward passes) / ``"gradients"`` (forward and backward: batches need labels)
+    calibration: str | None = None
+    #: the method reads the base weights as numbers (an SVD, a quantization): a 4-bit/8-bit base
+    #: is refused before any work instead of being read as packed bytes
+    full_precision: bool = False
+    #: PEFT-backed methods with options: ``hooks.configure(config, opts)`` sets PEFT's sub-config,
+    #: ``hooks.prepare(model, config, opts, batches)`` runs before injection (CorDA, LoRA-GA),
+    #: ``hooks.finish(peft_model, adapter, opts, batches)`` after it (EVA)
+    hooks: Any = None
+    #: option sets worth exercising besides the defaults (the contract tests each)
+    variants: tuple[Mapping[str, Any], ...] = ()
+    #: options for a representative cheap run (tests, smoke checks): few fit steps, a value the method requires
+    example_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def peft_backed(self) -> bool:
         return self.fn is None
+
+    @property
+    def needs(self) -> str:
+        """What the method needs besides a LoRA config, for ``inilora methods``."""
+        parts = []
+        if self.calibration:
+            parts.append(f"calibration data ({self.calibration})")
+        if self.full_precision:
+            parts.append("a full-precision base")
+        return ", ".join(parts) or "-"
 
     #: validates resolved options without weights (raises InitError); :data:`DRY_RUN`: call ``fn``
     #: on one 2×2 matrix (microseconds for the random methods, and it checks every option); None: names only
@@ -101,7 +125,9 @@ _PISSA_NITER = re.compile(r"^pissa_niter_(\d+)$")
 
 
 def register(name: str, *, summary: str, residual: bool = True, options: Mapping[str, Any] | None = None,
-             check: Callable[[Mapping[str, Any]], None] | str | None = None, fitted: bool = False):
+             check: Callable[[Mapping[str, Any]], None] | str | None = None, fitted: bool = False,
+             calibration: str | None = None, full_precision: bool = False,
+             variants: tuple[Mapping[str, Any], ...] = (), example_options: Mapping[str, Any] | None = None):
     """Decorator: add ``fn`` to the registry under ``name``.
 
     Its options are the keyword-only parameters of ``fn`` with their defaults (``options``
@@ -113,7 +139,8 @@ def register(name: str, *, summary: str, residual: bool = True, options: Mapping
     def wrap(fn: Callable[..., InitResult]) -> Callable[..., InitResult]:
         opts = dict(options) if options is not None else _signature_options(fn)
         _add(Method(name=name, summary=summary, residual=residual, fn=fn, options=opts, check=check,
-                    fitted=fitted))
+                    fitted=fitted, calibration=_calibration_kind(calibration), full_precision=full_precision,
+                    variants=tuple(variants), example_options=dict(example_options or {})))
         return fn
 
     return wrap
@@ -127,9 +154,24 @@ def _signature_options(fn: Callable[..., Any]) -> dict[str, Any]:
             if p.kind is p.KEYWORD_ONLY and p.name not in BRIDGE_OPTIONS}
 
 
-def register_peft(name: str, peft_init: str | bool, *, summary: str, residual: bool) -> None:
-    """Register a method that PEFT itself carries out (``init_lora_weights=peft_init``)."""
-    _add(Method(name=name, summary=summary, residual=residual, peft_init=peft_init))
+def register_peft(name: str, peft_init: str | bool, *, summary: str, residual: bool,
+                  options: Mapping[str, Any] | None = None, check: Callable[[Mapping[str, Any]], None] | None = None,
+                  calibration: str | None = None, full_precision: bool = False, hooks: Any = None,
+                  variants: tuple[Mapping[str, Any], ...] = ()) -> None:
+    """Register a method that PEFT itself carries out (``init_lora_weights=peft_init``); ``options``
+    (checked by ``check``) reach PEFT through ``hooks.configure``."""
+    _add(Method(name=name, summary=summary, residual=residual, peft_init=peft_init, options=dict(options or {}),
+                check=check, calibration=_calibration_kind(calibration), full_precision=full_precision, hooks=hooks,
+                variants=tuple(variants)))
+
+
+CALIBRATION_KINDS = ("activations", "gradients")
+
+
+def _calibration_kind(kind: str | None) -> str | None:
+    if kind is not None and kind not in CALIBRATION_KINDS:
+        raise ValueError(f"calibration must be None or one of {CALIBRATION_KINDS}, got {kind!r}")
+    return kind
 
 
 def _add(method: Method) -> None:
@@ -146,7 +188,7 @@ def get_method(name: str) -> Method:
     if match:
         base = _REGISTRY["pissa"]
         return Method(name=name, summary=f"{base.summary} (randomized SVD, {match.group(1)} iterations)",
-                      residual=True, peft_init=name)
+                      residual=True, peft_init=name, full_precision=True)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise InitError(

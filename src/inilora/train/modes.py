@@ -141,7 +141,14 @@ def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str,
 
     # shared_fit (the paper fitted IniLoRA once): every training seed starts from the seed-0 fit
     init_seed = 0 if config.shared_fit and spec.fitted else config.seed
-    peft_model = get_peft_model(model, lora_config(config, kind), spec, seed=init_seed, **config.method_options)
+    batches = None
+    if spec.calibration and config.calibration.spec:
+        from ..calibration import from_task
+        from ..models import load_tokenizer
+
+        batches = from_task(config.calibration.spec, load_tokenizer(config.model), seed=init_seed)
+    peft_model = get_peft_model(model, lora_config(config, kind), spec, seed=init_seed, calibration=batches,
+                                **config.method_options)
     report = getattr(peft_model, "inilora_report", None)
     info = {"mode": "lora", "residual": bool(getattr(report, "residual", False)), "init_seed": init_seed}
     if report is not None and report.info.get("approx_loss"):

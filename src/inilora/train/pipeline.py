@@ -52,8 +52,9 @@ class Plan:
 def plan(config: TrainConfig) -> Plan:
     """Resolve and check ``config``; raises TaskError / InitError / ConfigError naming the problem."""
     method = modes.resolve(config.method)  # the one lookup; unknown: InitError with the known names
-    if not getattr(method, "peft_backed", False):  # PEFT's own inits: the bridge refuses any option
-        method.resolve_options(config.method_options)
+    if not getattr(method, "peft_backed", False) or getattr(method, "options", None):
+        method.resolve_options(config.method_options)  # PEFT's own inits without options: the bridge refuses any
+    _check_calibration(config, method)
     task = get_task(config.task)
     if isinstance(task, ClassificationTask):
         kind = "nlu"
@@ -82,6 +83,18 @@ def plan(config: TrainConfig) -> Plan:
             ev = get_task(name)
             p.evals.append((ev, evaluate.load_examples(ev, config.eval_size)))
     return p
+
+
+def _check_calibration(config: TrainConfig, method: Trained) -> None:
+    """A data-driven method needs a calibration block; a block is checked whoever reads it."""
+    calibration = config.calibration.spec
+    if getattr(method, "calibration", None) and calibration is None:
+        raise ConfigError(f"method {config.method!r} is data-driven ({method.calibration}): add a calibration: block "
+                          "(task: TASK, examples: N).")
+    if calibration is not None:  # a compare's shared block: the methods without data ignore it
+        from ..calibration import check_spec
+
+        check_spec(calibration)
 
 
 def _check_scheduler(name: str) -> None:
