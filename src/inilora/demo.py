@@ -81,7 +81,7 @@ def _engine(sizes: Sizes) -> str:
 
     from .approx import resolve_engine
 
-    return resolve_engine("auto", ["cuda" if torch.cuda.is_available() else "cpu"])
+    return str(resolve_engine("auto", ["cuda" if torch.cuda.is_available() else "cpu"]))  # a name for the config
 
 
 def _fit_options(method: str, sizes: Sizes, engine: str) -> dict[str, Any]:
