@@ -15,6 +15,7 @@ import pytest
 from inilora.config import (
     CompareConfig,
     ConfigError,
+    RaceSettings,
     TrainConfig,
     Variant,
     from_dict,
@@ -312,8 +313,12 @@ def test_compare_and_train_read_set_values_alike(tmp_path):
 
 
 def test_tune_names_a_sweep_key_and_reaches_every_row(tmp_path):
-    with pytest.raises(ConfigError, match="tune.learning_rate: not a sweep key"):
-        grid(tmp_path, tune={"learning_rate": "accuracy"})
-    rows = run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"}),
-                    run_fn=fake_run, progress=False)
-    assert rows and all(r["tune"] == {"learning_rate": "f1"} for r in rows)
+    with pytest.raises(ConfigError, match="tune.lora.rank: not a sweep key"):
+        grid(tmp_path, sweep={}, tune={"lora.rank": "accuracy"})
+    # an NLU task has one held-out split, the one reported: choosing on it is refused, in a full grid too
+    with pytest.raises(ConfigError, match="would select on test rows"):
+        run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"},
+                      race=RaceSettings(rungs=1)), run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
+    rows = run_grid(grid(tmp_path, sweep={"lora.rank": [4, 8]}, tune={"lora.rank": "f1"}), run_fn=fake_run,
+                    progress=False)
+    assert rows and all(r["tune"] == {"lora.rank": "f1"} for r in rows)

@@ -37,7 +37,7 @@ from .results import RESULTS, append_result, json_default, read_results  # noqa:
 
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
-KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
+KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
         "info", "device", "threads", "precision", "versions")  # the last four: where a number was measured
 
 RunFn = Callable[..., dict]
@@ -53,6 +53,14 @@ class PlannedRun:
     settings: dict[str, Any]  # the swept keys that apply to this run, key → value
     config: TrainConfig
     shared_by: list[dict[str, Any]] = field(default_factory=list)  # settings of every grid cell it serves
+    extra_row: dict[str, Any] = field(default_factory=dict)  # written into its results row (a race's rung)
+
+
+def scored_on(metrics: dict[str, Any], config: CompareConfig) -> dict[str, str]:
+    """Each metric's split: "validation" for the task a tuned key is chosen on, else "test" (the
+    held-out examples the tables report; an NLU task's one evaluation split counts as test)."""
+    tuning = {on.split("/", 1)[0] for on in config.tune.values() if "/" in on}
+    return {m: "validation" if m.split("/", 1)[0] in tuning else "test" for m in metrics}
 
 
 def _fmt(value: Any) -> str:
@@ -138,9 +146,6 @@ def _check_methods(config: CompareConfig) -> None:
 def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[PlannedRun]:
     """The grid's runs in execution order (settings, then seed, then method), each with a stable,
     readable id; raises ConfigError for any key or method that cannot run, before any run starts."""
-    from .errors import InitError
-    from .methods import get_method
-
     _check_methods(config)
     root = Path(output_dir or config.output_dir)
     keys = list(config.sweep)
@@ -162,31 +167,46 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 only = variant.only if variant else {}
                 if any(cell[k] not in values for k, values in only.items()):
                     continue
-                method, options = _method_of(config, label)
-                applies = {k: v for k, v in cell.items()
-                           if not k.startswith("method_options.") or _accepts(method, k.split(".", 1)[1])}
-                data = json.loads(json.dumps(base))  # deep copy of plain data
-                data["method"] = method
-                data["seed"] = seed
-                data["method_options"] = {**data.get("method_options", {}), **options}
-                for key, value in (variant.settings if variant else {}).items():
-                    set_dotted(data, key, value)
-                for key, value in applies.items():
-                    set_dotted(data, key, value)
-                parts = [_slug(label)] + [_slug(f"{short[k]}={_fmt(v)}") for k, v in applies.items()] + [f"seed={seed}"]
-                run_id = "_".join(parts)
-                data["output_dir"] = str(root / RUNS / run_id)
-                try:
-                    train_config = from_dict(TrainConfig, data)
-                    if method not in TRAINING_MODES and not get_method(method).peft_backed:
-                        get_method(method).resolve_options(train_config.method_options)
-                except InitError as exc:  # ConfigError too: the run's whole config, values included
-                    raise ConfigError(f"run {run_id}: {exc}") from None
-                if run_id in planned:
-                    planned[run_id].shared_by.append(cell)
+                run = build_run(config, label, seed, cell, root, base=base, short=short)
+                if run.run_id in planned:
+                    planned[run.run_id].shared_by.append(cell)
                     continue
-                planned[run_id] = PlannedRun(run_id, label, seed, applies, train_config, [cell])
+                planned[run.run_id] = run
     return list(planned.values())
+
+
+def build_run(config: CompareConfig, label: str, seed: int, cell: dict[str, Any], root: Path, *,
+              base: dict[str, Any] | None = None, short: dict[str, str] | None = None,
+              extra: dict[str, Any] | None = None, tag: str = "") -> PlannedRun:
+    """One cell: ``label`` at ``seed`` with the swept values ``cell`` over ``base``; ``extra`` sets
+    further TrainConfig keys that are not swept (a race's rung budget), ``tag`` goes into the id."""
+    from .errors import InitError
+    from .methods import get_method
+
+    base = to_dict(config.base) if base is None else base
+    short = short or _short_names(cell)
+    variant = config.variants.get(label)
+    method, options = _method_of(config, label)
+    applies = {k: v for k, v in cell.items()
+               if not k.startswith("method_options.") or _accepts(method, k.split(".", 1)[1])}
+    data = json.loads(json.dumps(base))  # deep copy of plain data
+    data["method"] = method
+    data["seed"] = seed
+    data["method_options"] = {**data.get("method_options", {}), **options}
+    for key, value in (variant.settings if variant else {}).items():
+        set_dotted(data, key, value)
+    for key, value in {**applies, **(extra or {})}.items():
+        set_dotted(data, key, value)
+    parts = [_slug(label)] + [_slug(f"{short.get(k, k)}={_fmt(v)}") for k, v in applies.items()]
+    run_id = "_".join(parts + ([_slug(tag)] if tag else []) + [f"seed={seed}"])
+    data["output_dir"] = str(root / RUNS / run_id)
+    try:
+        train_config = from_dict(TrainConfig, data)
+        if method not in TRAINING_MODES and not get_method(method).peft_backed:
+            get_method(method).resolve_options(train_config.method_options)
+    except InitError as exc:  # ConfigError too: the run's whole config, values included
+        raise ConfigError(f"run {run_id}: {exc}") from None
+    return PlannedRun(run_id, label, seed, applies, train_config, [cell])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,6 +220,9 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
     if config.tune:
         row["tune"] = dict(config.tune)
     row.update({k: result[k] for k in KEPT if k in result})
+    row.update(run.extra_row)  # a race's rung, its budget
+    row["rate"] = run.config.learning_rate
+    row["scored_on"] = scored_on(row.get("metrics", {}), config)
     row["config"] = to_dict(run.config)
     row["output_dir"] = run.config.output_dir
     row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -275,7 +298,21 @@ def run_grid(
 
     console = console or Console(stderr=True)
     root = Path(output_dir or config.output_dir)
+    if race_mode(config):
+        from .race import check, race
+
+        _check_methods(config)
+        check(config)
+        _check_root(root)
+        if not dry_run:
+            save_config(config, root)
+        return race(config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
+                    deadline=deadline, dry_run=dry_run)
     runs = expand(config, root)
+    if "learning_rate" in config.tune:  # a full grid chooses each method's rate too: never on test rows
+        from .race import check_selection
+
+        check_selection(config)
     _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
@@ -284,40 +321,80 @@ def run_grid(
         console.print(plan_table(runs, done))
         return read_results(root)
     save_config(config, root)
-    results = root / RESULTS
-    todo = [r for r in runs if r.run_id not in done]
-    bar = _progress(progress, console)
-    task = bar.add_task("grid", total=len(runs), completed=len(runs) - len(todo), run="") if bar else None
-    if run_fn is None:
-        run_fn = _train_run(bar)
-    try:
-        for run in todo:
-            if deadline is not None and time.time() > deadline:
-                left = len(runs) - len(done)
-                console.print(f"[yellow]time budget reached: {left} runs not started (run again to add them)[/]")
-                break
+    with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
+                   console=console, deadline=deadline) as ex:
+        for _ in ex.run(runs):
+            pass
+    return read_results(root)
+
+
+def race_mode(config: CompareConfig) -> bool:
+    """Each method at its own best rate, raced (:mod:`inilora.race`): a rate to tune, several methods."""
+    return "learning_rate" in config.tune and (config.race.rungs > 1 or "learning_rate" not in config.sweep)
+
+
+class Execution:
+    """The grid's cell-execution loop: runs cells (skipping finished ones), appends each finished
+    run's row to ``results.jsonl`` and yields it. A plain grid hands it every cell at once; a race
+    (:mod:`inilora.race`) hands it one rung's cells at a time, deciding the next rung from the rows."""
+
+    def __init__(self, root: Path, config: CompareConfig, total: int, run_fn: RunFn | None = None, *,
+                 progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None):
+        from rich.console import Console
+
+        self.root, self.config, self.deadline = root, config, deadline
+        self.console = console or Console(stderr=True)
+        self.run_progress = run_progress
+        self.done = {r["run_id"] for r in read_results(root)}
+        self.stopped = False  # the deadline passed: no further cell starts
+        self.bar = _progress(progress, self.console)
+        self.task = self.bar.add_task("grid", total=total, completed=0, run="") if self.bar else None
+        self.run_fn = run_fn or _train_run(self.bar)
+
+    def __enter__(self) -> Execution:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def grow(self, total: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, total=total)
+
+    def run(self, runs: list[PlannedRun]) -> Iterable[dict[str, Any]]:
+        results = self.root / RESULTS
+        bar, task, console = self.bar, self.task, self.console
+        for run in runs:
+            if run.run_id in self.done:
+                if bar:
+                    bar.advance(task)
+                continue
+            if self.deadline is not None and time.time() > self.deadline:
+                if not self.stopped:
+                    console.print("[yellow]time budget reached: runs left not started (run again to add them)[/]")
+                self.stopped = True
+                return
             if bar:
                 bar.update(task, run=run.run_id)
             out = Path(run.config.output_dir)
             if out.exists() and not _finished(run) and not _resumable(out):
                 shutil.rmtree(out)  # a partial run without a usable checkpoint: start it again cleanly
-            result = run_fn(run.config, progress=run_progress)
+            result = self.run_fn(run.config, progress=self.run_progress)
             if not _finished(run):
                 raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
-            append_result(results, _row(run, result, config))
-            done.add(run.run_id)
+            row = _row(run, result, self.config)
+            append_result(results, row)
+            self.done.add(run.run_id)
             if bar:
                 bar.advance(task)
             if not getattr(console, "is_terminal", True):  # a log shows no bar: one line per finished run
                 head = result.get("headline")
                 value = result.get("metrics", {}).get(head)
-                console.print(f"finished {len(done)}/{len(runs)}: {run.run_id}"
+                console.print(f"finished {len(self.done)}: {run.run_id}"
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
-    finally:
-        if bar:
-            bar.stop()
-    return read_results(root)
+            yield row
 
 
 def _train_run(bar) -> RunFn:
