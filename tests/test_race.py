@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig
-from inilora.race import default_grid, grids, plan, replay, rung_steps, savings, survivors
+from inilora.rates import default_grid, grids, plan, replay, rung_steps, savings, survivors
 from inilora.runner import read_results, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]

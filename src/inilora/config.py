@@ -160,7 +160,7 @@ class Variant:
 
 @dataclass
 class RaceSettings:
-    """How ``tune: {learning_rate: ...}`` pays for each method's own best rate (see :mod:`inilora.race`).
+    """How ``tune: {learning_rate: ...}`` pays for each method's own best rate (see :mod:`inilora.rates`).
 
     Successive halving: every rate of a method trains rung 0 (``max_steps / eta**(rungs-1)`` steps),
     the best ``1/eta`` by the validation metric go on to the next rung (``eta``× the steps), the last
@@ -170,8 +170,12 @@ class RaceSettings:
     eta: int = 3
     rungs: int = 2
     extend: int = 1
+    points: int = 5  # default grids (no sweep.learning_rate): rates per method,
+    step: float = 2.0  # this factor apart (5 × 2: a 16× span; inilora.race.default_grid)
 
     def __post_init__(self) -> None:
+        _check(self.points >= 2, "race.points", f"must be ≥ 2, got {self.points}")
+        _check(self.step > 1, "race.step", f"must be > 1, got {self.step}")
         _check(self.eta >= 2, "race.eta", f"must be ≥ 2, got {self.eta}")
         _check(self.rungs >= 1, "race.rungs", f"must be ≥ 1, got {self.rungs}")
         _check(self.extend >= 0, "race.extend", f"must be ≥ 0, got {self.extend}")

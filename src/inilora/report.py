@@ -294,7 +294,7 @@ def verdict(rows: list[dict], baseline: str | None = None) -> str:
 
 def race_section(rows: list[dict]) -> str:
     """What successive halving cost against the full grid, and how forgiving each method is."""
-    from .race import savings
+    from .rates import savings
 
     out: list[str] = []
     spent = savings(rows)
@@ -335,7 +335,7 @@ def race_section(rows: list[dict]) -> str:
 def replay_table(rows: list[dict], on: str, eta: int = 3) -> str:
     """A full grid's answer to "would successive halving have picked the same rates, for how much
     less?": replayed on its own training-loss curves (:func:`inilora.race.replay`)."""
-    from .race import replay
+    from .rates import replay
 
     full = max((s for r in rows for s, _ in r.get("train_loss") or []), default=0)
     logged = sorted({s for r in rows for s, _ in r.get("train_loss") or []})
@@ -474,13 +474,36 @@ def _write_summary(path: Path, stats: list[Stat]) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
+def own_best_table(rows: list[dict], baseline: str | None = None, title: str = "each method at its own best rate"):
+    """A rich table (≤ 80 columns) of each method at its own best learning rate: the demo's headline."""
+    from rich.table import Table
+
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    found = tuned(rows, "learning_rate", spec["learning_rate"], baseline) if "learning_rate" in spec else []
+    head = found[0].stat.metric if found else ""
+    scale = 100.0 if found and _percent(head, [v for t in found for v in t.stat.values]) else 1.0
+    n = n_eval(rows, head) if found else ""
+    table = Table(title=title, caption=(f"{head}{' ×100' if scale == 100 else ''}"
+                                        f"{', ' + n if n else ''}; rate chosen on {spec.get('learning_rate', '—')}")
+                  if found else "no method has finished its race yet", caption_justify="left")
+    for col in ("method", "rate", "mean ± std", "seeds", f"p vs {baseline}"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(t.method, _fmt_value(t.choice) + (f" ({t.edge})" if t.edge else ""),
+                      _fmt_stat(t.stat, scale), str(len(t.stat.values)),
+                      "—" if t.method == baseline else _fmt_p(t.stat.p_holm))
+    return table
+
+
 def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: str | None = None,
-                  title: str = "results"):
+                  title: str = "results", per_seed: bool = True):
     """A rich table of every task's headline metric per method (the terminal summary); columns that
     hold one value only (a single task, no sweep) move into the title."""
     from rich.table import Table
 
     baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    rows = final_rung(rows)
     stats = aggregate(rows, baseline) if stats is None else stats
     heads = {t: next((r.get("headline") for r in rows if r["task"] == t), None) for t in {r["task"] for r in rows}}
     shown = [s for s in stats if s.metric == heads.get(s.task)]
@@ -491,18 +514,21 @@ def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: s
             if many]
     notes = ([tasks[0]] if len(tasks) == 1 else []) + ([metrics[0]] if len(metrics) == 1 else []) + \
         ([settings[0]] if len(settings) == 1 and settings[0] != "default" else [])
-    notes = [n for n in notes if n not in title]
+    notes = [n for n in notes if n not in title] + ([n_eval(rows, metrics[0])] if len(metrics) == 1
+                                                    and n_eval(rows, metrics[0]) else [])
     scales = {id(s): 100.0 if _percent(s.metric, s.values) else 1.0 for s in shown}
     one_scale = len(set(scales.values())) == 1
     table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""),
                   caption="\n".join(_notes(shown, baseline)) or None, caption_justify="left")
     stat_col = "mean ± std" + (" (×100)" if one_scale and 100.0 in scales.values() else "")
-    for col in cols + ["method", "# params", stat_col, "per seed", "n", f"p vs {baseline} (Holm)"]:
+    heads = cols + ["method", "# params", stat_col] + (["per seed"] if per_seed else []) + ["seeds", f"p vs {baseline}"]
+    for col in heads:
         table.add_column(col)
     for s in shown:
         scale = scales[id(s)]
         values = {"task": s.task, "setting": setting_label(s.setting), "metric": s.metric}
         table.add_row(*[values[c] for c in cols], s.method, _fmt_params(_params(rows, s.task, s.method, s.setting)),
                       _fmt_stat(s, scale) + (" (×100)" if scale == 100 and not one_scale else ""),
-                      _fmt_seeds(s, scale), str(len(s.values)), "—" if s.method == baseline else _fmt_p(s.p_holm))
+                      *([_fmt_seeds(s, scale)] if per_seed else []), str(len(s.values)),
+                      "—" if s.method == baseline else _fmt_p(s.p_holm))
     return table

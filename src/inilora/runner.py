@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from . import rates
 from .config import (
     TRAINING_MODES,
     CompareConfig,
@@ -299,10 +300,8 @@ def run_grid(
     console = console or Console(stderr=True)
     root = Path(output_dir or config.output_dir)
     if race_mode(config):
-        from .race import check, race
-
         _check_methods(config)
-        check(config)
+        check_race(config)
         _check_root(root)
         if not dry_run:
             save_config(config, root)
@@ -310,8 +309,6 @@ def run_grid(
                     deadline=deadline, dry_run=dry_run)
     runs = expand(config, root)
     if "learning_rate" in config.tune:  # a full grid chooses each method's rate too: never on test rows
-        from .race import check_selection
-
         check_selection(config)
     _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
@@ -329,14 +326,14 @@ def run_grid(
 
 
 def race_mode(config: CompareConfig) -> bool:
-    """Each method at its own best rate, raced (:mod:`inilora.race`): a rate to tune, several methods."""
+    """Each method at its own best rate, raced (:mod:`inilora.rates`): a rate to tune, several methods."""
     return "learning_rate" in config.tune and (config.race.rungs > 1 or "learning_rate" not in config.sweep)
 
 
 class Execution:
     """The grid's cell-execution loop: runs cells (skipping finished ones), appends each finished
     run's row to ``results.jsonl`` and yields it. A plain grid hands it every cell at once; a race
-    (:mod:`inilora.race`) hands it one rung's cells at a time, deciding the next rung from the rows."""
+    (:mod:`inilora.rates`) hands it one rung's cells at a time, deciding the next rung from the rows."""
 
     def __init__(self, root: Path, config: CompareConfig, total: int, run_fn: RunFn | None = None, *,
                  progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None):
@@ -395,6 +392,103 @@ class Execution:
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
             yield row
+
+
+# ------------------------------------------------------------------------------------------------
+# each method at its own best rate: what a race may select on, and the race (rules: inilora.rates)
+
+
+def eval_tasks_of(config: CompareConfig) -> list[str]:
+    from .tasks import get_task
+
+    if config.base.eval_tasks is not None:
+        return list(config.base.eval_tasks)
+    return list(getattr(get_task(config.base.task), "eval_tasks", ()) or ())
+
+
+def check_selection(config: CompareConfig, key: str = "learning_rate") -> str:
+    """The validation task ``key`` is chosen on; ConfigError when the choice would see test rows:
+    the metric must belong to an evaluation task of the grid other than the first (the headline)."""
+    on = config.tune[key]
+    task, _, metric = on.partition("/")
+    evals = eval_tasks_of(config)
+    if not evals:
+        raise ConfigError(f"tune.{key}: {config.base.task} has one held-out split, the one the tables report; "
+                          f"choosing the rate on it ({on}) would select on test rows (tune on a task with a "
+                          "validation set, e.g. offline-arith with eval_tasks [offline-arith-test, offline-arith-val])")
+    if not metric or task not in evals:
+        raise ConfigError(f"tune.{key}: {on!r} is not TASK/METRIC of an evaluation task of this grid "
+                          f"({', '.join(evals)})")
+    if task == evals[0]:
+        raise ConfigError(f"tune.{key}: {on} chooses on {task}, the test set the tables report; "
+                          f"choose on a validation task disjoint from it ({', '.join(evals[1:]) or 'add one'})")
+    return task
+
+
+def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[float]]],
+               val_task: str) -> list[PlannedRun]:
+    """The cells of every rung reached so far: a rung before the last trains its shorter budget and is
+    graded on the validation task only (the test set is read once, at the full run)."""
+    rungs = config.race.rungs
+    budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs)
+    keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
+    out = []
+    for label, ladder in ladders.items():
+        for k, rung_rates in enumerate(ladder):
+            for rate in rung_rates:
+                for seed in config.seeds:
+                    last = k == rungs - 1
+                    extra = {} if last else {"max_steps": budgets[k], "eval_tasks": [val_task]}
+                    run = build_run(config, label, seed, {"learning_rate": rate}, root, extra=extra,
+                                    tag="" if last else f"rung={k}")
+                    run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k], "sweep_keys": keys}
+                    out.append(run)
+    return out
+
+
+def check_race(config: CompareConfig) -> str:
+    """Everything a race needs, refused in one line before any run: returns the validation task."""
+    if config.base.max_steps <= 0:
+        raise ConfigError("base.max_steps: a learning-rate race counts its rungs in optimizer steps; set max_steps")
+    if any(k != "learning_rate" for k in config.sweep):
+        raise ConfigError(f"sweep: a learning-rate race sweeps learning_rate only (also: {', '.join(config.sweep)})")
+    if any(v.only for v in config.variants.values()):
+        raise ConfigError("variants.*.only: a learning-rate race gives every method its own grid; drop `only`")
+    return check_selection(config)
+
+
+def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
+         console=None, deadline: float | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    val_task = check_race(config)
+    rows = read_results(root)
+    if dry_run:
+        ladders, _ = rates.plan(config, rows)
+        console.print(plan_table(race_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}))
+        console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
+                      f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
+        return rows
+    with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
+                   deadline=deadline) as ex:
+        while True:
+            ladders, _ = rates.plan(config, rows)
+            cells = race_cells(config, root, ladders, val_task)
+            _check_same_configs(cells, {r["run_id"]: r for r in rows}, root)
+            ex.grow(len(cells))
+            todo = [c for c in cells if c.run_id not in ex.done]
+            if not todo:
+                break
+            if ex.bar:
+                ex.bar.reset(ex.task, total=len(cells), completed=len(cells) - len(todo))
+            for _ in ex.run(todo):
+                pass
+            rows = read_results(root)
+            if ex.stopped:
+                break
+    return read_results(root)
 
 
 def _train_run(bar) -> RunFn:
@@ -456,9 +550,13 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
     if dry_run or not rows:
         return None
-    from .report import summary_table, write_report
+    from .report import own_best_table, summary_table, verdict, write_report
 
     path = write_report(root, rows, title=config.title, baseline=config.baseline)
-    Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
+    if "learning_rate" in config.tune:  # the own-best view first, the shared-rate one in the report
+        Console().print(own_best_table(rows, baseline=config.baseline, title=config.title))
+        Console().print(verdict(rows, config.baseline), highlight=False)
+    else:
+        Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
     (console or Console(stderr=True)).print(f"[bold green]wrote[/] {path}")
     return path

@@ -246,7 +246,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
 
 
 def final_rung(rows: list[dict]) -> list[dict]:
-    """The full runs: a race's (:mod:`inilora.race`) last rung, and every row of a plain grid."""
+    """The full runs: a race's (:mod:`inilora.rates`) last rung, and every row of a plain grid."""
     return [r for r in rows if r.get("rung", 0) == r.get("rungs", 1) - 1]
 
 

@@ -1,4 +1,7 @@
-"""Each method at its own best learning rate, paid for by successive halving (issue 28).
+"""Each method at its own best learning rate, paid for by successive halving (issue 28): the rules.
+
+This module decides from result rows alone (which rates run at which rung, what the race saved,
+what a replay on a full grid would have picked); ``runner.race`` runs the cells it names.
 
 At one shared rate a comparison of inits mostly measures whose rate it is (docs/results.md,
 question 2: IniLoRA 29 points ahead of LoRA at 1e-3, 39 behind at 8e-3; at each one's own best
@@ -43,8 +46,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import CompareConfig, ConfigError
-from .results import read_results
+from .config import CompareConfig
 
 #: a method's default rate centre relative to LoRA's (``base.learning_rate``), and why
 RATE_FACTOR: dict[str, tuple[float, str]] = {
@@ -79,48 +81,22 @@ def default_grid(method: str, centre: float, points: int = GRID_POINTS, step: fl
 
 def grids(config: CompareConfig) -> dict[str, list[float]]:
     """Each method's starting grid: the config's ``sweep.learning_rate`` for all, else the defaults."""
-    from .runner import _method_of
-
     if "learning_rate" in config.sweep:
         return {label: sorted(config.sweep["learning_rate"]) for label in config.methods}
-    return {label: default_grid(_method_of(config, label)[0], config.base.learning_rate) for label in config.methods}
+    return {label: default_grid(method_of(config, label), config.base.learning_rate, config.race.points,
+                                config.race.step) for label in config.methods}
+
+
+def method_of(config: CompareConfig, label: str) -> str:
+    """The registry method (or training mode) behind a comparison label (a variant's or its own name)."""
+    variant = config.variants.get(label)
+    return variant.method if variant else label
 
 
 def grid_step(grid: list[float]) -> float:
     """The ratio between neighbouring rates of a grid (its extension goes one such step further)."""
     g = sorted(grid)
     return (g[-1] / g[0]) ** (1 / (len(g) - 1)) if len(g) > 1 and g[0] > 0 else GRID_STEP
-
-
-# ------------------------------------------------------------------------------------------------
-# what a race may select on
-
-
-def eval_tasks_of(config: CompareConfig) -> list[str]:
-    from .tasks import get_task
-
-    if config.base.eval_tasks is not None:
-        return list(config.base.eval_tasks)
-    return list(getattr(get_task(config.base.task), "eval_tasks", ()) or ())
-
-
-def check_selection(config: CompareConfig, key: str = "learning_rate") -> str:
-    """The validation task ``key`` is chosen on; ConfigError when the choice would see test rows:
-    the metric must belong to an evaluation task of the grid other than the first (the headline)."""
-    on = config.tune[key]
-    task, _, metric = on.partition("/")
-    evals = eval_tasks_of(config)
-    if not evals:
-        raise ConfigError(f"tune.{key}: {config.base.task} has one held-out split, the one the tables report; "
-                          f"choosing the rate on it ({on}) would select on test rows (tune on a task with a "
-                          "validation set, e.g. offline-arith with eval_tasks [offline-arith-test, offline-arith-val])")
-    if not metric or task not in evals:
-        raise ConfigError(f"tune.{key}: {on!r} is not TASK/METRIC of an evaluation task of this grid "
-                          f"({', '.join(evals)})")
-    if task == evals[0]:
-        raise ConfigError(f"tune.{key}: {on} chooses on {task}, the test set the tables report; "
-                          f"choose on a validation task disjoint from it ({', '.join(evals[1:]) or 'add one'})")
-    return task
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,73 +155,6 @@ def plan(config: CompareConfig, rows: list[dict]) -> tuple[dict[str, list[list[f
             else:
                 break
     return out, final_grids
-
-
-def _cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[float]]], val_task: str):
-    from .runner import build_run
-
-    rungs = config.race.rungs
-    budgets = rung_steps(config.base.max_steps, config.race.eta, rungs)
-    keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
-    out = []
-    for label, ladder in ladders.items():
-        for k, rates in enumerate(ladder):
-            for rate in rates:
-                for seed in config.seeds:
-                    last = k == rungs - 1
-                    extra = {} if last else {"max_steps": budgets[k], "eval_tasks": [val_task]}
-                    run = build_run(config, label, seed, {"learning_rate": rate}, root, extra=extra,
-                                    tag="" if last else f"rung={k}")
-                    run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k], "sweep_keys": keys}
-                    out.append(run)
-    return out
-
-
-def check(config: CompareConfig) -> str:
-    """Everything a race needs, refused in one line before any run: returns the validation task."""
-    if config.base.max_steps <= 0:
-        raise ConfigError("base.max_steps: a learning-rate race counts its rungs in optimizer steps; set max_steps")
-    if any(k != "learning_rate" for k in config.sweep):
-        raise ConfigError(f"sweep: a learning-rate race sweeps learning_rate only (also: {', '.join(config.sweep)})")
-    if any(v.only for v in config.variants.values()):
-        raise ConfigError("variants.*.only: a learning-rate race gives every method its own grid; drop `only`")
-    return check_selection(config)
-
-
-def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
-         console=None, deadline: float | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
-    from rich.console import Console
-
-    from .runner import Execution, _check_same_configs, plan_table
-
-    console = console or Console(stderr=True)
-    val_task = check(config)
-    rows = read_results(root)
-    if dry_run:
-        ladders, _ = plan(config, rows)
-        console.print(plan_table(_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}))
-        console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
-                      f"steps per rung {rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
-        return rows
-    with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
-                   deadline=deadline) as ex:
-        while True:
-            ladders, _ = plan(config, rows)
-            cells = _cells(config, root, ladders, val_task)
-            _check_same_configs(cells, {r["run_id"]: r for r in rows}, root)
-            ex.grow(len(cells))
-            todo = [c for c in cells if c.run_id not in ex.done]
-            if not todo:
-                break
-            if ex.bar:
-                ex.bar.reset(ex.task, total=len(cells), completed=len(cells) - len(todo))
-            for _ in ex.run(todo):
-                pass
-            rows = read_results(root)
-            if ex.stopped:
-                break
-    return read_results(root)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,5 +219,5 @@ def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> d
     return out
 
 
-__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "check", "check_selection", "default_grid", "grids", "plan",
-           "race", "rate_factor", "replay", "rung_steps", "savings", "survivors"]
+__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_step", "grids", "method_of", "plan",
+           "rate_factor", "replay", "rung_steps", "savings", "survivors"]
