@@ -10,7 +10,8 @@ from inilora.runner import expand
 
 
 def test_quick_demo_grid_matches_the_brief(tmp_path):
-    from inilora.rates import check, default_grid
+    from inilora.rates import default_grid
+    from inilora.runner import check_race
 
     nlu, nlg = configs(tmp_path, QUICK)
     assert FULL.nlu_methods == tuple(NLU_METHODS)
@@ -18,7 +19,7 @@ def test_quick_demo_grid_matches_the_brief(tmp_path):
     assert nlg.base.model == "embedded:smollm2" and nlg.base.task == "offline-arith"
     assert nlg.methods == ["lora", "inilora"] and len(nlg.seeds) >= 3
     # the fair comparison: own-best rates on validation problems disjoint from the test ones, each grid 16× wide
-    assert check(nlg) == "offline-arith-val" and nlg.tune == {"learning_rate": "offline-arith-val/accuracy"}
+    assert check_race(nlg) == "offline-arith-val" and nlg.tune == {"learning_rate": "offline-arith-val/accuracy"}
     for m in nlg.methods:
         g = default_grid(m, nlg.base.learning_rate, nlg.race.points, nlg.race.step)
         assert g[-1] / g[0] >= 16

@@ -60,6 +60,8 @@ def _sensitivity(rows: list[dict], out_dir: Path) -> list[Path]:
         for method in methods_of([r for r in rows if r["task"] == task]):
             mrows = [r for r in rows if r["task"] == task and r["method"] == method]
             rates = ordered(r["settings"]["learning_rate"] for r in mrows)
+            if len(rates) < 2:  # a method run at one rate only: no curve to read
+                continue
             pts = [mean_std([r["metrics"][on] for r in mrows if r["settings"]["learning_rate"] == x]) for x in rates]
             ax.errorbar(rates, [p[0] for p in pts], yerr=[0 if math.isnan(p[1]) else p[1] for p in pts],
                         marker="o", capsize=3, label=method)
@@ -181,7 +183,7 @@ def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         cell = [s for s in stats if s.task == task and s.metric == headline]
         settings = list(dict.fromkeys(s.setting for s in cell))[:MAX_PANELS]
         methods = list(dict.fromkeys(s.method for s in cell))
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(settings)), 4))
+        fig, ax = plt.subplots(figsize=(min(16, max(6, 1.1 * len(methods) * len(settings))), 4))
         width = 0.8 / len(settings)
         for i, setting in enumerate(settings):
             pts = {s.method: s for s in cell if s.setting == setting}
