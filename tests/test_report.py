@@ -336,3 +336,23 @@ def test_titles_wrap_to_the_figure():
     lines = _wrap(title, fig).splitlines()
     assert len(lines) >= 2 and " ".join(lines) == title
     plt.close(fig)
+
+
+def test_identical_fit_curves_are_drawn_once_and_labelled(tmp_path, monkeypatch):
+    import inilora.plots as plots
+
+    captured = {}
+
+    def keep(fig, path):
+        captured["labels"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        captured["lines"] = len(fig.axes[0].get_lines())
+        plots._plt().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    curve = [[0, 0.05], [100, 0.04]]
+    rows = [{"method": "inilora", "seed": s, "model": "m", "approx_loss": curve} for s in (0, 11, 22)]
+    rows.append({"method": "inilora", "seed": 33, "model": "m", "approx_loss": [[0, 0.05], [100, 0.03]]})
+    plots._approx(rows, tmp_path)
+    assert captured["lines"] == 2
+    assert captured["labels"] == ["inilora seeds 0, 11, 22 (×3 identical)", "inilora seed 33"]
