@@ -165,8 +165,8 @@ def savings(rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per method: optimizer steps the race trained (over seeds) vs the full grid over the same rates,
     CPU seconds likewise (the full grid's estimated from the full runs' mean)."""
     out: dict[str, dict[str, Any]] = {}
-    for label in dict.fromkeys(r["method"] for r in rows if "rung" in r):
-        mine = [r for r in rows if r["method"] == label and "rung" in r]
+    for label in dict.fromkeys(r["method"] for r in rows if r.get("rungs", 1) > 1):
+        mine = [r for r in rows if r["method"] == label and r.get("rungs", 1) > 1]
         rungs = mine[0]["rungs"]
         full = [r for r in mine if r["rung"] == rungs - 1]
         full_steps = max((r["budget_steps"] for r in mine), default=0)

@@ -452,7 +452,7 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
     for r in rows:
         head = r.get("headline")
         val = r.get("metrics", {}).get(head)
-        rung = f"{r['rung']} ({r.get('budget_steps', '?')} steps)" if "rung" in r else "—"
+        rung = f"{r['rung']} ({r.get('budget_steps', '?')} steps)" if r.get("rungs", 1) > 1 else "—"
         lines.append(f"| {r['run_id']} | {r['method']} | {r['seed']} | {rung} | "
                      f"{head}={val:.4g} | {r.get('wall_s', float('nan')):.0f} |" if val is not None else
                      f"| {r['run_id']} | {r['method']} | {r['seed']} | {rung} | — | — |")

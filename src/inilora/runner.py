@@ -221,6 +221,7 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
     if config.tune:
         row["tune"] = dict(config.tune)
     row.update({k: result[k] for k in KEPT if k in result})
+    row.update({"rung": 0, "rungs": 1, "budget_steps": run.config.max_steps if run.config.max_steps > 0 else None})
     row.update(run.extra_row)  # a race's rung, its budget
     row["rate"] = run.config.learning_rate
     row["scored_on"] = scored_on(row.get("metrics", {}), config)
@@ -308,8 +309,8 @@ def run_grid(
         return race(config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
                     deadline=deadline, dry_run=dry_run)
     runs = expand(config, root)
-    if "learning_rate" in config.tune:  # a full grid chooses each method's rate too: never on test rows
-        check_selection(config)
+    for key in config.tune:  # a full grid chooses each method's value too: never on test rows
+        check_selection(config, key)
     _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
