@@ -307,6 +307,9 @@ def test_report_is_recomputed_from_results_alone_own_best_first_with_counts(tmp_
     assert "12 finished full runs and 30 shorter race rungs" in text
     assert "lora is ahead" in text  # the verdict sentence, above the table
     assert len(rows) == 42
+    summary = json.loads((tmp_path / "race" / "summary.json").read_text())
+    assert {(o["method"], o["rate"]) for o in summary["own_best"]} == {("lora", 8e-3), ("inilora", 1e-3)}
+    assert summary["verdict"].startswith("At each method's own best learning rate")
 
 
 def test_pinned_rate_says_so_first_and_seed_counts_are_true(tmp_path):

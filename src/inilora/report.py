@@ -460,17 +460,26 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
         lines += ["\n## Plots\n"] + [f"![{f.stem}](plots/{f.name})" for f in figures]
     path = output_dir / "report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    _write_summary(output_dir / "summary.json", stats)
+    _write_summary(output_dir / "summary.json", stats, rows)
     return path
 
 
-def _write_summary(path: Path, stats: list[Stat]) -> None:
+def _write_summary(path: Path, stats: list[Stat], rows: list[dict] | None = None) -> None:
+    """The statistics as JSON: a list of cells, or — with a tuned rate — ``{"own_best", "verdict",
+    "cells"}`` so a script can read the fair view without parsing the report."""
     def clean(x: float) -> float | None:
         return None if isinstance(x, float) and math.isnan(x) else x
+
+    spec = next((r["tune"] for r in rows or [] if r.get("tune")), {})
 
     data = [{"task": s.task, "metric": s.metric, "setting": {k: (None if v is ANY else v) for k, v in s.setting},
              "method": s.method, "mean": clean(s.mean), "std": clean(s.std), "n": len(s.values),
              "seeds": s.seeds, "p": clean(s.p), "p_holm": clean(s.p_holm)} for s in stats]
+    if "learning_rate" in spec:
+        own = [{"task": t.task, "method": t.method, "rate": t.choice, "edge": t.edge or None, "on": t.on,
+                "metric": t.stat.metric, "mean": clean(t.stat.mean), "std": clean(t.stat.std), "seeds": t.stat.seeds,
+                "p_holm": clean(t.stat.p_holm)} for t in tuned(rows, "learning_rate", spec["learning_rate"])]
+        data = {"own_best": own, "verdict": verdict(rows), "cells": data}
     atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
