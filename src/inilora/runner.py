@@ -441,7 +441,7 @@ def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[f
                     last = k == rungs - 1
                     extra = {} if last else {"max_steps": budgets[k], "eval_tasks": [val_task]}
                     run = build_run(config, label, seed, {"learning_rate": rate}, root, extra=extra,
-                                    tag="" if last else f"rung={k}")
+                                    tag=f"rung={k}")  # a race of other rungs refuses, never reuses, a folder
                     run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k], "sweep_keys": keys}
                     out.append(run)
     return out
