@@ -49,7 +49,7 @@ class Sizes:
     nlg_methods: int  # how many of NLG_METHODS
     nlg_seeds: tuple[int, ...]
     nlg_train: int
-    nlg_eval: int  # test problems (the validation set the rates are chosen on: nlg_val)
+    nlg_eval: int  # test problems, and validation problems the rates are chosen on (as many)
     nlg_steps: int  # the full run; the race's first rung trains steps / race_eta
     nlg_max_length: int
     nlg_new_tokens: int
@@ -57,7 +57,6 @@ class Sizes:
     fit_steps: int  # inilora approximation steps (paper: 20000)
     budget_s: float  # no run starts past this; the NLU grid starts only with nlu_min_s of it left
     engine: str | None = None  # approximation engine; None: cpu-fused on the CPU, torch on a GPU
-    nlg_val: int = 16
     nlg_lr: float = 8e-3  # LoRA's grid centre (measured best at 24 steps: docs/results.md question 2)
     rate_points: int = 3  # rates per method, rate_step apart: 3 × 4 = a 16× span
     rate_step: float = 4.0
@@ -68,12 +67,12 @@ class Sizes:
     nlu_min_s: float = 0.0
 
 
-# Sizes measured on this project's 2-core machine (see README "the demo" for the measured time and
-# the load it was measured under). NLG: rung 0 = 4 of 12 steps graded on 16 validation problems;
-# the full run 12 steps graded on 16 validation + 32 test problems; 2 methods × 3 rates × 3 seeds
-# at rung 0 (≈ 14 s each, quiet), 1 rate per method at the full budget (≈ 30 s each), the fits
-# (≈ 20 s per seed) and the one-time model copy: ≈ 9 min quiet, by the per-run times measured for
-# the earlier NLG demo (22 s for 8 steps and 16 problems). No run starts past budget_s.
+# Sizes *estimated* for this project's 2-core machine, not yet measured end to end on an idle one
+# (README, "the demo"). NLG: rung 0 = 4 of 12 steps graded on 32 validation problems; the full run
+# 12 steps graded on 32 validation + 32 test problems; 2 methods × 3 rates × 3 seeds at rung 0
+# (≈ 14 s each, quiet), 1 rate per method at the full budget (≈ 30 s each), the fits (≈ 20 s per
+# seed) and the one-time model copy: ≈ 9 min quiet, from the per-run times measured for the earlier
+# NLG demo (22 s for 8 steps and 16 problems, 2 threads). No run starts past budget_s.
 QUICK = Sizes(seeds=(0, 11, 22), nlu_methods=("lora", "inilora", "inilora-alpha"), nlu_train=512, nlu_eval=128,
               nlu_epochs=1, nlu_max_length=32, nlu_batch=16, nlg_methods=2, nlg_seeds=(0, 11, 22), nlg_train=48,
               nlg_eval=32, nlg_steps=12, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=4000,
@@ -81,11 +80,11 @@ QUICK = Sizes(seeds=(0, 11, 22), nlu_methods=("lora", "inilora", "inilora-alpha"
 FULL = Sizes(seeds=(0, 11, 22, 33, 44), nlu_methods=tuple(NLU_METHODS), nlu_train=2048, nlu_eval=500, nlu_epochs=2,
              nlu_max_length=64, nlu_batch=16, nlg_methods=3, nlg_seeds=(0, 11, 22, 33, 44), nlg_train=256,
              nlg_eval=200, nlg_steps=24, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=20000,
-             budget_s=float("inf"), nlg_val=100, rate_points=5, rate_step=2.0, race_extend=1)
+             budget_s=float("inf"), rate_points=5, rate_step=2.0, race_extend=1)
 SMOKE = Sizes(seeds=(0, 1), nlu_methods=("lora", "inilora"), nlu_train=16, nlu_eval=16, nlu_epochs=1,
               nlu_max_length=32, nlu_batch=16, nlg_methods=2, nlg_seeds=(0, 1), nlg_train=4, nlg_eval=2, nlg_steps=3,
               nlg_max_length=96, nlg_new_tokens=8, nlg_batch=4, fit_steps=20, budget_s=float("inf"), engine="torch",
-              nlg_val=2)
+)
 
 
 def _engine(sizes: Sizes) -> str:
@@ -163,7 +162,7 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     console.rule("[bold]inilora demo")
     console.print(f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)}, each at its own best "
                   f"learning rate, up to {len(nlg.seeds)} seeds as time allows\n"
-                  f"  rates ({grids}) raced on {sizes.nlg_val} validation problems: every rate {rungs[0]} steps, "
+                  f"  rates ({grids}) raced on {min(sizes.nlg_eval, 100)} validation problems: every rate {rungs[0]} steps, "
                   f"the best 1/{sizes.race_eta} the full {rungs[-1]}; graded on {sizes.nlg_eval} test problems\n"
                   f"inilora fit: {fit['steps']} approximation steps, engine {fit['engine']}{note}; "
                   f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}", soft_wrap=True)
