@@ -162,7 +162,7 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     console.rule("[bold]inilora demo")
     console.print(f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)}, each at its own best "
                   f"learning rate, up to {len(nlg.seeds)} seeds as time allows\n"
-                  f"  rates ({grids}) raced on {min(sizes.nlg_eval, 100)} validation problems: every rate {rungs[0]} steps, "
+                  f"  rates ({grids}) raced on {min(sizes.nlg_eval, 100)} validation problems: every rate {rungs[0]} step{'s' * (rungs[0] != 1)}, "
                   f"the best 1/{sizes.race_eta} the full {rungs[-1]}; graded on {sizes.nlg_eval} test problems\n"
                   f"inilora fit: {fit['steps']} approximation steps, engine {fit['engine']}{note}; "
                   f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}", soft_wrap=True)
