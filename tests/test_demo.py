@@ -55,3 +55,54 @@ def test_smoke_demo_end_to_end(tmp_path):
     again = CliRunner().invoke(app, ["demo", "--smoke", "--out", str(tmp_path / "demo")])
     assert again.exit_code == 0, again.output
     assert time.time() - start < max(10.0, first / 3)
+
+
+def test_demo_flow_own_best_first_with_a_finding_in_80_columns(tmp_path):
+    """The demo's own flow with a stand-in for training (the real runs: test_smoke_demo_end_to_end)."""
+    import io
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_race import fake_nlg
+    from test_runner import fake_run
+
+    from inilora.demo import SMOKE, run_demo, scaled
+
+    def fake(config, **kw):
+        if config.task == "offline-arith":
+            return fake_nlg(config, **kw)
+        return fake_run(config, **kw)
+
+    err = io.StringIO()
+    out = io.StringIO()
+    import inilora.demo as demo
+
+    real = demo.__dict__.get("Console")
+    sizes = scaled(SMOKE, nlg_seeds=(0, 1, 2), nlg_steps=6)
+    import rich.console
+
+    orig = rich.console.Console
+
+    class Wide(orig):  # the demo's stdout console, captured
+        def __init__(self, *a, **k):
+            k.setdefault("file", out)
+            super().__init__(*a, **k)
+
+    rich.console.Console = Wide
+    try:
+        paths = run_demo(tmp_path / "demo", sizes=sizes, run_fn=fake, console=Console(file=err, width=200))
+    finally:
+        rich.console.Console = orig
+    assert real is None and set(paths) == {"nlg", "nlu"}
+    text = out.getvalue()
+    assert text.index("each method at its own best rate") < text.index("one shared rate")
+    assert "Finding: At each method's own best learning rate (chosen on validation), lora is ahead" in " ".join(
+        text.split())
+    table = text[: text.index("Finding")]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    nlg = (tmp_path / "demo" / "nlg" / "report.md").read_text()
+    assert nlg.index("own best") < nlg.index("At shared settings")
+    assert "up to 3 seeds as time allows" in err.getvalue() and "× 3 seeds" not in err.getvalue()
