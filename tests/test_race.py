@@ -180,3 +180,14 @@ def test_grids_from_sweep_are_shared():
     cfg = CompareConfig(base=TrainConfig(task="offline-arith", max_steps=8), methods=["lora", "inilora"],
                         sweep={"learning_rate": [4e-3, 1e-3]}, tune={"learning_rate": VAL})
     assert grids(cfg) == {"lora": [1e-3, 4e-3], "inilora": [1e-3, 4e-3]}
+
+
+def test_a_single_finalist_is_still_each_methods_own_best(tmp_path):
+    """3 rates, η = 3: one rate per method reaches the full run; the own-best table still has it."""
+    from inilora.stats import tuned
+
+    cfg = tuned_grid(tmp_path, race=RaceSettings(eta=3, rungs=2, extend=0, points=3, step=4.0))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    found = {t.method: t for t in tuned(rows, "learning_rate", VAL)}
+    assert {m: t.choice for m, t in found.items()} == {"lora": 8e-3, "inilora": 1e-3}
+    assert found["lora"].tried == [2e-3, 8e-3, 3.2e-2] and not found["lora"].edge

@@ -228,8 +228,10 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
                 values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
-                if len(values) < 2:  # run at one value only (a variant's `only`): nothing was chosen
-                    continue
+                tried = ordered(_key(r["settings"][key]) for r in every if r["method"] == method
+                                and r["task"] == task and key in r.get("settings", {}))
+                if not values or len(tried) < 2:  # run at one value only (a variant's `only`): nothing was chosen
+                    continue  # (a race's one finalist was chosen: among every rate tried)
                 means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
                          for v in values}
                 best = max(values, key=lambda v: (means[v], -values.index(v)))
@@ -237,8 +239,6 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                 seeds = sorted(by_seed)
                 m, sd = mean_std([by_seed[x] for x in seeds])
                 stat = Stat(task, headline, rest + ((key, best),), method, [by_seed[x] for x in seeds], seeds, m, sd)
-                tried = ordered(_key(r["settings"][key]) for r in every if r["method"] == method
-                                and r["task"] == task and key in r.get("settings", {}))
                 group.append(Tuned(task, rest, method, key, best, on, means, stat, tried))
             _test([g.stat for g in group], baseline)
             out.extend(group)
