@@ -261,3 +261,101 @@ def test_provenance_names_the_machine_and_threads_of_each_run(tmp_path):
     rows += [_row("inilora", s, 0.7, device="cpu (AMD EPYC)", threads=2, precision="fp32") for s in (0, 1)]
     text = write_report(tmp_path, rows, plots=False).read_text()
     assert "Measured on cpu (AMD EPYC) (1 thread, fp32), cpu (AMD EPYC) (2 threads, fp32);" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# the fair view first (issue 28) and the report cosmetics of issue 24
+
+
+def _race_rows(tmp_path):
+    from test_race import fake_nlg, tuned_grid
+
+    from inilora.runner import run_grid
+
+    return run_grid(tuned_grid(tmp_path), run_fn=fake_nlg, progress=False)
+
+
+def _width(table) -> int:
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    Console(file=buf, width=200).print(table)
+    return max(len(line.rstrip()) for line in buf.getvalue().splitlines())
+
+
+def test_demo_tables_fit_80_columns(tmp_path):
+    from inilora.report import own_best_table, summary_table
+
+    rows = _race_rows(tmp_path)
+    assert _width(own_best_table(rows, title="NLG: each method at its own best rate")) <= 80
+    nlu = [{**r, "method": m, "seed": s, "metrics": {"accuracy": 0.6123 + 0.01 * s}, "headline": "accuracy",
+            "settings": {}, "sweep_keys": [], "task": "offline-topic", "trainable_params": 75300}
+           for r in rows[:1] for m in ("lora", "inilora", "inilora-alpha") for s in (0, 11, 22)]
+    assert _width(summary_table(nlu, title="inilora demo — NLU", per_seed=False)) <= 80
+
+
+def test_report_is_recomputed_from_results_alone_own_best_first_with_counts(tmp_path):
+    from inilora.report import write_report
+
+    rows = _race_rows(tmp_path)
+    text = write_report(tmp_path / "race", plots=False).read_text()  # from results.jsonl only
+    assert text.index("own best") < text.index("At shared settings") < text.index("## Runs")
+    assert "offline-arith-test/accuracy (×100, n=16)" in text
+    assert "What the race cost" in text and "5 → 2" in text and "How forgiving" in text
+    assert "12 finished full runs and 30 shorter race rungs" in text
+    assert "lora is ahead" in text  # the verdict sentence, above the table
+    assert len(rows) == 42
+    summary = json.loads((tmp_path / "race" / "summary.json").read_text())
+    assert {(o["method"], o["rate"]) for o in summary["own_best"]} == {("lora", 8e-3), ("inilora", 1e-3)}
+    assert summary["verdict"].startswith("At each method's own best learning rate")
+
+
+def test_pinned_rate_says_so_first_and_seed_counts_are_true(tmp_path):
+    from inilora.report import write_report
+
+    rows = [{"run_id": f"{m}_seed={s}", "method": m, "seed": s, "task": "offline-topic", "settings": {},
+             "sweep_keys": [], "baseline": "lora", "metrics": {"accuracy": 0.5 + 0.01 * s + (m == "inilora") * 0.02},
+             "headline": "accuracy", "eval_examples": {"offline-topic": 128}, "config": {"learning_rate": 3e-3}}
+            for m, seeds in (("lora", (0, 1, 2)), ("inilora", (0,))) for s in seeds]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    head = "\n".join(text.splitlines()[:8])
+    assert "Every method ran at the same learning rate (0.003)" in head and "tune: {learning_rate" in head
+    assert "seeds lora 3, inilora 1" in head and "3 seeds" not in head
+    assert "(×100, n=128)" in text
+
+
+def test_titles_wrap_to_the_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from inilora.plots import _wrap
+
+    fig = plt.figure(figsize=(6, 4))
+    title = "offline-arith: offline-arith-test/accuracy per method (mean ± std, dots: seeds)"
+    lines = _wrap(title, fig).splitlines()
+    assert len(lines) >= 2 and " ".join(lines) == title
+    plt.close(fig)
+
+
+def test_identical_fit_curves_are_drawn_once_and_labelled(tmp_path, monkeypatch):
+    import inilora.plots as plots
+
+    captured = {}
+
+    def keep(fig, path):
+        captured["labels"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        captured["lines"] = len(fig.axes[0].get_lines())
+        plots._plt().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    curve = [[0, 0.05], [100, 0.04]]
+    rows = [{"method": "inilora", "seed": s, "model": "m", "approx_loss": curve} for s in (0, 11, 22)]
+    rows.append({"method": "inilora", "seed": 33, "model": "m", "approx_loss": [[0, 0.05], [100, 0.03]]})
+    plots._approx(rows, tmp_path)
+    assert captured["lines"] == 2
+    assert captured["labels"] == ["inilora seeds 0, 11, 22 (×3 identical)", "inilora seed 33"]

@@ -15,6 +15,7 @@ import pytest
 from inilora.config import (
     CompareConfig,
     ConfigError,
+    RaceSettings,
     TrainConfig,
     Variant,
     from_dict,
@@ -251,7 +252,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
     cmd = [sys.executable, "-c", GRID_SCRIPT.format(tests=str(ROOT / "tests")), str(path)]
     proc = subprocess.Popen(cmd, env=env)
     results = tmp_path / "grid" / "results.jsonl"
-    deadline = time.time() + 30
+    deadline = time.time() + 120  # imports alone take ~30 s on a loaded 2-core machine
     while time.time() < deadline and len(read_results(tmp_path / "grid")) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -328,9 +329,17 @@ def test_compare_and_train_read_set_values_alike(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_tune_names_a_sweep_key_and_reaches_every_row(tmp_path):
-    with pytest.raises(ConfigError, match="tune.learning_rate: not a sweep key"):
-        grid(tmp_path, tune={"learning_rate": "accuracy"})
-    rows = run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"}),
-                    run_fn=fake_run, progress=False)
-    assert rows and all(r["tune"] == {"learning_rate": "f1"} for r in rows)
+def test_tune_names_a_sweep_key_never_test_rows_and_rows_say_rung_rate_split(tmp_path):
+    with pytest.raises(ConfigError, match="tune.lora.rank: not a sweep key"):
+        grid(tmp_path, sweep={}, tune={"lora.rank": "accuracy"})
+    # an NLU task has one held-out split, the one reported: choosing on it is refused, in a full grid too
+    with pytest.raises(ConfigError, match="would select on test rows"):
+        run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"},
+                      race=RaceSettings(rungs=1)), run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
+    with pytest.raises(ConfigError, match="tune.lora.rank: .*would select on test rows"):
+        run_grid(grid(tmp_path, sweep={"lora.rank": [4, 8]}, tune={"lora.rank": "f1"}),
+                 run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
+    rows = run_grid(grid(tmp_path, sweep={"lora.rank": [4, 8]}), run_fn=fake_run, progress=False)
+    # every row says its rung (a plain grid: 0 of 1), its rate and the split each metric was scored on
+    assert all(r["rung"] == 0 and r["rungs"] == 1 and r["rate"] == r["config"]["learning_rate"] for r in rows)
+    assert all(r["scored_on"] == {"accuracy": "test", "f1": "test"} for r in rows)

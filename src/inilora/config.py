@@ -168,6 +168,29 @@ class Variant:
 
 
 @dataclass
+class RaceSettings:
+    """How ``tune: {learning_rate: ...}`` pays for each method's own best rate (see :mod:`inilora.rates`).
+
+    Successive halving: every rate of a method trains rung 0 (``max_steps / eta**(rungs-1)`` steps),
+    the best ``1/eta`` by the validation metric go on to the next rung (``eta``× the steps), the last
+    rung is the full run, scored on test. ``rungs: 1`` trains the full grid. ``extend``: how many
+    steps the grid grows past an edge when a method's pick sits on it (then the table says "bound")."""
+
+    eta: int = 3
+    rungs: int = 2
+    extend: int = 1
+    points: int = 5  # default grids (no sweep.learning_rate): rates per method,
+    step: float = 2.0  # this factor apart (5 × 2: a 16× span; inilora.race.default_grid)
+
+    def __post_init__(self) -> None:
+        _check(self.points >= 2, "race.points", f"must be ≥ 2, got {self.points}")
+        _check(self.step > 1, "race.step", f"must be > 1, got {self.step}")
+        _check(self.eta >= 2, "race.eta", f"must be ≥ 2, got {self.eta}")
+        _check(self.rungs >= 1, "race.rungs", f"must be ≥ 1, got {self.rungs}")
+        _check(self.extend >= 0, "race.extend", f"must be ≥ 0, got {self.extend}")
+
+
+@dataclass
 class CompareConfig:
     """A grid: methods × seeds × swept settings, each cell one TrainConfig.
 
@@ -186,6 +209,7 @@ class CompareConfig:
     # swept key → metric to choose it on, per method (``learning_rate: offline-arith-val/accuracy``):
     # the report adds a table of each method at its own best value; use a validation metric
     tune: dict[str, str] = field(default_factory=dict)
+    race: RaceSettings = field(default_factory=RaceSettings)  # tune.learning_rate: successive halving
     output_dir: str = "runs/compare"
     title: str = "inilora comparison"
 
@@ -199,7 +223,8 @@ class CompareConfig:
         for key, values in self.sweep.items():
             _check(isinstance(values, list) and len(values) > 0, f"sweep.{key}", "must be a non-empty list")
         for key in self.tune:
-            _check(key in self.sweep, f"tune.{key}", f"not a sweep key (sweep: {', '.join(self.sweep) or 'none'})")
+            _check(key in self.sweep or key == "learning_rate", f"tune.{key}",  # the rate: default grids
+                   f"not a sweep key (sweep: {', '.join(self.sweep) or 'none'})")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""``inilora demo``: the main job — init methods compared on the embedded models, offline, in minutes.
+"""``inilora demo``: the main job — init methods compared fairly on the embedded models, offline, in minutes.
 
-Two grids, run with the same runner as ``inilora compare`` (so the demo resumes when re-run and
+Run with the same runner as ``inilora compare`` (so the demo resumes when re-run and
 ``inilora report`` rebuilds its report):
 
-- NLU: all-MiniLM-L6-v2 (``embedded:minilm``) on ``offline-topic`` (or ``offline-qa-pair``),
-  six methods × 3 seeds;
-- NLG: SmolLM2-135M-Instruct (``embedded:smollm2``) SFT on ``offline-arith``, graded on held-out
-  problems with the exact GSM8K grader — as many methods as the budget allows (lora, inilora,
-  inilora-alpha first).
+- NLG, first and always: SmolLM2-135M-Instruct (``embedded:smollm2``) SFT on ``offline-arith``,
+  **each method at its own best learning rate** — raced over its own grid by successive halving
+  (:mod:`inilora.rates`), chosen on ``offline-arith-val``, graded on the disjoint test problems with
+  the exact GSM8K grader. The summary ends with one sentence: who is ahead, and whether it is
+  significant.
+- NLU: all-MiniLM-L6-v2 (``embedded:minilm``) on ``offline-topic`` (or ``offline-qa-pair``) at one
+  shared rate — those tasks have one held-out split, so no rate can be chosen fairly on them; its
+  report says so. The quick demo runs it only when its time budget leaves room (``--full`` always).
 
 Sizes were chosen by measuring on 2 CPU cores (README: "the demo"). The inilora fit uses the
 ``cpu-fused`` engine (``torch`` where no compiler is found) and fewer than the paper's 20000 steps
@@ -17,6 +20,7 @@ cached per seed in ``$INILORA_CACHE``: a second demo skips it.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -24,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import CompareConfig, GenerationSettings, LoraSettings, TrainConfig
+from .config import CompareConfig, GenerationSettings, LoraSettings, RaceSettings, TrainConfig
 
 NLU_METHODS = ["lora", "pissa", "milora", "inilora", "inilora-alpha", "inilora-beta-kn"]
 NLG_METHODS = ["lora", "inilora", "inilora-alpha", "pissa", "milora", "inilora-beta-kn"]  # by priority
@@ -45,31 +49,42 @@ class Sizes:
     nlg_methods: int  # how many of NLG_METHODS
     nlg_seeds: tuple[int, ...]
     nlg_train: int
-    nlg_eval: int
-    nlg_steps: int
+    nlg_eval: int  # test problems, and validation problems the rates are chosen on (as many)
+    nlg_steps: int  # the full run; the race's first rung trains steps / race_eta
     nlg_max_length: int
     nlg_new_tokens: int
     nlg_batch: int
     fit_steps: int  # inilora approximation steps (paper: 20000)
-    budget_s: float  # no NLG run starts past this (the NLU grid and the first NLG seed always complete)
+    budget_s: float  # no run starts past this; the NLU grid starts only with nlu_min_s of it left
     engine: str | None = None  # approximation engine; None: cpu-fused on the CPU, torch on a GPU
+    nlg_lr: float = 8e-3  # LoRA's grid centre (measured best at 24 steps: docs/results.md question 2)
+    rate_points: int = 3  # rates per method, rate_step apart: 3 × 4 = a 16× span
+    rate_step: float = 4.0
+    race_eta: int = 3
+    race_rungs: int = 2
+    race_extend: int = 0  # the quick demo calls an edge pick a bound instead of spending ~2 min past it
+    nlu: bool = True  # run the shared-rate NLU grid (as the budget allows)
+    nlu_min_s: float = 0.0
 
 
-# Sizes measured on this project's 2-core machine (`inilora demo`, 2 threads, Nov 2026): an NLU run
-# (512 examples = 32 steps of 16, 128 evals) 10-13 s when the machine is quiet; an NLG run (8 steps of
-# 4, 16 graded problems × 32 new tokens) ≈ 22 s, + ≈ 20 s for each seed's SmolLM2 fit (cpu-fused,
-# 4000 steps) and ≈ 20 s once for the SmolLM2 safetensors copy. Quiet total ≈ 8 min; a busier machine
-# is bounded by `budget_s`: no NLG run starts after it (the first NLG seed of every method still runs).
-QUICK = Sizes(seeds=(0, 11, 22), nlu_methods=tuple(NLU_METHODS), nlu_train=512, nlu_eval=128, nlu_epochs=1,
-              nlu_max_length=32, nlu_batch=16, nlg_methods=3, nlg_seeds=(0, 11, 22), nlg_train=32, nlg_eval=16,
-              nlg_steps=8, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=4000, budget_s=480)
+# Sizes *estimated* for this project's 2-core machine, not yet measured end to end on an idle one
+# (README, "the demo"). NLG: rung 0 = 4 of 12 steps graded on 32 validation problems; the full run
+# 12 steps graded on 32 validation + 32 test problems; 2 methods × 3 rates × 3 seeds at rung 0
+# (≈ 14 s each, quiet), 1 rate per method at the full budget (≈ 30 s each), the fits (≈ 20 s per
+# seed) and the one-time model copy: ≈ 9 min quiet, from the per-run times measured for the earlier
+# NLG demo (22 s for 8 steps and 16 problems, 2 threads). No run starts past budget_s.
+QUICK = Sizes(seeds=(0, 11, 22), nlu_methods=("lora", "inilora", "inilora-alpha"), nlu_train=512, nlu_eval=128,
+              nlu_epochs=1, nlu_max_length=32, nlu_batch=16, nlg_methods=2, nlg_seeds=(0, 11, 22), nlg_train=48,
+              nlg_eval=32, nlg_steps=12, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=4000,
+              budget_s=540, nlu_min_s=150)
 FULL = Sizes(seeds=(0, 11, 22, 33, 44), nlu_methods=tuple(NLU_METHODS), nlu_train=2048, nlu_eval=500, nlu_epochs=2,
-             nlu_max_length=64, nlu_batch=16, nlg_methods=6, nlg_seeds=(0, 11, 22, 33, 44), nlg_train=512,
-             nlg_eval=200, nlg_steps=64, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=8, fit_steps=20000,
-             budget_s=float("inf"))
+             nlu_max_length=64, nlu_batch=16, nlg_methods=3, nlg_seeds=(0, 11, 22, 33, 44), nlg_train=256,
+             nlg_eval=200, nlg_steps=24, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=20000,
+             budget_s=float("inf"), rate_points=5, rate_step=2.0, race_extend=1)
 SMOKE = Sizes(seeds=(0, 1), nlu_methods=("lora", "inilora"), nlu_train=16, nlu_eval=16, nlu_epochs=1,
-              nlu_max_length=32, nlu_batch=16, nlg_methods=1, nlg_seeds=(0,), nlg_train=4, nlg_eval=2, nlg_steps=1,
-              nlg_max_length=96, nlg_new_tokens=8, nlg_batch=4, fit_steps=20, budget_s=float("inf"), engine="torch")
+              nlu_max_length=32, nlu_batch=16, nlg_methods=2, nlg_seeds=(0, 1), nlg_train=4, nlg_eval=2, nlg_steps=3,
+              nlg_max_length=96, nlg_new_tokens=8, nlg_batch=4, fit_steps=20, budget_s=float("inf"), engine="torch",
+)
 
 
 def _engine(sizes: Sizes) -> str:
@@ -100,28 +115,34 @@ def configs(out: Path, sizes: Sizes, nlu_task: str = "offline-topic") -> tuple[C
                          lora=LoraSettings(rank=8), device="auto"),
         methods=list(sizes.nlu_methods), seeds=list(sizes.seeds), output_dir=str(out / "nlu"),
         variants={"inilora": Variant(method="inilora", options=_fit_options("inilora", sizes, engine))},
-        title=f"inilora demo — NLU: all-MiniLM-L6-v2 on {nlu_task}")
+        title=f"inilora demo — NLU: all-MiniLM-L6-v2 on {nlu_task}, one shared rate")
     nlg_methods = NLG_METHODS[: sizes.nlg_methods]
     nlg = CompareConfig(
         base=TrainConfig(model="embedded:smollm2", task="offline-arith", train_size=sizes.nlg_train,
                          eval_size=sizes.nlg_eval, max_length=sizes.nlg_max_length, max_steps=sizes.nlg_steps,
-                         batch_size=sizes.nlg_batch, learning_rate=5e-4, warmup_ratio=0.03, scheduler="cosine",
-                         logging_steps=2, lora=LoraSettings(rank=8), device="auto",
+                         batch_size=sizes.nlg_batch, learning_rate=sizes.nlg_lr, warmup_ratio=0.03,
+                         scheduler="cosine", logging_steps=2, lora=LoraSettings(rank=8), device="auto",
+                         eval_tasks=["offline-arith-test", "offline-arith-val"],
                          generation=GenerationSettings(max_new_tokens=sizes.nlg_new_tokens, batch_size=32)),
         methods=nlg_methods, seeds=list(sizes.nlg_seeds), output_dir=str(out / "nlg"),
         variants=({"inilora": Variant(method="inilora", options=_fit_options("inilora", sizes, engine))}
                   if "inilora" in nlg_methods else {}),
-        title="inilora demo — NLG: SmolLM2-135M-Instruct on offline-arith (GSM8K-style grading)")
+        tune={"learning_rate": "offline-arith-val/accuracy"},
+        race=RaceSettings(eta=sizes.race_eta, rungs=sizes.race_rungs, extend=sizes.race_extend,
+                          points=sizes.rate_points, step=sizes.rate_step),
+        title="inilora demo — NLG: SmolLM2-135M-Instruct on offline-arith, each method at its own best rate")
     return nlu, nlg
 
 
 def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str = "offline-topic",
              smoke: bool = False, console=None, sizes: Sizes | None = None, run_fn=None) -> dict[str, Path]:
-    """Run both grids, write their reports, print the terminal summary; returns the report paths."""
+    """Run the fair NLG comparison (and the NLU grid as the budget allows), write their reports,
+    print the terminal summary and the one-sentence finding; returns the report paths."""
     from rich.console import Console
 
     from .config import ConfigError
-    from .report import summary_table, write_report
+    from .rates import default_grid, method_of, rung_steps
+    from .report import own_best_table, summary_table, verdict, write_report
     from .runner import run_grid
 
     if nlu_task not in NLU_TASKS:
@@ -132,38 +153,51 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     out = Path(out) if out is not None else Path("runs/demo-smoke" if smoke else "runs/demo-full" if full else "runs/demo")
     start = time.time()
     nlu, nlg = configs(out, sizes, nlu_task)
-    fit = nlu.variants["inilora"].options
+    fit = nlg.variants["inilora"].options if "inilora" in nlg.variants else nlu.variants["inilora"].options
     note = "" if fit["steps"] >= 20000 else " (the paper uses 20000; `inilora demo --full` runs them)"
+    rungs = rung_steps(sizes.nlg_steps, sizes.race_eta, sizes.race_rungs)
+    grids = "; ".join(f"{m} " + ", ".join(f"{r:g}" for r in default_grid(method_of(nlg, m), sizes.nlg_lr,
+                                                                         sizes.rate_points, sizes.rate_step))
+                      for m in nlg.methods)
     console.rule("[bold]inilora demo")
-    console.print(f"NLU: embedded:minilm on {nlu_task}, {len(nlu.methods)} methods × {len(nlu.seeds)} seeds, "
-                  f"{sizes.nlu_train} training examples × {sizes.nlu_epochs:g} epochs\n"
-                  f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)} × {len(nlg.seeds)} seeds, "
-                  f"{sizes.nlg_steps} steps, graded on {sizes.nlg_eval} held-out problems\n"
+    console.print(f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)}, each at its own best "
+                  f"learning rate, up to {len(nlg.seeds)} seeds as time allows\n"
+                  f"  rates ({grids}) raced on {min(sizes.nlg_eval, 100)} validation problems: every rate {rungs[0]} step{'s' * (rungs[0] != 1)}, "
+                  f"the best 1/{sizes.race_eta} the full {rungs[-1]}; graded on {sizes.nlg_eval} test problems\n"
                   f"inilora fit: {fit['steps']} approximation steps, engine {fit['engine']}{note}; "
                   f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}", soft_wrap=True)
     paths: dict[str, Path] = {}
     short: list[str] = []
-    stdout = Console()
-    for name, grid in (("nlu", nlu), ("nlg", nlg)):
-        console.print(f"\n[bold]{grid.title}", soft_wrap=True)
-        if name == "nlg":  # the first seed of every NLG method always runs; the other seeds as time allows
-            run_grid(replace(grid, seeds=grid.seeds[:1]), run_fn=run_fn, console=console)
-        deadline = None if name == "nlu" else start + sizes.budget_s
-        rows = run_grid(grid, run_fn=run_fn, console=console, deadline=deadline)
-        if not rows:
-            continue
-        paths[name] = write_report(grid.output_dir, rows, title=grid.title, baseline=grid.baseline)
-        stdout.print(summary_table(rows, baseline=grid.baseline, title=grid.title))
-        seeds = {m: len({r["seed"] for r in rows if r["method"] == m}) for m in {r["method"] for r in rows}}
-        if min(seeds.values()) < 2:
-            short.append(f"{name.upper()} has {min(seeds.values())} seed for some methods, so it has no statistics "
-                         "(no std, no test against lora)")
+    stdout = Console(width=80)
+    deadline = start + sizes.budget_s
+    console.print(f"\n[bold]{nlg.title}", soft_wrap=True)
+    rows = run_grid(nlg, run_fn=run_fn, console=console, deadline=deadline)
+    sentence = ""
+    if rows:
+        paths["nlg"] = write_report(nlg.output_dir, rows, title=nlg.title, baseline=nlg.baseline)
+        stdout.print(own_best_table(rows, baseline=nlg.baseline, title="NLG: each method at its own best rate"))
+        sentence = verdict(rows, nlg.baseline)
+    left = deadline - time.time()
+    if sizes.nlu and left >= sizes.nlu_min_s:
+        console.print(f"\n[bold]{nlu.title}", soft_wrap=True)
+        nrows = run_grid(nlu, run_fn=run_fn, console=console, deadline=None if math.isinf(left) else deadline)
+        if nrows:
+            paths["nlu"] = write_report(nlu.output_dir, nrows, title=nlu.title, baseline=nlu.baseline)
+            stdout.print(summary_table(nrows, baseline=nlu.baseline, title=nlu.title, per_seed=False))
+            seeds = {m: len({r["seed"] for r in nrows if r["method"] == m}) for m in {r["method"] for r in nrows}}
+            if min(seeds.values()) < 2:
+                short.append(f"NLU has {min(seeds.values())} seed for some methods, so it has no statistics")
+    elif sizes.nlu:
+        console.print(f"\nNLU grid skipped: {max(left, 0) / 60:.1f} min of the demo's budget left "
+                      "(`inilora demo --full` runs it)", soft_wrap=True)
     elapsed = time.time() - start
     console.print(f"\n[bold green]demo finished in {elapsed / 60:.1f} min[/]; reports: "
                   + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
     for line in short:  # said plainly, with the way to more seeds
         console.print(f"[yellow]{line}; run `inilora demo` again: it resumes and adds the seeds left out.[/]",
                       soft_wrap=True)
+    if sentence:
+        stdout.print(f"\n[bold]Finding:[/] {sentence}", highlight=False)
     return paths
 
 

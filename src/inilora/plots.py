@@ -7,8 +7,10 @@ method (Fig. 4, distributions), and the approximation loss vs iteration of inilo
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,45 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _wrap(title: str, fig, fontsize: float = 10) -> str:
+    """A title broken into lines that fit the figure's width (one too long is cut at both edges)."""
+    chars = int(fig.get_figwidth() * 72 / (fontsize * 0.6))
+    return "\n".join(textwrap.wrap(title, max(20, chars)))
+
+
+def _sensitivity(rows: list[dict], out_dir: Path) -> list[Path]:
+    """Validation score vs learning rate per method (mean ± std over seeds), at one budget: a race's
+    rung 0 (every rate tried) or a plain grid's runs; the chosen rates are circled."""
+    from .stats import first_rung, mean_std, methods_of, ordered
+
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    on = spec.get("learning_rate")
+    rows = [r for r in first_rung(rows) if "learning_rate" in r.get("settings", {}) and on in r.get("metrics", {})]
+    if not on or not rows:
+        return []
+    plt = _plt()
+    files = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for method in methods_of([r for r in rows if r["task"] == task]):
+            mrows = [r for r in rows if r["task"] == task and r["method"] == method]
+            rates = ordered(r["settings"]["learning_rate"] for r in mrows)
+            if len(rates) < 2:  # a method run at one rate only: no curve to read
+                continue
+            pts = [mean_std([r["metrics"][on] for r in mrows if r["settings"]["learning_rate"] == x]) for x in rates]
+            ax.errorbar(rates, [p[0] for p in pts], yerr=[0 if math.isnan(p[1]) else p[1] for p in pts],
+                        marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(on)
+        budget = sorted({r.get("budget_steps") for r in rows if r.get("budget_steps")})
+        where = f", rung 0: {budget[0]} steps" if budget else ""
+        ax.set_title(_wrap(f"{task}: validation score vs learning rate (mean ± std over seeds{where})", fig))
+        ax.legend(fontsize=7)
+        files.append(_save(fig, out_dir / f"sensitivity_{_slug(task)}.png"))
+    return files
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "-", text).strip("-")
 
@@ -46,10 +87,12 @@ def _mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray
     return steps, ys.mean(0), ys.std(0, ddof=1) if len(ys) > 1 else np.zeros_like(steps)
 
 
-def make_plots(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
-    """Every plot the rows support; returns the files written."""
+def make_plots(rows: list[dict], stats: list, out_dir: Path, all_rows: list[dict] | None = None) -> list[Path]:
+    """Every plot the rows support; returns the files written. ``rows``: the full runs; ``all_rows``:
+    with a race's shorter rungs too (the sensitivity plot reads every rate tried)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
+    files += _sensitivity(all_rows if all_rows is not None else rows, out_dir)
     files += _train_loss(rows, stats, out_dir)
     files += _sweeps(rows, stats, out_dir)
     files += _bars(rows, stats, out_dir)
@@ -124,7 +167,7 @@ def _sweeps(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
                 ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30)
             ax.set_xlabel(key)
             ax.set_ylabel(headline)
-            ax.set_title(f"{task}: {headline} vs {key.rsplit('.', 1)[-1]}")
+            ax.set_title(_wrap(f"{task}: {headline} vs {key.rsplit('.', 1)[-1]}", fig), fontsize=10)
             ax.legend(fontsize=7)
             files.append(_save(fig, out_dir / f"sweep_{_slug(task)}_{_slug(key)}.png"))
     return files
@@ -140,7 +183,7 @@ def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
         cell = [s for s in stats if s.task == task and s.metric == headline]
         settings = list(dict.fromkeys(s.setting for s in cell))[:MAX_PANELS]
         methods = list(dict.fromkeys(s.method for s in cell))
-        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(methods) * len(settings)), 4))
+        fig, ax = plt.subplots(figsize=(min(16, max(6, 1.1 * len(methods) * len(settings))), 4))
         width = 0.8 / len(settings)
         for i, setting in enumerate(settings):
             pts = {s.method: s for s in cell if s.setting == setting}
@@ -154,7 +197,7 @@ def _bars(rows: list[dict], stats: list, out_dir: Path) -> list[Path]:
                     ax.scatter([x] * len(pts[m].values), pts[m].values, color="k", s=6, zorder=3)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(methods))], methods, rotation=20)
         ax.set_ylabel(headline)
-        ax.set_title(f"{task}: {headline} per method (mean ± std, dots: seeds)")
+        ax.set_title(_wrap(f"{task}: {headline} per method (mean ± std, dots: seeds)", fig), fontsize=10)
         if len(settings) > 1:
             ax.legend(fontsize=7)
         files.append(_save(fig, out_dir / f"methods_{_slug(task)}.png"))
@@ -185,16 +228,23 @@ def _approx(rows: list[dict], out_dir: Path) -> list[Path]:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
     seen = set()
+    drawn: dict[tuple, list] = {}  # identical curves (a deterministic fit, a shared one) are drawn once
     for row, curve in curves:
         key = (row.get("model"), row["method"], row["seed"], curve[-1][0])
         if key in seen:  # the same fit serves many runs (tasks, lr, ...): draw it once
             continue
         seen.add(key)
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], label=f"{row['method']} seed {row['seed']}")
+        same = (row.get("model"), row["method"], json.dumps(curve))
+        drawn.setdefault(same, []).append(row["seed"])
+    for (_, method, curve), seeds in drawn.items():
+        curve = json.loads(curve)
+        label = f"{method} seed {seeds[0]}" if len(seeds) == 1 else \
+            f"{method} seeds {', '.join(map(str, seeds))} (×{len(seeds)} identical)"
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], label=label)
     ax.set_yscale("log")
     ax.set_xlabel("approximation iteration")
     ax.set_ylabel("MSE ‖W0 − U Pᵀ‖² / dk (mean over matrices)")
     ax.set_title("IniLoRA approximation loss")
-    if len(seen) <= 12:
+    if len(drawn) <= 12:
         ax.legend(fontsize=7)
     return [_save(fig, out_dir / "approx_loss.png")]

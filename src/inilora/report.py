@@ -21,11 +21,15 @@ from .stats import (  # noqa: F401 - re-exported: the report's statistics
     Stat,
     aggregate,
     cells,
+    final_rung,
+    first_rung,
+    forgiveness,
     holm,
     matches,
     mean_std,
     methods_of,
     metrics_of,
+    ordered,
     paired_p,
     setting_label,
     sweep_keys,
@@ -103,6 +107,25 @@ def _params(rows: list[dict], task: str, method: str, setting: tuple) -> Any:
     return None
 
 
+def n_eval(rows: list[dict], metric: str) -> str:
+    """How many examples a metric was computed on ("n=16"; "n=16–128" when runs differ), or ""."""
+    task = metric.split("/", 1)[0] if "/" in metric else None
+    ns = set()
+    for r in rows:
+        counts = r.get("eval_examples") or {}
+        n = counts.get(task or r.get("task"))
+        if isinstance(n, int) and metric in r.get("metrics", {}):
+            ns.add(n)
+    if not ns:
+        return ""
+    return f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}–{max(ns)}"
+
+
+def _head(metric: str, scale: float, rows: list[dict]) -> str:
+    parts = (["×100"] if scale == 100 else []) + ([n_eval(rows, metric)] if n_eval(rows, metric) else [])
+    return metric + (f" ({', '.join(parts)})" if parts else "")
+
+
 def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
     """One paper-style table per (task, setting): methods × metrics (mean ± std, Holm p vs baseline)."""
     out: list[str] = []
@@ -117,7 +140,7 @@ def markdown_tables(rows: list[dict], stats: list[Stat], baseline: str) -> str:
             out.append(f"### {task} — {setting_label(setting)}\n")
             header = ["method", "# params"]
             for m in metrics:
-                header += [f"{m}{' (×100)' if scale[m] == 100 else ''}", "per seed", f"p vs {baseline} (Holm)"]
+                header += [_head(m, scale[m], rows), "per seed", f"p vs {baseline} (Holm)"]
             out.append("| " + " | ".join(header) + " |")
             out.append("|" + "---|" * len(header))
             for method in methods:
@@ -187,13 +210,13 @@ def tuned_tables(rows: list[dict], baseline: str) -> str:
                 head = group[0].stat.metric
                 scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
                 on_scale = 100.0 if _percent(on, [v for t in group for v in t.on_means.values()]) else 1.0
-                values = list(dict.fromkeys(v for t in group for v in t.on_means))  # ascending: stats.tuned orders them
+                values = ordered(v for t in group for v in t.on_means)  # one axis for every method
                 label = setting_label(rest)
                 out += [f"### {task}: each method at its own best `{key}`, chosen on {on}"
                         + (f" ({label})" if label != "default" else "") + "\n",
                         f"| method | chosen `{key}` | {on} mean{' ×100' if on_scale == 100 else ''} at "
                         + ", ".join(_fmt_value(v) for v in values)
-                        + f" | {head}{' ×100' if scale == 100 else ''} at the choice | per seed | p vs {baseline} (Holm) |",
+                        + f" | {_head(head, scale, rows)} at the choice | per seed | p vs {baseline} (Holm) |",
                         "|---|---|---|---|---|---|"]
                 for t in group:
                     evidence = ", ".join("—" if v not in t.on_means else
@@ -212,6 +235,129 @@ def tuned_tables(rows: list[dict], baseline: str) -> str:
                                "beyond it, so that row is a bound on the method at its own best, not a measurement "
                                "of it; extend the sweep to settle it.\n")
     return "\n".join(out)
+
+
+def pinned_rate_notice(rows: list[dict]) -> str:
+    """Several methods at one learning rate, not tuned: said in the report's first lines."""
+    methods = methods_of(rows)
+    tuned_rate = any("learning_rate" in (r.get("tune") or {}) for r in rows)
+    swept = any("learning_rate" in r.get("settings", {}) for r in rows)
+    if len(methods) < 2 or tuned_rate or swept:
+        return ""
+    rates = sorted({r["config"]["learning_rate"] for r in rows if isinstance(r.get("config"), dict)
+                    and "learning_rate" in r["config"]})
+    at = ", ".join(_fmt_value(x) for x in rates) or "one rate"
+    return (f"> **Every method ran at the same learning rate ({at}).** Rates favour methods differently: residual "
+            "inits want rates 8–32× below LoRA's (docs/results.md, question 2), so this table says mostly whose rate "
+            "it is. For each method at its own best rate, chosen on a validation split, add "
+            "`tune: {learning_rate: VALIDATION-TASK/METRIC}` to the config (tuned mode; `inilora demo` does).\n")
+
+
+def verdict(rows: list[dict], baseline: str | None = None) -> str:
+    """One honest sentence: who is ahead with each method at its own best rate, and whether it is
+    significant (paired t-test by seed, Holm) — or why no test is possible."""
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    if "learning_rate" not in spec:
+        return ""
+    found = [t for t in tuned(rows, "learning_rate", spec["learning_rate"], baseline)]
+    if len(found) < 2:
+        return "Too few methods finished their race for an own-best comparison yet (run again to resume)."
+    task = found[0].task
+    group = sorted([t for t in found if t.task == task], key=lambda t: -t.stat.mean)
+    lead, head = group[0], group[0].stat.metric
+    scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
+    nums = ", ".join(f"{t.method} {t.stat.mean * scale:.1f} at {_fmt_value(t.choice)}" for t in group)
+    seeds = min(len(t.stat.values) for t in group)
+    n = n_eval(rows, head)
+    where = f"{head} ({'×100, ' if scale == 100 else ''}{n + ', ' if n else ''}{seeds} seed{'s' * (seeds != 1)})"
+    if lead.method == baseline:
+        tests = [(t.method, t.stat.p_holm) for t in group[1:]]
+    else:
+        tests = [(lead.method, lead.stat.p_holm)] if any(t.method == baseline for t in group) else []
+    tests = [(m, p) for m, p in tests if not math.isnan(p)]
+    ps = ", ".join(f"{m} p = {p:.2g}" for m, p in tests)
+    if seeds < 2 or not tests:
+        sig = ("no test is possible (fewer than 2 paired seeds, or the same difference on every seed), so this is "
+               "not evidence of a difference")
+    elif all(p < 0.05 for _, p in tests):
+        sig = f"the difference is significant (paired t-test over seeds vs {baseline}, Holm: {ps})"
+    elif any(p < 0.05 for _, p in tests):
+        sig = f"significant against some methods only (paired t-test over seeds vs {baseline}, Holm: {ps})"
+    else:
+        sig = f"the difference is not significant (paired t-test over seeds vs {baseline}, Holm: {ps})"
+    bound = [t.method for t in group if t.edge]
+    edge = f" ({', '.join(bound)}: best rate at the grid's edge, a bound)" if bound else ""
+    return (f"At each method's own best learning rate (chosen on validation), {lead.method} is ahead on {where}: "
+            f"{nums}; {sig}.{edge}")
+
+
+def race_section(rows: list[dict]) -> str:
+    """What successive halving cost against the full grid, and how forgiving each method is."""
+    from .rates import savings
+
+    out: list[str] = []
+    spent = savings(rows)
+    if spent:
+        steps = sorted({r["budget_steps"] for r in rows if "budget_steps" in r})
+        out += [f"### What the race cost (successive halving, rungs of {' / '.join(map(str, steps))} steps)\n",
+                "| method | rates per rung | optimizer steps (all seeds) | full grid | ratio | CPU s | full grid (est.) |",
+                "|---|---|---|---|---|---|---|"]
+        tot = [0, 0, 0.0, 0.0]
+        for m, d in spent.items():
+            out.append(f"| {m} | {' → '.join(map(str, d['per_rung']))} | {d['steps']} | {d['grid_steps']} | "
+                       f"{d['steps'] / d['grid_steps']:.2f} | {d['cpu_s']:.0f} | {d['grid_cpu_s']:.0f} |")
+            tot = [tot[0] + d["steps"], tot[1] + d["grid_steps"], tot[2] + d["cpu_s"], tot[3] + d["grid_cpu_s"]]
+        ratio = f"{tot[2] / tot[3]:.2f}" if tot[3] and not math.isnan(tot[3]) else "—"
+        out.append(f"\nAll methods: {tot[0]} of {tot[1]} optimizer steps ({tot[0] / tot[1]:.2f}); CPU time "
+                   f"{ratio} of the full grid's estimate (its full runs' mean × rates × seeds; fixed costs — model "
+                   "load, grading — do not shrink with the steps). Each rung restarts the run with its own budget; "
+                   "rung 0 is graded on validation only.\n")
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    on = spec.get("learning_rate")
+    if on and not spent:
+        out.append(replay_table(rows, on))
+    if on:
+        forg = forgiveness(first_rung(rows), on)
+        if forg:
+            budget = sorted({r.get("budget_steps") for r in first_rung(rows) if r.get("budget_steps")})
+            at = f" at rung 0 ({budget[0]} steps)" if budget else ""
+            out += [f"### How forgiving each method is: rates within one standard error of its best{at}\n",
+                    f"| method | best rate | range within 1 SE ({on}) | width |", "|---|---|---|---|"]
+            for f in forg:
+                out.append(f"| {f.method} | {_fmt_value(f.best)} | {_fmt_value(f.low)} – {_fmt_value(f.high)} | "
+                           f"{'≥ ' if f.at_edge and f.width > 1 else ''}{f.width:.0f}× |")
+            out.append("\nWidth 1×: only the best rate is within one SE of it — the method is sensitive to its rate; "
+                       "≥: the range reaches an end of the rates tried. SE: std over seeds / √seeds at the best rate.\n")
+    return "\n".join(out)
+
+
+def replay_table(rows: list[dict], on: str, eta: int = 3) -> str:
+    """A full grid's answer to "would successive halving have picked the same rates, for how much
+    less?": replayed on its own training-loss curves (:func:`inilora.race.replay`)."""
+    from .rates import replay
+
+    full = max((s for r in rows for s, _ in r.get("train_loss") or []), default=0)
+    logged = sorted({s for r in rows for s, _ in r.get("train_loss") or []})
+    rungs = list(dict.fromkeys(next((s for s in logged if s >= full / d), full) for d in (6, 3)))
+    out = [f"### Successive halving replayed on this grid (η = {eta}, one rung; rung metric: training loss)\n",
+           "| rung at step | method | race's pick | grid's pick | same | optimizer steps vs grid |",
+           "|---|---|---|---|---|---|"]
+    found = False
+    for step in rungs:
+        res = replay(rows, on, [step], eta)
+        for m, d in res.items():
+            found = True
+            out.append(f"| {step} of {full} | {m} | {_fmt_value(d['race_pick'])} | {_fmt_value(d['grid_pick'])} | "
+                       f"{'yes' if d['same'] else '**no**'} | {d['steps'] / d['grid_steps']:.2f} |")
+        if res:
+            tot = sum(d["steps"] for d in res.values()) / sum(d["grid_steps"] for d in res.values())
+            out.append(f"| {step} of {full} | all | | | {sum(d['same'] for d in res.values())}/{len(res)} | {tot:.2f} |")
+    out.append("\nThe rows hold no validation score before the end of a run, so the replay's rung ranks rates by "
+               "the training loss logged at that step (mean over seeds) — a continued race, each rung resuming the "
+               "full run; the finalists are then ranked by validation at the end. `race:` in a config runs a real "
+               "one (rungs restart with their own budget, ranked on validation).\n")
+    return "\n".join(out) if found else ""
 
 
 def _fmt_value(v: Any) -> str:
@@ -274,56 +420,99 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
         raise FileNotFoundError(f"no finished runs in {output_dir / 'results.jsonl'}")
     baseline = baseline or rows[0].get("baseline", "lora")
     title = title or rows[0].get("title", "inilora comparison")
-    stats = aggregate(rows, baseline)
+    full = final_rung(rows)  # a race's shorter rungs only choose; every table reports full runs
+    stats = aggregate(full, baseline)
     figures = []
     if plots:
         from .plots import make_plots
 
-        figures = make_plots(rows, stats, output_dir / "plots")
+        figures = make_plots(full, stats, output_dir / "plots", all_rows=rows)
+    seeds = {m: len({r["seed"] for r in full if r["method"] == m}) for m in methods_of(full)}
+    seed_text = ("no full run yet" if not seeds else f"{min(seeds.values())} seeds" if len(set(seeds.values())) == 1
+                 else "seeds " + ", ".join(f"{m} {n}" for m, n in seeds.items()))
+    rungs = f" and {len(rows) - len(full)} shorter race rungs" if len(rows) > len(full) else ""
     lines = [f"# {title}\n",
-             (f"{len(rows)} finished runs: {len(methods_of(rows))} methods, "
-             f"{len({r['seed'] for r in rows})} seeds, tasks {', '.join(dict.fromkeys(r['task'] for r in rows))}; "
-             f"models {', '.join(dict.fromkeys(r.get('model', '?') for r in rows))}.\n"),
-             _provenance(rows), _overrides(rows, baseline),
-             "## Results\n", markdown_tables(rows, stats, baseline)]
-    sweeps = sweep_tables(stats, rows)
-    if sweeps.strip():
-        lines += ["## Sweeps\n", sweeps]
+             (f"{len(full)} finished full runs{rungs}: {len(seeds)} methods, {seed_text}, tasks "
+              f"{', '.join(dict.fromkeys(r['task'] for r in rows))}; "
+              f"models {', '.join(dict.fromkeys(r.get('model', '?') for r in rows))}.\n"),
+             pinned_rate_notice(full), _provenance(rows), _overrides(full, baseline)]
     own_best = tuned_tables(rows, baseline)
     if own_best.strip():
-        lines += ["## Each method at its own best setting\n", own_best]
-    lines += ["## Runs\n", "| run | method | seed | " + "headline | wall (s) |", "|---|---|---|---|---|"]
+        sentence = verdict(rows, baseline)
+        lines += ["## Each method at its own best setting\n"] + ([f"**{sentence}**\n"] if sentence else [])
+        lines += [own_best, race_section(rows)]
+        lines += ["## At shared settings (second view: one rate for all favours some methods)\n",
+                  markdown_tables(full, stats, baseline)]
+    else:
+        lines += ["## Results\n", markdown_tables(full, stats, baseline)]
+    sweeps = sweep_tables(stats, full)
+    if sweeps.strip():
+        lines += ["## Sweeps\n", sweeps]
+    lines += ["## Runs\n", "| run | method | seed | rung | headline | wall (s) |", "|---|---|---|---|---|---|"]
     for r in rows:
         head = r.get("headline")
         val = r.get("metrics", {}).get(head)
-        lines.append(f"| {r['run_id']} | {r['method']} | {r['seed']} | "
+        rung = f"{r['rung']} ({r.get('budget_steps', '?')} steps)" if r.get("rungs", 1) > 1 else "—"
+        lines.append(f"| {r['run_id']} | {r['method']} | {r['seed']} | {rung} | "
                      f"{head}={val:.4g} | {r.get('wall_s', float('nan')):.0f} |" if val is not None else
-                     f"| {r['run_id']} | {r['method']} | {r['seed']} | — | — |")
+                     f"| {r['run_id']} | {r['method']} | {r['seed']} | {rung} | — | — |")
     if figures:
         lines += ["\n## Plots\n"] + [f"![{f.stem}](plots/{f.name})" for f in figures]
     path = output_dir / "report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    _write_summary(output_dir / "summary.json", stats)
+    _write_summary(output_dir / "summary.json", stats, rows)
     return path
 
 
-def _write_summary(path: Path, stats: list[Stat]) -> None:
+def _write_summary(path: Path, stats: list[Stat], rows: list[dict] | None = None) -> None:
+    """The statistics as JSON: a list of cells, or — with a tuned rate — ``{"own_best", "verdict",
+    "cells"}`` so a script can read the fair view without parsing the report."""
     def clean(x: float) -> float | None:
         return None if isinstance(x, float) and math.isnan(x) else x
+
+    spec = next((r["tune"] for r in rows or [] if r.get("tune")), {})
 
     data = [{"task": s.task, "metric": s.metric, "setting": {k: (None if v is ANY else v) for k, v in s.setting},
              "method": s.method, "mean": clean(s.mean), "std": clean(s.std), "n": len(s.values),
              "seeds": s.seeds, "p": clean(s.p), "p_holm": clean(s.p_holm)} for s in stats]
+    if "learning_rate" in spec:
+        own = [{"task": t.task, "method": t.method, "rate": t.choice, "edge": t.edge or None, "on": t.on,
+                "metric": t.stat.metric, "mean": clean(t.stat.mean), "std": clean(t.stat.std), "seeds": t.stat.seeds,
+                "p_holm": clean(t.stat.p_holm)} for t in tuned(rows, "learning_rate", spec["learning_rate"])]
+        data = {"own_best": own, "verdict": verdict(rows), "cells": data}
     atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
+def own_best_table(rows: list[dict], baseline: str | None = None, title: str = "each method at its own best rate"):
+    """A rich table (≤ 80 columns) of each method at its own best learning rate: the demo's headline."""
+    from rich.table import Table
+
+    baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    spec = next((r["tune"] for r in rows if r.get("tune")), {})
+    found = tuned(rows, "learning_rate", spec["learning_rate"], baseline) if "learning_rate" in spec else []
+    head = found[0].stat.metric if found else ""
+    scale = 100.0 if found and _percent(head, [v for t in found for v in t.stat.values]) else 1.0
+    n = n_eval(rows, head) if found else ""
+    table = Table(title=title, caption=(f"{head}{' ×100' if scale == 100 else ''}"
+                                        f"{', ' + n if n else ''}; rate chosen on {spec.get('learning_rate', '—')}")
+                  if found else "no method has finished its race yet", caption_justify="left")
+    for col in ("method", "rate", "mean ± std", "seeds", f"p vs {baseline}"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(t.method, _fmt_value(t.choice) + (f" ({t.edge})" if t.edge else ""),
+                      _fmt_stat(t.stat, scale), str(len(t.stat.values)),
+                      "—" if t.method == baseline else _fmt_p(t.stat.p_holm))
+    return table
+
+
 def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: str | None = None,
-                  title: str = "results"):
+                  title: str = "results", per_seed: bool = True):
     """A rich table of every task's headline metric per method (the terminal summary); columns that
     hold one value only (a single task, no sweep) move into the title."""
     from rich.table import Table
 
     baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
+    rows = final_rung(rows)
     stats = aggregate(rows, baseline) if stats is None else stats
     heads = {t: next((r.get("headline") for r in rows if r["task"] == t), None) for t in {r["task"] for r in rows}}
     shown = [s for s in stats if s.metric == heads.get(s.task)]
@@ -334,18 +523,21 @@ def summary_table(rows: list[dict], stats: list[Stat] | None = None, baseline: s
             if many]
     notes = ([tasks[0]] if len(tasks) == 1 else []) + ([metrics[0]] if len(metrics) == 1 else []) + \
         ([settings[0]] if len(settings) == 1 and settings[0] != "default" else [])
-    notes = [n for n in notes if n not in title]
+    notes = [n for n in notes if n not in title] + ([n_eval(rows, metrics[0])] if len(metrics) == 1
+                                                    and n_eval(rows, metrics[0]) else [])
     scales = {id(s): 100.0 if _percent(s.metric, s.values) else 1.0 for s in shown}
     one_scale = len(set(scales.values())) == 1
     table = Table(title=title + (f" ({', '.join(notes)})" if notes else ""),
                   caption="\n".join(_notes(shown, baseline)) or None, caption_justify="left")
     stat_col = "mean ± std" + (" (×100)" if one_scale and 100.0 in scales.values() else "")
-    for col in cols + ["method", "# params", stat_col, "per seed", "n", f"p vs {baseline} (Holm)"]:
+    heads = cols + ["method", "# params", stat_col] + (["per seed"] if per_seed else []) + ["seeds", f"p vs {baseline}"]
+    for col in heads:
         table.add_column(col)
     for s in shown:
         scale = scales[id(s)]
         values = {"task": s.task, "setting": setting_label(s.setting), "metric": s.metric}
         table.add_row(*[values[c] for c in cols], s.method, _fmt_params(_params(rows, s.task, s.method, s.setting)),
                       _fmt_stat(s, scale) + (" (×100)" if scale == 100 and not one_scale else ""),
-                      _fmt_seeds(s, scale), str(len(s.values)), "—" if s.method == baseline else _fmt_p(s.p_holm))
+                      *([_fmt_seeds(s, scale)] if per_seed else []), str(len(s.values)),
+                      "—" if s.method == baseline else _fmt_p(s.p_holm))
     return table

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from . import rates
 from .config import (
     CompareConfig,
     ConfigError,
@@ -36,7 +37,7 @@ from .results import RESULTS, append_result, json_default, read_results  # noqa:
 
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
-KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
+KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
         "info", "device", "threads", "precision", "versions")  # the last four: where a number was measured
 
 RunFn = Callable[..., dict]
@@ -52,6 +53,14 @@ class PlannedRun:
     settings: dict[str, Any]  # the swept keys that apply to this run, key → value
     config: TrainConfig
     shared_by: list[dict[str, Any]] = field(default_factory=list)  # settings of every grid cell it serves
+    extra_row: dict[str, Any] = field(default_factory=dict)  # written into its results row (a race's rung)
+
+
+def scored_on(metrics: dict[str, Any], config: CompareConfig) -> dict[str, str]:
+    """Each metric's split: "validation" for the task a tuned key is chosen on, else "test" (the
+    held-out examples the tables report; an NLU task's one evaluation split counts as test)."""
+    tuning = {on.split("/", 1)[0] for on in config.tune.values() if "/" in on}
+    return {m: "validation" if m.split("/", 1)[0] in tuning else "test" for m in metrics}
 
 
 def _fmt(value: Any) -> str:
@@ -128,8 +137,6 @@ def _check_methods(config: CompareConfig) -> dict[str, Any]:
 def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[PlannedRun]:
     """The grid's runs in execution order (settings, then seed, then method), each with a stable,
     readable id; raises ConfigError for any key or method that cannot run, before any run starts."""
-    from .errors import InitError
-
     specs = _check_methods(config)
     root = Path(output_dir or config.output_dir)
     keys = list(config.sweep)
@@ -151,34 +158,50 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
                 only = variant.only if variant else {}
                 if any(cell[k] not in values for k, values in only.items()):
                     continue
-                method, options = _method_of(config, label)
-                applies = {k: v for k, v in cell.items()
-                           if not k.startswith("method_options.") or _accepts(specs[label], k.split(".", 1)[1])}
-                data = json.loads(json.dumps(base))  # deep copy of plain data
-                data["method"] = method
-                data["seed"] = seed
-                data["method_options"] = {**data.get("method_options", {}), **options}
-                for key, value in (variant.settings if variant else {}).items():
-                    set_dotted(data, key, value)
-                for key, value in applies.items():
-                    set_dotted(data, key, value)
-                parts = [_slug(label)] + [_slug(f"{short[k]}={_fmt(v)}") for k, v in applies.items()] + [f"seed={seed}"]
-                run_id = "_".join(parts)
-                data["output_dir"] = str(root / RUNS / run_id)
-                try:
-                    train_config = from_dict(TrainConfig, data)
-                    spec = specs[label]
-                    if not getattr(spec, "peft_backed", False) or getattr(spec, "options", None):
-                        spec.resolve_options(train_config.method_options)
-                    if getattr(spec, "calibration", None) and not train_config.calibration.task:
-                        raise ConfigError(f"method {method!r} is data-driven: add a calibration: block (task:, examples:)")
-                except InitError as exc:  # ConfigError too: the run's whole config, values included
-                    raise ConfigError(f"run {run_id}: {exc}") from None
-                if run_id in planned:
-                    planned[run_id].shared_by.append(cell)
+                run = build_run(config, label, seed, cell, root, base=base, short=short, specs=specs)
+                if run.run_id in planned:
+                    planned[run.run_id].shared_by.append(cell)
                     continue
-                planned[run_id] = PlannedRun(run_id, label, seed, applies, train_config, [cell])
+                planned[run.run_id] = run
     return list(planned.values())
+
+
+def build_run(config: CompareConfig, label: str, seed: int, cell: dict[str, Any], root: Path, *,
+              base: dict[str, Any] | None = None, short: dict[str, str] | None = None,
+              extra: dict[str, Any] | None = None, tag: str = "",
+              specs: dict[str, Any] | None = None) -> PlannedRun:
+    """One cell: ``label`` at ``seed`` with the swept values ``cell`` over ``base``; ``extra`` sets
+    further TrainConfig keys that are not swept (a race's rung budget), ``tag`` goes into the id.
+    ``specs``: label → registry entry, as :func:`_check_methods` resolved them (looked up here if not given)."""
+    from .errors import InitError
+
+    spec = (specs if specs is not None else _check_methods(config))[label]
+    base = to_dict(config.base) if base is None else base
+    short = short or _short_names(cell)
+    variant = config.variants.get(label)
+    method, options = _method_of(config, label)
+    applies = {k: v for k, v in cell.items()
+               if not k.startswith("method_options.") or _accepts(spec, k.split(".", 1)[1])}
+    data = json.loads(json.dumps(base))  # deep copy of plain data
+    data["method"] = method
+    data["seed"] = seed
+    data["method_options"] = {**data.get("method_options", {}), **options}
+    for key, value in (variant.settings if variant else {}).items():
+        set_dotted(data, key, value)
+    for key, value in {**applies, **(extra or {})}.items():
+        set_dotted(data, key, value)
+    parts = [_slug(label)] + [_slug(f"{short.get(k, k)}={_fmt(v)}") for k, v in applies.items()]
+    run_id = "_".join(parts + ([_slug(tag)] if tag else []) + [f"seed={seed}"])
+    data["output_dir"] = str(root / RUNS / run_id)
+    try:
+        train_config = from_dict(TrainConfig, data)
+        if not getattr(spec, "peft_backed", False) or getattr(spec, "options", None):
+            spec.resolve_options(train_config.method_options)
+        if getattr(spec, "calibration", None) and not train_config.calibration.task:
+            raise ConfigError(f"method {method!r} is data-driven: add a calibration: block (task:, examples:)")
+    except InitError as exc:  # ConfigError too: the run's whole config, values included
+        raise ConfigError(f"run {run_id}: {exc}") from None
+    return PlannedRun(run_id, label, seed, applies, train_config, [cell])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +215,10 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
     if config.tune:
         row["tune"] = dict(config.tune)
     row.update({k: result[k] for k in KEPT if k in result})
+    row.update({"rung": 0, "rungs": 1, "budget_steps": run.config.max_steps if run.config.max_steps > 0 else None})
+    row.update(run.extra_row)  # a race's rung, its budget
+    row["rate"] = run.config.learning_rate
+    row["scored_on"] = scored_on(row.get("metrics", {}), config)
     row["config"] = to_dict(run.config)
     row["output_dir"] = run.config.output_dir
     row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -267,7 +294,17 @@ def run_grid(
 
     console = console or Console(stderr=True)
     root = Path(output_dir or config.output_dir)
+    if race_mode(config):
+        _check_methods(config)
+        check_race(config)
+        _check_root(root)
+        if not dry_run:
+            save_config(config, root)
+        return race(config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
+                    deadline=deadline, dry_run=dry_run)
     runs = expand(config, root)
+    for key in config.tune:  # a full grid chooses each method's value too: never on test rows
+        check_selection(config, key)
     _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
@@ -276,39 +313,177 @@ def run_grid(
         console.print(plan_table(runs, done))
         return read_results(root)
     save_config(config, root)
-    results = root / RESULTS
-    todo = [r for r in runs if r.run_id not in done]
-    bar = _progress(progress, console)
-    task = bar.add_task("grid", total=len(runs), completed=len(runs) - len(todo), run="") if bar else None
-    if run_fn is None:
-        run_fn = _train_run(bar)
-    try:
-        for run in todo:
-            if deadline is not None and time.time() > deadline:
-                left = len(runs) - len(done)
-                console.print(f"[yellow]time budget reached: {left} runs not started (run again to add them)[/]")
-                break
+    with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
+                   console=console, deadline=deadline) as ex:
+        for _ in ex.run(runs):
+            pass
+    return read_results(root)
+
+
+def race_mode(config: CompareConfig) -> bool:
+    """Each method at its own best rate, raced (:mod:`inilora.rates`): a rate to tune, several methods."""
+    return "learning_rate" in config.tune and (config.race.rungs > 1 or "learning_rate" not in config.sweep)
+
+
+class Execution:
+    """The grid's cell-execution loop: runs cells (skipping finished ones), appends each finished
+    run's row to ``results.jsonl`` and yields it. A plain grid hands it every cell at once; a race
+    (:mod:`inilora.rates`) hands it one rung's cells at a time, deciding the next rung from the rows."""
+
+    def __init__(self, root: Path, config: CompareConfig, total: int, run_fn: RunFn | None = None, *,
+                 progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None):
+        from rich.console import Console
+
+        self.root, self.config, self.deadline = root, config, deadline
+        self.console = console or Console(stderr=True)
+        self.run_progress = run_progress
+        self.done = {r["run_id"] for r in read_results(root)}
+        self.stopped = False  # the deadline passed: no further cell starts
+        self.bar = _progress(progress, self.console)
+        self.task = self.bar.add_task("grid", total=total, completed=0, run="") if self.bar else None
+        self.run_fn = run_fn or _train_run(self.bar)
+
+    def __enter__(self) -> Execution:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def grow(self, total: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, total=total)
+
+    def run(self, runs: list[PlannedRun]) -> Iterable[dict[str, Any]]:
+        results = self.root / RESULTS
+        bar, task, console = self.bar, self.task, self.console
+        for run in runs:
+            if run.run_id in self.done:
+                if bar:
+                    bar.advance(task)
+                continue
+            if self.deadline is not None and time.time() > self.deadline:
+                if not self.stopped:
+                    console.print("[yellow]time budget reached: runs left not started (run again to add them)[/]")
+                self.stopped = True
+                return
             if bar:
                 bar.update(task, run=run.run_id)
             out = Path(run.config.output_dir)
             if out.exists() and not _finished(run) and not _resumable(out):
                 shutil.rmtree(out)  # a partial run without a usable checkpoint: start it again cleanly
-            result = run_fn(run.config, progress=run_progress)
+            result = self.run_fn(run.config, progress=self.run_progress)
             if not _finished(run):
                 raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
-            append_result(results, _row(run, result, config))
-            done.add(run.run_id)
+            row = _row(run, result, self.config)
+            append_result(results, row)
+            self.done.add(run.run_id)
             if bar:
                 bar.advance(task)
             if not getattr(console, "is_terminal", True):  # a log shows no bar: one line per finished run
                 head = result.get("headline")
                 value = result.get("metrics", {}).get(head)
-                console.print(f"finished {len(done)}/{len(runs)}: {run.run_id}"
+                console.print(f"finished {len(self.done)}: {run.run_id}"
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
-    finally:
-        if bar:
-            bar.stop()
+            yield row
+
+
+# ------------------------------------------------------------------------------------------------
+# each method at its own best rate: what a race may select on, and the race (rules: inilora.rates)
+
+
+def eval_tasks_of(config: CompareConfig) -> list[str]:
+    from .tasks import get_task
+
+    if config.base.eval_tasks is not None:
+        return list(config.base.eval_tasks)
+    return list(getattr(get_task(config.base.task), "eval_tasks", ()) or ())
+
+
+def check_selection(config: CompareConfig, key: str = "learning_rate") -> str:
+    """The validation task ``key`` is chosen on; ConfigError when the choice would see test rows:
+    the metric must belong to an evaluation task of the grid other than the first (the headline)."""
+    on = config.tune[key]
+    task, _, metric = on.partition("/")
+    evals = eval_tasks_of(config)
+    if not evals:
+        raise ConfigError(f"tune.{key}: {config.base.task} has one held-out split, the one the tables report; "
+                          f"choosing the rate on it ({on}) would select on test rows (tune on a task with a "
+                          "validation set, e.g. offline-arith with eval_tasks [offline-arith-test, offline-arith-val])")
+    if not metric or task not in evals:
+        raise ConfigError(f"tune.{key}: {on!r} is not TASK/METRIC of an evaluation task of this grid "
+                          f"({', '.join(evals)})")
+    if task == evals[0]:
+        raise ConfigError(f"tune.{key}: {on} chooses on {task}, the test set the tables report; "
+                          f"choose on a validation task disjoint from it ({', '.join(evals[1:]) or 'add one'})")
+    return task
+
+
+def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[float]]],
+               val_task: str) -> list[PlannedRun]:
+    """The cells of every rung reached so far: a rung before the last trains its shorter budget and is
+    graded on the validation task only (the test set is read once, at the full run)."""
+    rungs = config.race.rungs
+    budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs)
+    keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
+    specs = _check_methods(config)
+    out = []
+    for label, ladder in ladders.items():
+        for k, rung_rates in enumerate(ladder):
+            for rate in rung_rates:
+                for seed in config.seeds:
+                    last = k == rungs - 1
+                    extra = {} if last else {"max_steps": budgets[k], "eval_tasks": [val_task]}
+                    run = build_run(config, label, seed, {"learning_rate": rate}, root, extra=extra,
+                                    tag=f"rung={k}", specs=specs)  # a race of other rungs refuses, never reuses, a folder
+                    run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k], "sweep_keys": keys}
+                    out.append(run)
+    return out
+
+
+def check_race(config: CompareConfig) -> str:
+    """Everything a race needs, refused in one line before any run: returns the validation task."""
+    if config.base.max_steps <= 0:
+        raise ConfigError("base.max_steps: a learning-rate race counts its rungs in optimizer steps; set max_steps")
+    if any(k != "learning_rate" for k in config.sweep):
+        raise ConfigError(f"sweep: a learning-rate race sweeps learning_rate only (also: {', '.join(config.sweep)})")
+    if any(v.only for v in config.variants.values()):
+        raise ConfigError("variants.*.only: a learning-rate race gives every method its own grid; drop `only`")
+    return check_selection(config)
+
+
+def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
+         console=None, deadline: float | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    val_task = check_race(config)
+    rows = read_results(root)
+    if dry_run:
+        ladders, _ = rates.plan(config, rows)
+        console.print(plan_table(race_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}))
+        console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
+                      f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
+        return rows
+    with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
+                   deadline=deadline) as ex:
+        while True:
+            ladders, _ = rates.plan(config, rows)
+            cells = race_cells(config, root, ladders, val_task)
+            _check_same_configs(cells, {r["run_id"]: r for r in rows}, root)
+            ex.grow(len(cells))
+            todo = [c for c in cells if c.run_id not in ex.done]
+            if not todo:
+                break
+            if ex.bar:
+                ex.bar.reset(ex.task, total=len(cells), completed=len(cells) - len(todo))
+            for _ in ex.run(todo):
+                pass
+            rows = read_results(root)
+            if ex.stopped:
+                break
     return read_results(root)
 
 
@@ -371,9 +546,13 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
     if dry_run or not rows:
         return None
-    from .report import summary_table, write_report
+    from .report import own_best_table, summary_table, verdict, write_report
 
     path = write_report(root, rows, title=config.title, baseline=config.baseline)
-    Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
+    if "learning_rate" in config.tune:  # the own-best view first, the shared-rate one in the report
+        Console().print(own_best_table(rows, baseline=config.baseline, title=config.title))
+        Console().print(verdict(rows, config.baseline), highlight=False)
+    else:
+        Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
     (console or Console(stderr=True)).print(f"[bold green]wrote[/] {path}")
     return path

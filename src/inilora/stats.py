@@ -193,12 +193,13 @@ class Tuned:
     on: str
     on_means: dict[Any, float]  # every candidate value → its mean ``on`` metric (the evidence of the choice)
     stat: Stat  # the reported metric at ``choice``, with p vs the baseline at *its* own choice
+    tried: list[Any] | None = None  # every value tried (a race's rung 0), when more than the candidates
 
     @property
     def edge(self) -> str:
         """"lowest" / "highest" when the choice is an end of this method's numeric range (its best
         may lie beyond what was tried: an own-best comparison is then a bound, not a result), else ""."""
-        values = list(self.on_means)
+        values = list(self.tried or self.on_means)
         if len(values) < 2 or not numeric(values):
             return ""
         return "lowest" if self.choice == min(values) else "highest" if self.choice == max(values) else ""
@@ -214,6 +215,8 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
     baseline = baseline or (rows[0].get("baseline", "lora") if rows else "lora")
     out: list[Tuned] = []
     order = methods_of(rows, baseline)
+    every = rows
+    rows = final_rung(rows)  # a race: the choice is made among the full runs, from every rate tried
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {})]
         headline = next((r.get("headline") for r in trows if r.get("headline")), None)
@@ -225,8 +228,10 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                 mrows = [r for r in srows if r["method"] == method and on in r.get("metrics", {})
                          and headline in r.get("metrics", {})]
                 values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
-                if len(values) < 2:  # run at one value only (a variant's `only`): nothing was chosen
-                    continue
+                tried = ordered(_key(r["settings"][key]) for r in every if r["method"] == method
+                                and r["task"] == task and key in r.get("settings", {}))
+                if not values or len(tried) < 2:  # run at one value only (a variant's `only`): nothing was chosen
+                    continue  # (a race's one finalist was chosen: among every rate tried)
                 means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
                          for v in values}
                 best = max(values, key=lambda v: (means[v], -values.index(v)))
@@ -234,9 +239,64 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                 seeds = sorted(by_seed)
                 m, sd = mean_std([by_seed[x] for x in seeds])
                 stat = Stat(task, headline, rest + ((key, best),), method, [by_seed[x] for x in seeds], seeds, m, sd)
-                group.append(Tuned(task, rest, method, key, best, on, means, stat))
+                group.append(Tuned(task, rest, method, key, best, on, means, stat, tried))
             _test([g.stat for g in group], baseline)
             out.extend(group)
+    return out
+
+
+def final_rung(rows: list[dict]) -> list[dict]:
+    """The full runs: a race's (:mod:`inilora.rates`) last rung, and every row of a plain grid."""
+    return [r for r in rows if r.get("rung", 0) == r.get("rungs", 1) - 1]
+
+
+def first_rung(rows: list[dict]) -> list[dict]:
+    """Every rate tried, at one budget: a race's rung 0, or every row of a plain grid."""
+    return [r for r in rows if r.get("rung", 0) == 0]
+
+
+@dataclass
+class Forgiveness:
+    """How forgiving a method is when its rate is not tuned: the rates whose mean ``on`` score lies
+    within one standard error (over seeds) of the best rate's mean, as a contiguous range around it."""
+
+    task: str
+    method: str
+    best: float
+    low: float
+    high: float
+    at_edge: bool  # the range reaches an end of the rates tried: it may be wider
+    means: dict[float, tuple[float, float, int]]  # rate → (mean, std, n)
+
+    @property
+    def width(self) -> float:
+        return self.high / self.low
+
+
+def forgiveness(rows: list[dict], on: str, key: str = "learning_rate") -> list[Forgiveness]:
+    """Per task and method, from rows at one budget (:func:`first_rung`): the within-1-SE rate range."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task and key in r.get("settings", {}) and on in r.get("metrics", {})]
+        for method in methods_of(trows) if trows else []:
+            mrows = [r for r in trows if r["method"] == method]
+            rates = ordered(r["settings"][key] for r in mrows)
+            if len(rates) < 2 or not numeric(rates):
+                continue
+            stats = {}
+            for v in rates:
+                vals = [r["metrics"][on] for r in mrows if r["settings"][key] == v]
+                m, sd = mean_std(vals)
+                stats[v] = (m, sd, len(vals))
+            best = max(rates, key=lambda v: (stats[v][0], -rates.index(v)))
+            m, sd, n = stats[best]
+            se = 0.0 if n < 2 or math.isnan(sd) else sd / math.sqrt(n)
+            i = j = rates.index(best)
+            while i > 0 and stats[rates[i - 1]][0] >= m - se:
+                i -= 1
+            while j < len(rates) - 1 and stats[rates[j + 1]][0] >= m - se:
+                j += 1
+            out.append(Forgiveness(task, method, best, rates[i], rates[j], i == 0 or j == len(rates) - 1, stats))
     return out
 
 
@@ -258,5 +318,5 @@ def setting_label(setting: tuple) -> str:
     return ", ".join(parts) or "default"
 
 
-__all__ = ["ANY", "Stat", "Tuned", "aggregate", "cells", "holm", "matches", "mean_std", "methods_of", "metrics_of",
+__all__ = ["ANY", "Forgiveness", "Stat", "Tuned", "aggregate", "cells", "final_rung", "first_rung", "forgiveness", "holm", "matches", "mean_std", "methods_of", "metrics_of",
            "numeric", "ordered", "paired_p", "setting_label", "sweep_keys", "tuned"]

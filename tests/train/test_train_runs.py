@@ -42,6 +42,7 @@ def test_nlu_end_to_end(nlu_run):
     # r=8 on 6 layers × (query, value) of 384×384, plus the 4-class head (384·4 + 4)
     assert result["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 384 * 4 + 4
     assert result["wall_s"] > 0 and result["output_dir"] == cfg.output_dir
+    assert result["eval_examples"] == {"offline-topic": 8}  # a report's "n=8" beside the numbers
     # outputs
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["metrics"] == result["metrics"]

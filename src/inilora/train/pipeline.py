@@ -347,6 +347,7 @@ def _nlu_results(p: Plan, t: Trainer, history: list[dict]):
     best = nlu.best_epoch(epochs, headline)
     metrics = {m: best[m] for m in task.metrics if m in best}
     extra = {"best_epoch": best["epoch"], "best_step": best["step"], "epochs": epochs,
+             "eval_examples": {task.name: len(p.eval_rows)},  # what a report's "n=" says
              "final": {m: epochs[-1][m] for m in task.metrics if m in epochs[-1]}}
     return metrics, headline, extra, {}
 

@@ -1,0 +1,223 @@
+"""Each method at its own best learning rate, paid for by successive halving (issue 28): the rules.
+
+This module decides from result rows alone (which rates run at which rung, what the race saved,
+what a replay on a full grid would have picked); ``runner.race`` runs the cells it names.
+
+At one shared rate a comparison of inits mostly measures whose rate it is (docs/results.md,
+question 2: IniLoRA 29 points ahead of LoRA at 1e-3, 39 behind at 8e-3; at each one's own best
+LoRA is 3.9 ahead). So ``tune: {learning_rate: VALIDATION-METRIC}`` makes ``compare`` choose every
+method's rate on a validation split disjoint from the test split, then score that rate on test.
+
+**Default grids** (one place: :data:`RATE_FACTOR`, :func:`default_grid`). Without a
+``sweep.learning_rate`` each method gets 5 rates, a factor 2 apart (16× span), centred on
+``base.learning_rate × RATE_FACTOR[method]``: ``base.learning_rate`` is where LoRA's optimum is
+expected. Residual inits start with large factors (IniLoRA's entries ≈ 7×, α's ≈ 20× LoRA's A on
+SmolLM2), and with Adam one step moves the weight in proportion to them: their measured best rates
+were 8× (IniLoRA) and ≥ 32× (IniLoRA-α) below LoRA's (question 2). Methods never measured here
+take the factor of the family they belong to, said so beside them; an unknown one LoRA's.
+
+**Successive halving** (``race:`` in the config). Every rate of a method trains rung 0 — the same
+run with ``max_steps / eta**(rungs-1)`` steps, graded on the validation task only — over *all*
+seeds (a paired race); the best ``ceil(n/eta)`` rates by mean validation score go on to the next
+rung with ``eta``× the steps; the last rung is the full run, graded on validation and test, and the
+method's pick is its best full run by validation. A pick at an end of the grid adds one rate past
+it (×/÷ the grid's step), which races from rung 0, up to ``race.extend`` times; past that the
+report calls the row a bound. Every decision is a function of ``results.jsonl`` alone, so an
+interrupted race resumes at the rung it was in and the report recomputes the choices.
+
+Why not Optuna's ``SuccessiveHalvingPruner`` or Ray Tune's ASHA: both are *asynchronous* — a trial
+is promoted or stopped when it reports, against whichever trials reached the rung before it (the
+first one to arrive is never stopped), so the choice would depend on the order runs finish and
+could not be recomputed from the rows; their rung state lives in a Study / Tune experiment beside
+``results.jsonl``, a second record to keep consistent across a kill; and ASHA wants Tune to own the
+training loop and its checkpoints, which the runner's cell loop (and its resume rule) owns here.
+The synchronous rule is a sort and a slice; it is all this module adds.
+
+A rung here restarts the run with a smaller budget (its own warmup and schedule) instead of
+continuing a checkpoint: each rung is an ordinary cell that the runner (or its Ray backend) runs
+independently. The risk — a short run may favour other rates than a long one — is measured, not
+assumed: :func:`replay` and the demo report it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import CompareConfig
+
+#: a method's default rate centre relative to LoRA's (``base.learning_rate``), and why
+RATE_FACTOR: dict[str, tuple[float, str]] = {
+    "lora": (1.0, "B = 0: the reference"),
+    "gaussian": (1.0, "B = 0, like LoRA"),
+    "inilora": (1 / 8, "measured: best 8× below LoRA's (question 2)"),
+    "inilora-alpha": (1 / 32, "measured: best ≥ 32× below LoRA's (question 2)"),
+    "inilora-beta-kn": (1 / 8, "residual init of IniLoRA's factor size (not measured: IniLoRA's)"),
+    "inilora-beta-ku": (1 / 8, "residual init of IniLoRA's factor size (not measured: IniLoRA's)"),
+    "pissa": (1 / 8, "residual init with large factors (not measured: IniLoRA's)"),
+    "milora": (1 / 8, "residual init with large factors (not measured: IniLoRA's)"),
+    "olora": (1 / 8, "residual init with large factors (not measured: IniLoRA's)"),
+}
+GRID_POINTS = 5
+GRID_STEP = 2.0  # 5 points a factor 2 apart: a 16× span
+
+
+def rate_factor(method: str) -> float:
+    return RATE_FACTOR.get(method, (1.0, ""))[0]
+
+
+def _clean(rate: float) -> float:
+    return float(f"{rate:.3g}")
+
+
+def default_grid(method: str, centre: float, points: int = GRID_POINTS, step: float = GRID_STEP) -> list[float]:
+    """``points`` rates ``step`` apart, centred on ``centre × RATE_FACTOR[method]``."""
+    mid = centre * rate_factor(method)
+    half = (points - 1) / 2
+    return [_clean(mid * step ** (i - half)) for i in range(points)]
+
+
+def grids(config: CompareConfig) -> dict[str, list[float]]:
+    """Each method's starting grid: the config's ``sweep.learning_rate`` for all, else the defaults."""
+    if "learning_rate" in config.sweep:
+        return {label: sorted(config.sweep["learning_rate"]) for label in config.methods}
+    return {label: default_grid(method_of(config, label), config.base.learning_rate, config.race.points,
+                                config.race.step) for label in config.methods}
+
+
+def method_of(config: CompareConfig, label: str) -> str:
+    """The registry method (or training mode) behind a comparison label (a variant's or its own name)."""
+    variant = config.variants.get(label)
+    return variant.method if variant else label
+
+
+def grid_step(grid: list[float]) -> float:
+    """The ratio between neighbouring rates of a grid (its extension goes one such step further)."""
+    g = sorted(grid)
+    return (g[-1] / g[0]) ** (1 / (len(g) - 1)) if len(g) > 1 and g[0] > 0 else GRID_STEP
+
+
+# ------------------------------------------------------------------------------------------------
+# the race
+
+
+def rung_steps(full: int, eta: int, rungs: int) -> list[int]:
+    """Training steps of each rung: the last is the full run, each earlier one ``eta``× shorter."""
+    return [max(1, math.ceil(full / eta ** (rungs - 1 - k))) for k in range(rungs)]
+
+
+def survivors(means: dict[float, float], eta: int) -> list[float]:
+    """The best ``ceil(n/eta)`` rates by mean validation score (ties: the lower rate)."""
+    keep = math.ceil(len(means) / eta)
+    return sorted(sorted(means, key=lambda r: (-means[r], r))[:keep])
+
+
+def _means(rows: list[dict], label: str, rung: int, on: str, rates: Iterable[float], seeds: list[int]) -> dict | None:
+    """Mean ``on`` per rate at ``rung`` over ``seeds``; None until every (rate, seed) has finished."""
+    got: dict[tuple, float] = {(r["rate"], r["seed"]): r["metrics"][on] for r in rows
+                               if r["method"] == label and r.get("rung") == rung and on in r.get("metrics", {})}
+    out = {}
+    for rate in rates:
+        vals = [got.get((rate, s)) for s in seeds]
+        if any(v is None for v in vals):
+            return None
+        out[rate] = sum(vals) / len(vals)
+    return out
+
+
+def plan(config: CompareConfig, rows: list[dict]) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
+    """From the rows so far: per method, the rates of each rung reached so far and its grid (with the
+    extensions its picks asked for). A rung whose predecessor is unfinished is not listed yet."""
+    on, eta, rungs = config.tune["learning_rate"], config.race.eta, config.race.rungs
+    seeds = list(config.seeds)
+    out: dict[str, list[list[float]]] = {}
+    final_grids: dict[str, list[float]] = {}
+    for label, grid in grids(config).items():
+        step = grid_step(grid)
+        for _ in range(config.race.extend + 1):
+            ladder = [sorted(grid)]
+            for k in range(1, rungs):
+                means = _means(rows, label, k - 1, on, ladder[-1], seeds)
+                if means is None:
+                    break
+                ladder.append(survivors(means, eta) if k < rungs else ladder[-1])
+            out[label], final_grids[label] = ladder, grid
+            final = _means(rows, label, rungs - 1, on, ladder[-1], seeds) if len(ladder) == rungs else None
+            if final is None or len(grid) - len(grids(config)[label]) >= config.race.extend:
+                break
+            pick = max(final, key=lambda r: (final[r], -r))
+            if pick == min(grid):
+                grid = sorted(grid + [_clean(pick / step)])
+            elif pick == max(grid):
+                grid = sorted(grid + [_clean(pick * step)])
+            else:
+                break
+    return out, final_grids
+
+
+# ------------------------------------------------------------------------------------------------
+# what it cost, and what the full grid would have picked
+
+
+def savings(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per method: optimizer steps the race trained (over seeds) vs the full grid over the same rates,
+    CPU seconds likewise (the full grid's estimated from the full runs' mean)."""
+    out: dict[str, dict[str, Any]] = {}
+    for label in dict.fromkeys(r["method"] for r in rows if r.get("rungs", 1) > 1):
+        mine = [r for r in rows if r["method"] == label and r.get("rungs", 1) > 1]
+        rungs = mine[0]["rungs"]
+        full = [r for r in mine if r["rung"] == rungs - 1]
+        full_steps = max((r["budget_steps"] for r in mine), default=0)
+        rates = sorted({r["rate"] for r in mine if r["rung"] == 0})
+        seeds = sorted({r["seed"] for r in mine})
+        steps = sum(r["budget_steps"] for r in mine)
+        grid_steps = len(rates) * len(seeds) * full_steps
+        cpu = sum(r.get("cpu_s", 0.0) for r in mine)
+        full_cpu = (sum(r.get("cpu_s", 0.0) for r in full) / len(full) * len(rates) * len(seeds)) if full else math.nan
+        out[label] = {"rates": len(rates), "seeds": len(seeds),
+                      "per_rung": [len({r["rate"] for r in mine if r["rung"] == k}) for k in range(rungs)],
+                      "steps": steps, "grid_steps": grid_steps, "cpu_s": cpu, "grid_cpu_s": full_cpu}
+    return out
+
+
+def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> dict[str, dict[str, Any]]:
+    """Successive halving replayed on a finished full grid whose rows carry no validation curve: the
+    rung metric is the training loss at each rung's step (lower is better; ``train_loss`` is logged
+    along every run, mean over seeds), the last rung is the full run's ``on`` (validation) — so it
+    is a *continued*, not a restarted, race. Returns per method the race's pick, the grid's pick
+    and the compute (optimizer steps) of each."""
+    out: dict[str, dict[str, Any]] = {}
+    key = "learning_rate"
+    for label in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == label and key in r.get("settings", {}) and on in r.get("metrics", {})]
+        rates = sorted({r["settings"][key] for r in mine})
+        if len(rates) < 2:
+            continue
+        seeds = sorted({r["seed"] for r in mine})
+        full = max(max(s for s, _ in r["train_loss"]) for r in mine)
+
+        def at(rate: float, step: int) -> float:
+            vals = [next(v for s, v in r["train_loss"] if s >= step) for r in mine if r["settings"][key] == rate]
+            return sum(vals) / len(vals)
+
+        def val(rate: float) -> float:
+            vals = [r["metrics"][on] for r in mine if r["settings"][key] == rate]
+            return sum(vals) / len(vals)
+
+        alive, spent, last = rates, 0, 0
+        for step in rung_steps_:
+            spent += len(alive) * (step - last) * len(seeds)
+            last = step
+            alive = survivors({r: -at(r, step) for r in alive}, eta)
+        spent += len(alive) * (full - last) * len(seeds)
+        pick = max(alive, key=lambda r: (val(r), -r))
+        grid_pick = max(rates, key=lambda r: (val(r), -r))
+        out[label] = {"race_pick": pick, "grid_pick": grid_pick, "same": pick == grid_pick, "steps": spent,
+                      "grid_steps": len(rates) * full * len(seeds), "finalists": alive}
+    return out
+
+
+__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_step", "grids", "method_of", "plan",
+           "rate_factor", "replay", "rung_steps", "savings", "survivors"]

@@ -1,0 +1,193 @@
+"""Each method at its own best rate, raced by successive halving (issue 28), with a fake run function
+whose validation score peaks at a known rate per method."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig
+from inilora.rates import default_grid, grids, plan, replay, rung_steps, savings, survivors
+from inilora.runner import read_results, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMUM = {"lora": 8e-3, "inilora": 1e-3, "inilora-alpha": 2.5e-4}
+VAL, TEST = "offline-arith-val/accuracy", "offline-arith-test/accuracy"
+
+
+def score(method: str, rate: float, seed: int, steps: int, split: str) -> float:
+    """A bell in log-rate around the method's optimum; longer runs score higher; seeds and splits jitter."""
+    peak = 0.5 if method == "lora" else 0.45
+    x = math.log2(rate / OPTIMUM[method])
+    jitter = 0.01 * ((seed * 7 + (3 if split == "test" else 0)) % 5) / 4
+    return round(peak * math.exp(-x * x / 4) * steps / (steps + 4) + jitter, 6)
+
+
+def fake_nlg(config: TrainConfig, *, progress: bool = True) -> dict:
+    out = Path(config.output_dir)
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")))
+    metrics = {}
+    for task in config.eval_tasks:
+        split = "val" if task.endswith("-val") else "test"
+        metrics[f"{task}/accuracy"] = score(config.method, config.learning_rate, config.seed, config.max_steps, split)
+    result = {"metrics": metrics, "headline": next(iter(metrics)), "trainable_params": 100,
+              "eval_examples": {t: 16 for t in config.eval_tasks}, "cpu_s": float(config.max_steps),
+              "train_loss": [[config.max_steps, 1.0]], "wall_s": 0.0, "output_dir": str(out)}
+    (out / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def tuned_grid(tmp_path: Path, **kw) -> CompareConfig:
+    base = dict(model="embedded:smollm2", task="offline-arith", max_steps=24, learning_rate=8e-3,
+                eval_tasks=["offline-arith-test", "offline-arith-val"])
+    base.update(kw.pop("base", {}))
+    kw.setdefault("methods", ["lora", "inilora"])
+    kw.setdefault("seeds", [0, 1, 2])
+    kw.setdefault("tune", {"learning_rate": VAL})
+    return CompareConfig(base=TrainConfig(**base), output_dir=str(tmp_path / "race"), **kw)
+
+
+def test_default_grids_centre_per_family_and_span_16x():
+    lora, ini, alpha = (default_grid(m, 8e-3) for m in ("lora", "inilora", "inilora-alpha"))
+    for g in (lora, ini, alpha):
+        assert len(g) == 5 and g == sorted(g) and g[-1] / g[0] == pytest.approx(16, rel=0.01)
+    assert lora[2] == 8e-3 and ini[2] == 1e-3 and alpha[2] == 2.5e-4  # the measured ratios: 8× and 32×
+
+
+def test_rungs_and_survivors():
+    assert rung_steps(24, 3, 2) == [8, 24] and rung_steps(24, 3, 3) == [3, 8, 24]
+    assert survivors({1: 0.1, 2: 0.3, 3: 0.3, 4: 0.2, 5: 0.0}, 3) == [2, 3]
+    assert survivors({1: 0.5, 2: 0.5}, 3) == [1]  # ties go to the lower rate
+
+
+def test_race_picks_each_optimum_records_rung_rate_split_and_saves_compute(tmp_path):
+    cfg = tuned_grid(tmp_path)
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    assert all({"rung", "rate", "scored_on", "budget_steps"} <= set(r) for r in rows)
+    for r in rows:
+        assert r["rate"] == r["settings"]["learning_rate"] == r["config"]["learning_rate"]
+        assert r["scored_on"] == {m: "validation" if m == VAL else "test" for m in r["metrics"]}
+        assert (TEST in r["metrics"]) == (r["rung"] == 1)  # early rungs never read the test set
+        assert r["config"]["max_steps"] == (24 if r["rung"] == 1 else 8)
+    finals = {r["method"]: r["rate"] for r in rows if r["rung"] == 1}
+    assert finals == {"lora": 8e-3, "inilora": 1e-3}
+    # 5 rates at rung 0 (8 steps), 2 survivors at 24: 5*8 + 2*24 = 88 of 5*24 = 120 steps per seed
+    s = savings(rows)
+    assert s["lora"]["per_rung"] == [5, 2] and s["lora"]["steps"] == 88 * 3 and s["lora"]["grid_steps"] == 120 * 3
+    # no duplicated rows, and the same rows a second time (everything finished)
+    assert len((tmp_path / "race" / "results.jsonl").read_text().splitlines()) == len(rows) == 2 * 3 * 7
+    again = run_grid(cfg, run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)
+    assert len(again) == len(rows)
+
+
+def test_pick_at_an_edge_extends_the_grid_once(tmp_path):
+    # LoRA's default grid centred 8× too low: its pick sits at the top edge, one rate is added above
+    cfg = tuned_grid(tmp_path, methods=["lora", "inilora"], base={"learning_rate": 1e-3},
+                     race=RaceSettings(eta=3, rungs=2, extend=1))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    lora0 = sorted({r["rate"] for r in rows if r["method"] == "lora" and r["rung"] == 0})
+    assert lora0 == default_grid("lora", 1e-3) + [8e-3]
+    _, final = plan(cfg, rows)
+    # inilora's grid (centre 1.25e-4, best 1e-3) grew upward once too, and no further: the limit
+    assert final["inilora"] == default_grid("inilora", 1e-3) + [1e-3]
+    assert {r["rate"] for r in rows if r["rung"] == 1 and r["method"] == "lora"} >= {8e-3}
+
+
+@pytest.mark.parametrize("tune, eval_tasks, match", [
+    ({"learning_rate": TEST}, ["offline-arith-test", "offline-arith-val"], "the test set the tables report"),
+    ({"learning_rate": "accuracy"}, ["offline-arith-test", "offline-arith-val"], "not TASK/METRIC"),
+    ({"learning_rate": VAL}, ["offline-arith-test"], "not TASK/METRIC"),
+])
+def test_selection_on_test_rows_is_refused_before_any_run(tmp_path, tune, eval_tasks, match):
+    cfg = tuned_grid(tmp_path, tune=tune, base={"eval_tasks": eval_tasks})
+    with pytest.raises(ConfigError, match=match):
+        run_grid(cfg, run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
+    assert not (tmp_path / "race").exists()
+
+
+def test_nlu_task_without_validation_split_is_refused(tmp_path):
+    cfg = CompareConfig(base=TrainConfig(task="offline-topic", max_steps=8), methods=["lora", "inilora"],
+                        tune={"learning_rate": "accuracy"}, output_dir=str(tmp_path / "nlu"))
+    with pytest.raises(ConfigError, match="one held-out split"):
+        run_grid(cfg, run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
+
+
+RACE_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_race import fake_nlg
+from inilora.config import load_yaml, CompareConfig
+from inilora.runner import run_grid
+run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=fake_nlg, progress=False)
+"""
+
+
+@pytest.mark.parametrize("sig, at", [(signal.SIGKILL, 4), (signal.SIGINT, 31)])
+def test_killed_at_a_rung_resumes_without_losing_or_duplicating_rows(tmp_path, sig, at):
+    """Killed inside rung 0 (after 4 rows) or inside rung 1 (after 31 of its 30 + 12 rows)."""
+    import yaml
+
+    from inilora.config import to_dict
+
+    cfg = tuned_grid(tmp_path)
+    path = tmp_path / "race.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "FAKE_RUN_SLEEP": "0.15", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-c", RACE_SCRIPT.format(tests=str(ROOT / "tests")), str(path)]
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_results(tmp_path / "race")) < at:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait()
+    killed_at = len(read_results(tmp_path / "race"))
+    assert at <= killed_at < 42, "the kill must land inside the race"
+    env["FAKE_RUN_SLEEP"] = "0"
+    subprocess.run(cmd, env=env, check=True)
+    lines = (tmp_path / "race" / "results.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["run_id"] for line in lines]
+    assert len(ids) == len(set(ids)) == 42
+    reference = run_grid(tuned_grid(tmp_path / "ref"), run_fn=fake_nlg, progress=False)
+
+    def key(rows):
+        return sorted((r["run_id"], json.dumps(r["metrics"], sort_keys=True)) for r in rows)
+
+    assert key(read_results(tmp_path / "race")) == key(reference)
+
+
+def test_replay_on_the_committed_question_2_study():
+    rows = read_results(ROOT / "docs" / "results" / "fit-and-lr-nlg")
+    rows = [r for r in rows if r["method"] in ("lora", "inilora", "inilora-alpha")]
+    out = replay(rows, VAL, [8], eta=3)
+    assert set(out) == {"lora", "inilora", "inilora-alpha"}
+    assert {m: o["grid_pick"] for m, o in out.items()} == {"lora": 8e-3, "inilora": 1e-3, "inilora-alpha": 2.5e-4}
+    for o in out.values():  # 7 (6) rates × 8 steps, then 3 (2) finalists × 16 more, over 5 seeds
+        assert o["steps"] < o["grid_steps"]
+
+
+def test_grids_from_sweep_are_shared():
+    cfg = CompareConfig(base=TrainConfig(task="offline-arith", max_steps=8), methods=["lora", "inilora"],
+                        sweep={"learning_rate": [4e-3, 1e-3]}, tune={"learning_rate": VAL})
+    assert grids(cfg) == {"lora": [1e-3, 4e-3], "inilora": [1e-3, 4e-3]}
+
+
+def test_a_single_finalist_is_still_each_methods_own_best(tmp_path):
+    """3 rates, η = 3: one rate per method reaches the full run; the own-best table still has it."""
+    from inilora.stats import tuned
+
+    cfg = tuned_grid(tmp_path, race=RaceSettings(eta=3, rungs=2, extend=0, points=3, step=4.0))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    found = {t.method: t for t in tuned(rows, "learning_rate", VAL)}
+    assert {m: t.choice for m, t in found.items()} == {"lora": 8e-3, "inilora": 1e-3}
+    assert found["lora"].tried == [2e-3, 8e-3, 3.2e-2] and not found["lora"].edge
