@@ -105,7 +105,7 @@ def _check_method(method: str, opts: dict[str, Any]) -> None:
 
 def _check_calibration(method: str, spec_text: str | None) -> None:
     """A data-driven method needs --calibration, the others refuse it; the task is looked up."""
-    from .calibration import check_spec
+    from .train.calibration import check_spec
     from .methods import get_method
 
     needs = get_method(method).calibration
@@ -207,7 +207,7 @@ def init(
     base = load_model(model, dtype=dtype)
     batches = None
     if calibration is not None:
-        from .calibration import from_task
+        from .train.calibration import from_task
         from .models import load_tokenizer
 
         batches = from_task(calibration, load_tokenizer(model), seed=seed)

@@ -394,11 +394,9 @@ class Execution:
 
 
 def eval_tasks_of(config: CompareConfig) -> list[str]:
-    from .tasks import get_task
+    from .train import eval_tasks
 
-    if config.base.eval_tasks is not None:
-        return list(config.base.eval_tasks)
-    return list(getattr(get_task(config.base.task), "eval_tasks", ()) or ())
+    return eval_tasks(config.base)
 
 
 def check_selection(config: CompareConfig, key: str = "learning_rate") -> str:

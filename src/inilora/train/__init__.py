@@ -39,4 +39,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Mode", "Plan", "available_modes", "load_config", "plan", "resolve", "run"]
+def eval_tasks(config: Any) -> list[str]:
+    """The evaluation tasks a run of ``config`` (a TrainConfig) grades, the headline first: what a
+    grid may choose a rate on (any but the first) without selecting on the reported rows."""
+    from ..tasks import get_task
+
+    if config.eval_tasks is not None:
+        return list(config.eval_tasks)
+    return list(getattr(get_task(config.task), "eval_tasks", ()) or ())
+
+
+__all__ = ["Mode", "Plan", "available_modes", "eval_tasks", "load_config", "plan", "resolve", "run"]

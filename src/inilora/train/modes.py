@@ -143,7 +143,7 @@ def apply_mode(model: torch.nn.Module, config: TrainConfig, kind: str,
     init_seed = 0 if config.shared_fit and spec.fitted else config.seed
     batches = None
     if spec.calibration and config.calibration.spec:
-        from ..calibration import from_task
+        from .calibration import from_task
         from ..models import load_tokenizer
 
         batches = from_task(config.calibration.spec, load_tokenizer(config.model), seed=init_seed)

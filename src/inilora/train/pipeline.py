@@ -92,7 +92,7 @@ def _check_calibration(config: TrainConfig, method: Trained) -> None:
         raise ConfigError(f"method {config.method!r} is data-driven ({method.calibration}): add a calibration: block "
                           "(task: TASK, examples: N).")
     if calibration is not None:  # a compare's shared block: the methods without data ignore it
-        from ..calibration import check_spec
+        from .calibration import check_spec
 
         check_spec(calibration)
 
