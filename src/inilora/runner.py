@@ -33,6 +33,7 @@ from .config import (
     set_dotted,
     to_dict,
 )
+from .errors import InitError
 from .results import RESULTS, append_result, json_default, read_results  # noqa: F401 - re-exported
 
 RUNS = "runs"
@@ -189,6 +190,45 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
     return list(planned.values())
 
 
+def check_grid(runs: list[PlannedRun]) -> None:
+    """Every cell of the grid checked as far as it can be without data or weights, before the first
+    run (and in ``--dry-run``): its task and eval tasks, method, schedule and device, the model's config
+    against the task, and rank and targets against the model's skeleton. A mistake in the last cell is
+    refused before the first one trains. (``expand`` has checked keys, types and method options.)"""
+    from .train.pipeline import check
+
+    seen: set[str] = set()
+    skeletons: dict[str, Any] = {}
+    for run in runs:
+        c = run.config
+        key = json.dumps([c.model, c.task, c.eval_tasks, c.method, c.scheduler, c.device, to_dict(c.lora)],
+                         default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check(c)
+            if c.is_lora:
+                _check_lora_plan(c, skeletons)
+        except InitError as exc:
+            raise ConfigError(f"run {run.run_id}: {exc}") from None
+
+
+def _check_lora_plan(c: TrainConfig, skeletons: dict[str, Any]) -> None:
+    """Rank, alpha and targets of a LoRA cell against the model's weightless skeleton."""
+    from peft import LoraConfig
+
+    from .bridge import check_plan
+    from .models import load_skeleton
+
+    if c.model not in skeletons:
+        skeletons[c.model] = load_skeleton(c.model)
+    if skeletons[c.model] is not None:
+        check_plan(skeletons[c.model], LoraConfig(r=c.lora.rank, lora_alpha=c.lora.lora_alpha,
+                                                  target_modules=c.lora.targets, use_rslora=c.lora.use_rslora),
+                   c.method)
+
+
 # ------------------------------------------------------------------------------------------------
 # results file
 
@@ -279,10 +319,12 @@ def run_grid(
     _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
+    check_grid(runs)  # every cell, before the first run and in --dry-run
     done = set(previous)
     if dry_run:
         console.print(plan_table(runs, done))
         return read_results(root)
+    created = not root.exists()
     save_config(config, root)
     results = root / RESULTS
     todo = [r for r in runs if r.run_id not in done]
@@ -305,6 +347,7 @@ def run_grid(
             if not _finished(run):
                 raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
             append_result(results, _row(run, result, config))
+            created = False  # the folder holds a finished run from here on
             done.add(run.run_id)
             if bar:
                 bar.advance(task)
@@ -314,6 +357,10 @@ def run_grid(
                 console.print(f"finished {len(done)}/{len(runs)}: {run.run_id}"
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
+    except InitError:
+        if created:  # refused before anything finished: leave no folder behind that the user did not have
+            shutil.rmtree(root, ignore_errors=True)
+        raise
     finally:
         if bar:
             bar.stop()

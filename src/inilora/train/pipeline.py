@@ -41,8 +41,10 @@ class Plan:
         return self.config.max_length or self.task.max_length
 
 
-def plan(config: TrainConfig) -> Plan:
-    """Resolve and check ``config``; raises TaskError / InitError / ConfigError naming the problem."""
+def check(config: TrainConfig) -> tuple[Task, str, str]:
+    """Everything about ``config`` that is knowable without its data or weights: the task (and its
+    kind), the eval tasks, the method, the schedule, the model's config against the task, the device.
+    Returns (task, "nlu" | "nlg", device); raises TaskError / InitError / ConfigError naming the problem."""
     task = get_task(config.task)
     if isinstance(task, ClassificationTask):
         kind = "nlu"
@@ -51,19 +53,26 @@ def plan(config: TrainConfig) -> Plan:
     else:
         raise TaskError(f"task {task.name!r} is an evaluation ({type(task).__name__}); train on a classification "
                         "or SFT task and list this one in eval_tasks")
+    if kind == "nlu" and config.eval_tasks:
+        raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
+                          "validation split; eval_tasks apply to SFT tasks only")
+    for name in config.eval_tasks or []:
+        get_task(name)
     if config.is_lora:
         from ..methods import get_method
 
         get_method(config.method)  # unknown method: InitError with the known names
     _check_scheduler(config.scheduler)
     _check_model_kind(config.model, kind, task.name)
-    device = _device(config.device)
+    return task, kind, _device(config.device)
+
+
+def plan(config: TrainConfig) -> Plan:
+    """Resolve and check ``config`` (:func:`check`), then read its data."""
+    task, kind, device = check(config)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
     p = Plan(config, kind, task, None, device=device, bf16=bf16)
     if kind == "nlu":
-        if config.eval_tasks:
-            raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
-                              "validation split; eval_tasks apply to SFT tasks only")
         p.train_rows = nlu.load_split(task, task.train_split, config.train_size)
         p.eval_rows = nlu.load_split(task, task.eval_split, config.eval_size)
     else:
@@ -116,8 +125,17 @@ def _check_model_kind(model: str, kind: str, task: str) -> None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from ..models import _from_pretrained, _is_causal_config, resolve
+    from ..models import (
+        SMOLLM2_ALIAS,
+        _copy_is_complete,
+        _from_pretrained,
+        _is_causal_config,
+        _smollm2_copy_dir,
+        resolve,
+    )
 
+    if model.strip().lower() == SMOLLM2_ALIAS and not _copy_is_complete(_smollm2_copy_dir()):
+        return  # a causal LM; its plain copy is built (15-30 s) when the run loads it, not to check a name
     cfg = _from_pretrained(AutoConfig.from_pretrained, model, resolve(model))
     causal = _is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
     if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
