@@ -291,8 +291,10 @@ def test_yaml_files(tmp_path):
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="run.yaml"):
         load_yaml(path, TrainConfig)
-    path.write_text("")
-    assert load_yaml(path, TrainConfig) == TrainConfig()
+    for empty in ("", "# only a comment\n", "{}\n"):  # an empty config would run every default, silently
+        path.write_text(empty)
+        with pytest.raises(ConfigError, match=r"run\.yaml: (expected a mapping|holds no settings)"):
+            load_yaml(path, TrainConfig)
     path.write_text(yaml.safe_dump(to_dict(from_dict(CompareConfig, _full(CompareConfig)))))
     assert load_yaml(path, CompareConfig) == from_dict(CompareConfig, _full(CompareConfig))
     with pytest.raises(ConfigError, match="not found"):

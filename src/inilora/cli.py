@@ -201,11 +201,13 @@ def _save_adapter(peft_model, out: Path) -> None:
 
     from .chatter import quiet
     from .fileio import replace_dir, temp_dir
+    from .outdir import record_adapter_files
 
     tmp = temp_dir(out.parent, out.name)
     try:
         with quiet():
             peft_model.save_pretrained(str(tmp))
+        record_adapter_files(tmp)  # what --overwrite may later replace: files that still hold these bytes
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ from ..methods.fitting import InitContext
 from ..methods.registry import BRIDGE_OPTIONS
 from ..naming import rng_factory
 from .drift import _drift, _output, _probe, _warn_drift
-from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark
+from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark, _record
 from .residual import (
     _apply_residual,
     _check_finite,
@@ -162,7 +162,8 @@ def get_peft_model(
         fitcache.check_writable()
 
     weights = {n: oriented(m) for n, m in found.items()}
-    fp = fingerprint_modules(found) if spec.residual else None
+    base_fp = fingerprint_modules(found)  # every adapter records its base (residual ones check it in share_init)
+    fp = base_fp if spec.residual else None
     probe = _probe(model) if (measure_drift and spec.residual) else None
     before = _output(model, probe) if probe is not None else None
 
@@ -236,6 +237,10 @@ def get_peft_model(
             q = report.info.get("quantized", {})
             _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
                         "kept" if q else None)
+    else:
+        _record(peft_model.peft_config[adapter_name], {
+            "format": FORMAT, "inilora_version": __version__, "method": spec.name, "seed": seed,
+            "adapter": adapter_name, "fingerprint": base_fp, "quantized": "/".join(quant) or None})
     _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
     peft_model.inilora_report = report
     return peft_model
