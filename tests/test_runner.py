@@ -317,3 +317,37 @@ def test_tune_names_a_sweep_key_and_reaches_every_row(tmp_path):
     rows = run_grid(grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3]}, tune={"learning_rate": "f1"}),
                     run_fn=fake_run, progress=False)
     assert rows and all(r["tune"] == {"learning_rate": "f1"} for r in rows)
+
+
+def test_every_cell_is_checked_before_the_first_run_and_in_dry_run(tmp_path):
+    """Issue 25: an unknown task in a swept list was refused after other cells had trained, --dry-run
+    showed it "to run", and a stray compare.yaml stayed behind."""
+    calls = []
+
+    def counting(config, *, progress=False):
+        calls.append(config.task)
+        return fake_run(config, progress=progress)
+
+    for sweep, match in [({"task": ["offline-topic", "offline-topik"]}, r"unknown task 'offline-topik' \(did you mean"),
+                         ({"model": ["embedded:minilm", "embedded:minlm"]}, "did you mean embedded:minilm"),
+                         ({"lora.rank": [8, 4096]}, "rank")]:
+        for dry in (True, False):
+            with pytest.raises(ConfigError, match=match):
+                run_grid(grid(tmp_path, sweep=sweep), run_fn=counting, dry_run=dry, progress=False)
+            assert not calls and not (tmp_path / "grid").exists()
+
+
+def test_a_refusal_inside_the_first_run_leaves_no_folder_behind(tmp_path):
+    from inilora.errors import InitError
+
+    def refusing(config, *, progress=False):
+        Path(config.output_dir).mkdir(parents=True)
+        raise InitError("the model refuses this rank")
+
+    with pytest.raises(InitError):
+        run_grid(grid(tmp_path), run_fn=refusing, progress=False)
+    assert not (tmp_path / "grid").exists()
+    (tmp_path / "grid").mkdir()  # a folder the user had is never removed
+    with pytest.raises(InitError):
+        run_grid(grid(tmp_path), run_fn=refusing, progress=False)
+    assert (tmp_path / "grid" / "compare.yaml").is_file()

@@ -392,10 +392,10 @@ def report(
     if run_dir.exists() and not run_dir.is_dir():
         raise InitError(f"RUN_DIR {run_dir} is a file; give the folder `inilora compare` wrote (it holds results.jsonl).")
     rows, skipped = read_results_noted(run_dir)
-    for note in skipped:
-        _say(f"[yellow]note:[/] {note}")
     if not rows:
         raise InitError(f"no finished runs in {run_dir / 'results.jsonl'}; give the folder `inilora compare` wrote.")
+    for note in skipped:  # also in report.md
+        _say(f"[yellow]note:[/] {note}")
     path = write_report(run_dir, rows, plots=plots)
     _Console().print(summary_table(rows, title=rows[0].get("title", "results")))
     console.print(f"[bold green]wrote[/] {path}")
@@ -417,17 +417,24 @@ def demo(
 
 
 def _precheck_train(cfg) -> None:
-    """What `train` can refuse without torch: the model and task names, the output folder."""
+    """What `train` can refuse before transformers: model and task names, the output folder (no torch
+    yet), then the method and its options."""
     from .outdir import check_run_folder
-    from .tasks import get_task
 
-    check_model_name(cfg.model, "model")
-    get_task(cfg.task)
-    for name in cfg.eval_tasks or []:
-        get_task(name)
+    from .runner import check_names
+
+    check_names(cfg)
     out = Path(cfg.output_dir)
     if not (out / "config.yaml").is_file():
         check_run_folder(out, marker="config.yaml", kind="run")
+    if cfg.is_lora:  # the registry imports torch, not transformers: a typo still costs seconds, not 40
+        _check_method(cfg.method, {} if _method_spec(cfg.method).peft_backed else cfg.method_options)
+
+
+def _method_spec(name: str):
+    from .methods import get_method
+
+    return get_method(name)
 
 
 def _config_file(path: Path) -> None:

@@ -190,11 +190,30 @@ def expand(config: CompareConfig, output_dir: str | Path | None = None) -> list[
     return list(planned.values())
 
 
+def check_names(config: TrainConfig) -> None:
+    """The model's embedded: name, the task and the eval tasks exist (torch-free: `train` runs it first)."""
+    from .checks import check_model_name
+    from .tasks import TaskError, get_task
+
+    check_model_name(config.model, "model")
+    get_task(config.task)
+    for name in config.eval_tasks or []:
+        try:
+            get_task(name)
+        except TaskError as exc:
+            raise TaskError(f"eval_tasks: {exc}") from None
+
+
 def check_grid(runs: list[PlannedRun]) -> None:
     """Every cell of the grid checked as far as it can be without data or weights, before the first
     run (and in ``--dry-run``): its task and eval tasks, method, schedule and device, the model's config
     against the task, and rank and targets against the model's skeleton. A mistake in the last cell is
     refused before the first one trains. (``expand`` has checked keys, types and method options.)"""
+    for run in runs:  # the names first: a typo costs no transformers import
+        try:
+            check_names(run.config)
+        except InitError as exc:
+            raise ConfigError(f"run {run.run_id}: {exc}") from None
     from .train.pipeline import check
 
     seen: set[str] = set()
@@ -315,8 +334,8 @@ def run_grid(
 
     console = console or Console(stderr=True)
     root = Path(output_dir or config.output_dir)
-    runs = expand(config, root)
     _check_root(root)
+    runs = expand(config, root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
     check_grid(runs)  # every cell, before the first run and in --dry-run
