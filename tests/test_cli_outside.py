@@ -630,3 +630,26 @@ def test_the_console_script_refuses_as_the_batch_does(world, tmp_path, case):
 def test_the_run_commands_have_their_share_of_cases():
     per = {cmd: sum(1 for c in RUN_CASES if c[1][0] == cmd) for cmd in ("train", "compare", "report", "demo")}
     assert per["train"] >= 100 and per["compare"] >= 40 and per["report"] >= 10 and per["demo"] >= 6, per
+
+
+def test_overwrite_keeps_what_the_user_changed_and_exports_check_the_base(world, tmp_path):
+    """Issue 25's reproductions: `init --overwrite` replaced a README.md the user had edited; a `lora`
+    adapter exported with `--base` another checkpoint of the same architecture merged silently."""
+    from inilora.models import tiny_model
+
+    out = tmp_path / "ad"
+    args = ["init", "--model", "tiny", "--method", "lora", "--rank", "4", "--out", str(out)]
+    assert _run(world, args)[0].returncode == 0
+    assert _run(world, [*args, "--overwrite"])[0].returncode == 0  # untouched: ours to replace
+    (out / "README.md").write_text("# my notes on this adapter\n")
+    before = _tree(out)
+    done, _ = _run(world, [*args, "--overwrite"])
+    assert done.returncode == 2 and "README.md (changed since inilora wrote it)" in done.stderr, done.stderr
+    assert _tree(out) == before
+    tiny_model("llama-gqa", seed=1).save_pretrained(str(tmp_path / "other"))
+    done, _ = _run(world, ["export", str(out), "--base", str(tmp_path / "other"), "--layout", "merged",
+                           "--out", str(tmp_path / "merged")])
+    assert done.returncode == 2 and "different base model" in done.stderr, done.stderr
+    assert not (tmp_path / "merged").exists()
+    done, _ = _run(world, ["export", str(out), "--base", "tiny", "--layout", "merged", "--out", str(tmp_path / "merged")])
+    assert done.returncode == 0, done.stderr
