@@ -130,6 +130,9 @@ def _cases() -> list[tuple[str, list[str], str, int | None]]:
         add(f"approximate -o {opt!r}", [*approx, "-o", opt], names)
     for v in ["inilora-alfa", "INILORA", "", "pisa"]:
         add(f"init method {v!r}", [*init, "--method", v], "method")
+    for cmd in ("init", "approximate"):  # issue 25: a user's typo, not "internal error … please report it"
+        add(f"{cmd} --model embedded:smolm2", [cmd, "--model", "embedded:smolm2", *(["--out", "x"] if cmd == "init" else [])],
+            "did you mean embedded:smollm2")
     add("approximate engine unknown", [*approx, "--engine", "warp"], "engine")
     add("approximate device unknown", [*approx, "--device", "tpu:9"], "--device")
     add("approximate devices unknown", [*approx, "--devices", "cpu,banana"], "--devices")

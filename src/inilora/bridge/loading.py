@@ -131,7 +131,7 @@ def check_fingerprint(model: torch.nn.Module, config: LoraConfig, meta: dict) ->
         raise FingerprintMismatch(
             "this adapter was initialised on a different base model (fingerprint of the targeted weights "
             f"differs: {have['sha256'][:12]} here, {want['sha256'][:12]} recorded). An adapter is only "
-            "meaningful on the base it was made on; load that base (or pass it with --base)."
+            "meaningful on its own base: load the base it was made on (export: pass it with --base)."
         )
     if not residual:
         return found
