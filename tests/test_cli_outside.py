@@ -130,6 +130,9 @@ def _cases() -> list[tuple[str, list[str], str, int | None]]:
         add(f"approximate -o {opt!r}", [*approx, "-o", opt], names)
     for v in ["inilora-alfa", "INILORA", "", "pisa"]:
         add(f"init method {v!r}", [*init, "--method", v], "method")
+    for cmd in ("init", "approximate"):  # issue 25: a user's typo, not "internal error … please report it"
+        add(f"{cmd} --model embedded:smolm2", [cmd, "--model", "embedded:smolm2", *(["--out", "x"] if cmd == "init" else [])],
+            "did you mean embedded:smollm2")
     add("approximate engine unknown", [*approx, "--engine", "warp"], "engine")
     add("approximate device unknown", [*approx, "--device", "tpu:9"], "--device")
     add("approximate devices unknown", [*approx, "--devices", "cpu,banana"], "--devices")
@@ -346,3 +349,310 @@ def test_ctrl_c_during_a_fit_saves_and_says_how_to_resume(world):
     assert proc.returncode == 130, err
     assert "Run the same command again to resume" in err and "Traceback" not in err, err
     assert list((world["cache"] / "fits").glob("*.resume.pt")), "no snapshot was written"
+
+
+# --------------------------------------------------------------------------- train, compare, report, demo
+#
+# Generated from the config classes themselves: for every field of a `train` config (and, under
+# `base.`, of a `compare` one) a value of the wrong type, an empty `--set`, a misspelled key, and a
+# value out of range where the loader has a range; for the grid, report and demo the mistakes of
+# issue 25. Each case asserts exit 2, exactly one line, no traceback, every folder byte-identical, and
+# -- through Python's own import log -- that neither torch nor transformers was imported where the
+# mistake is knowable before them (a misspelled key must not cost a 40 s model-library import).
+
+NO_TORCH, NO_TRANSFORMERS = "torch", "transformers"  # the library a refusal must not have imported
+
+GOOD_TRAIN = {"model": "embedded:minilm", "task": "offline-topic", "method": "lora", "output_dir": "new-train-run",
+              "train_size": 8, "eval_size": 8, "max_steps": 1}
+GOOD_COMPARE = {"base": {"model": "embedded:minilm", "task": "offline-topic", "train_size": 8, "eval_size": 8,
+                         "max_steps": 1}, "methods": ["lora"], "seeds": [0], "output_dir": "new-grid"}
+
+
+def _fields(cls, prefix: str = ""):
+    """(dotted key, annotation) of every leaf field of a config dataclass."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _fields(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp
+
+
+def _wrong_type(tp) -> object:
+    """A YAML value that is not of type ``tp``."""
+    import types
+    import typing
+
+    arms = [a for a in typing.get_args(tp) if a is not type(None)] \
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    tp, origin = arms[0], typing.get_origin(arms[0])
+    if tp is bool:
+        return "maybe"
+    if tp in (int, float):
+        return "twelve" if tp is float else 1.5
+    if origin is typing.Literal:
+        return "fp64"
+    if origin is list:
+        return 5
+    if origin is dict:
+        return [1, 2]
+    return [1, 2]  # str (and anything else): a list
+
+
+def _out_of_range(cls, key: str, tp):
+    """A value of the right type that the loader refuses for ``key`` (found by asking it), or None."""
+    import copy
+
+    from inilora.config import ConfigError, from_dict, set_dotted
+
+    base = {"base": GOOD_COMPARE["base"]} if cls.__name__ == "CompareConfig" else GOOD_TRAIN
+    for value in (0, -1, 1.0, -0.5, 10**9, "", " "):
+        if isinstance(value, str) != (tp is str or "str" in str(tp)):
+            continue
+        data = copy.deepcopy(base)
+        set_dotted(data, key, value)
+        try:
+            from_dict(cls, data)
+        except ConfigError:
+            return value
+    return None
+
+
+def _swap(key: str) -> str:
+    """The key with two adjacent letters of its last part swapped (lora.rank → lora.rnak)."""
+    head, _, last = key.rpartition(".")
+    words = [last[:i] + last[i + 1] + last[i] + last[i + 2:] for i in range(max(1, len(last) // 2 - 1), len(last) - 1)]
+    word = next((w for w in words if w != last), last + last[-1])
+    return f"{head}.{word}" if head else word
+
+
+def _yaml(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _merged(base: dict, key: str, value) -> dict:
+    import copy
+
+    from inilora.config import set_dotted
+
+    data = copy.deepcopy(base)
+    set_dotted(data, key, value)
+    return data
+
+
+def _run_cases():
+    """(id, argv, {file name: text} written beside the home, what the line names, library not imported)."""
+    from inilora.config import CompareConfig, TrainConfig
+
+    cases = []
+
+    def add(cid, argv, names, files=None, light=NO_TORCH):
+        cases.append((cid, argv, files or {}, names, light))
+
+    for key, tp in _fields(TrainConfig):
+        add(f"train --set {key}= (empty)", ["train", "{good-train}", "--set", f"{key}="], key)
+        add(f"train {key}: wrong type", ["train", "{cfg}"], key, {"cfg": _yaml(_merged(GOOD_TRAIN, key, _wrong_type(tp)))})
+        bad = _out_of_range(TrainConfig, key, tp)
+        if bad is not None:
+            add(f"train {key}: refused value {bad!r}", ["train", "{cfg}"], key, {"cfg": _yaml(_merged(GOOD_TRAIN, key, bad))})
+        typo = _swap(key)
+        if key in ("method_options",):
+            continue
+        data = _merged(GOOD_TRAIN, key, 1)
+        node = data
+        for part in key.split(".")[:-1]:
+            node = node[part]
+        node[typo.rsplit(".", 1)[-1]] = node.pop(key.rsplit(".", 1)[-1])
+        add(f"train {key}: misspelled {typo}", ["train", "{cfg}"], typo.rsplit(".", 1)[-1], {"cfg": _yaml(data)})
+    # the --set values that used to mean something else (issue 25, class 3)
+    for pair, names in [("seed=0x1z", "seed"), ("seed=1.5", "seed"), ("learning_rate=fast", "learning_rate"),
+                        ("lora.rank=8.0", "lora.rank"), ("shared_fit=maybe", "shared_fit"), ("lora.rnak=4", "rnak"),
+                        ("lora.targets=[q, ]", "lora.targets"), ("precision=fp64", "precision"),
+                        ("train_size=", "train_size"), ("lora.alpha=", "lora.alpha"), ("seed=-1", "seed")]:
+        add(f"train --set {pair}", ["train", "{good-train}", "--set", pair], "--set " + pair.split("=")[0])
+    for text, names in [("", "empty"), ("# nothing but a comment\n", "empty"), ("{}\n", "no settings"),
+                        ("- model\n- task\n", "mapping"), ("model: [\n", "not valid YAML"),
+                        ("\x00\x01binary", "valid YAML")]:
+        add(f"train config {text[:12]!r}", ["train", "{cfg}"], names, {"cfg": text})
+    add("train config is a folder", ["train", "mine"], "folder")
+    add("train config is an adapter's JSON", ["train", "adapter/adapter_config.json"], "unknown key")
+    add("train config is a weights file", ["train", "adapter/adapter_model.safetensors"], "adapter_model.safetensors")
+    for key, value, names, light in [
+            ("model", "embedded:smolm2", "did you mean embedded:smollm2", NO_TORCH),
+            ("task", "offline-topik", "did you mean", NO_TORCH), ("eval_tasks", ["offline-arith", "gsm9k"], "gsm9k", NO_TORCH),
+            ("output_dir", "mine", "notes.txt", NO_TORCH), ("output_dir", "a-file", "a-file", NO_TORCH),
+            ("output_dir", "/proc/inilora/x", "cannot be written", NO_TORCH),
+            ("method", "inilora-alfa", "inilora-alfa", NO_TRANSFORMERS),
+            ("method_options", {"stdd": 1}, "stdd", NO_TRANSFORMERS)]:
+        data = _merged(GOOD_TRAIN, key, value)
+        if key == "method_options":
+            data["method"] = "inilora-alpha"
+        add(f"train {key}: {value!r}", ["train", "{cfg}"], names, {"cfg": _yaml(data)}, light)
+
+    # compare: the grid's own fields, a sample of base's, the cells' names, the old -o
+    for key, tp in _fields(CompareConfig):
+        if key.startswith("base."):
+            continue
+        add(f"compare --set {key}= (empty)", ["compare", "{good-compare}", "--set", f"{key}="], key)
+        add(f"compare {key}: wrong type", ["compare", "{cfg}"], key,
+            {"cfg": _yaml(_merged(GOOD_COMPARE, key, _wrong_type(tp)))})
+        data = dict(GOOD_COMPARE, **{_swap(key): GOOD_COMPARE.get(key, "x")})
+        data.pop(key, None)
+        add(f"compare {key}: misspelled", ["compare", "{cfg}"], _swap(key), {"cfg": _yaml(data)})
+    for i, (key, tp) in enumerate(_fields(TrainConfig)):
+        if i % 2 == 0 and not isinstance(_wrong_type(tp), list) and tp is not str:  # a str takes any text
+            add(f"compare --set base.{key}=(wrong type)", ["compare", "{good-compare}", "--set",
+                f"base.{key}={_wrong_type(tp)}"], key.rsplit(".", 1)[-1],
+                light=NO_TRANSFORMERS if "list" in str(tp) else NO_TORCH)  # `5` is the list ['5']: a name
+    for name, change, names, light in [
+            ("base task unknown", {"base": {**GOOD_COMPARE["base"], "task": "offline-topik"}}, "offline-topik", NO_TRANSFORMERS),
+            ("swept task unknown", {"sweep": {"task": ["offline-topic", "gsm9k"]}}, "gsm9k", NO_TRANSFORMERS),
+            ("swept model misspelled", {"sweep": {"model": ["embedded:minilm", "embedded:minlm"]}}, "embedded:minlm",
+             NO_TRANSFORMERS),
+            ("method unknown", {"methods": ["lora", "inilora-alfa"]}, "inilora-alfa", NO_TRANSFORMERS),
+            ("variant option unknown", {"methods": ["lora", "a"], "variants": {"a": {"method": "inilora-alpha",
+                                                                                      "options": {"stdd": 1}}}},
+             "stdd", NO_TRANSFORMERS),
+            ("baseline not a method", {"baseline": "pissa"}, "baseline", NO_TRANSFORMERS),
+            ("seeds repeat", {"seeds": [0, 0]}, "seeds", NO_TORCH),
+            ("tune not swept", {"tune": {"learning_rate": "accuracy"}}, "tune", NO_TORCH),
+            ("output_dir the user's", {"output_dir": "mine"}, "notes.txt", NO_TORCH),
+            ("output_dir a file", {"output_dir": "a-file"}, "a-file", NO_TORCH)]:
+        cfg = {"cfg": _yaml({**GOOD_COMPARE, **change})}
+        add(f"compare {name}", ["compare", "{cfg}"], names, cfg, light)
+        if "unknown" in name or "user's" in name:  # --dry-run checks the same (and writes nothing)
+            add(f"compare --dry-run {name}", ["compare", "{cfg}", "--dry-run"], names, cfg, light)
+    add("compare -o (the old --output-dir)", ["compare", "{good-compare}", "-o", "method_options.steps=10"],
+        "--output-dir")
+    add("compare config is a folder", ["compare", "mine"], "folder")
+    add("compare empty config", ["compare", "{cfg}"], "empty", {"cfg": ""})
+    add("compare --set seeds=[0,,1]", ["compare", "{good-compare}", "--set", "seeds=[0,,1]"], "seeds")
+
+    # report: what results.jsonl may hold that is not a result
+    for text, names in [("null\n", "line 1"), ("[1, 2]\n", "line 1"), ('{"x": 1}\n', "run_id"), ("7\n", "line 1"),
+                        ('{"run_id": "a", "method": "lora", "seed": "0", "task": "t"}\n', "seed"),
+                        ("\n\n", "no finished runs"), ("{torn", "no finished runs")]:
+        add(f"report results.jsonl {text.strip()[:20]!r}", ["report", "{dir}"], names, {"dir/results.jsonl": text})
+    add("report results.jsonl not text", ["report", "{dir}"], "not text", {"dir/results.jsonl": b"\xff\xfe\x00"})
+    add("report of a file", ["report", "a-file"], "a-file")
+    add("report of the user's folder", ["report", "mine"], "results.jsonl")
+    add("report of a missing folder", ["report", "nowhere"], "nowhere")
+
+    # demo: its output folder is the user's, or a file
+    add("demo --out the user's folder", ["demo", "--out", "mine"], "notes.txt")
+    add("demo --out a Trainer folder", ["demo", "--out", "trainer-out"], "checkpoint-6")
+    add("demo --out a file", ["demo", "--out", "a-file"], "a-file")
+    add("demo --out unwritable", ["demo", "--out", "/proc/inilora/demo"], "cannot be written")
+    add("demo --out/nlu the user's", ["demo", "--out", "{dir}"], "nlu", {"dir/nlu/notes.txt": "mine"})
+    add("demo --nlu-task unknown", ["demo", "--nlu-task", "offline-topik"], "--nlu-task")
+    add("demo --out ''", ["demo", "--out", ""], "--out")
+    return cases
+
+
+RUN_CASES = _run_cases()
+
+
+def _imported(stderr: str) -> set[str]:
+    """The top-level packages Python's import log (PYTHONPROFILEIMPORTTIME) says were imported."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def _materialise(case, given: Path) -> list[str]:
+    """Write a case's own files (its config, a grid folder) into ``given``; its argv with their paths."""
+    _, argv, files, _, _ = case
+    given.mkdir(parents=True)
+    paths = {"good-train": given / "good-train.yaml", "good-compare": given / "good-compare.yaml"}
+    paths["good-train"].write_text(_yaml(GOOD_TRAIN))
+    paths["good-compare"].write_text(_yaml(GOOD_COMPARE))
+    for name, content in files.items():
+        path = given / (name if "/" in name else f"{name}.yaml")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        paths[name.split("/")[0]] = given / name.split("/")[0] if "/" in name else path
+    return [a.format(**{k: str(v) for k, v in paths.items()}) if a.startswith("{") else a for a in argv]
+
+
+@pytest.fixture(scope="module")
+def batch(world):
+    """Every run-command case, each in a forked child of one process (tests/_cli_batch.py)."""
+    specs = []
+    for i, case in enumerate(RUN_CASES):
+        given = world["root"] / "given" / str(i)
+        specs.append({"id": case[0], "argv": _materialise(case, given), "cwd": str(world["home"]),
+                      "hashed": [str(world["home"]), str(world["cache"]), str(given)],
+                      "after_torch": case[4] == NO_TRANSFORMERS})
+    cases, results = world["root"] / "run-cases.json", world["root"] / "run-results.json"
+    cases.write_text(json.dumps(specs))
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_cli_batch.py")), str(cases), str(results)],
+                          cwd=world["home"], env=world["env"], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+def _check_refusal(code, stdout: str, stderr: str, names: str, imported, touched) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    said = "\n".join([stdout, *lines])
+    assert code == 2, said
+    assert "Traceback" not in said and "internal error" not in said, said
+    assert len(lines) == 1 and lines[0].startswith("error:") and not stdout.strip(), said
+    assert names.lower() in lines[0].lower(), f"{names!r} not named in: {lines[0]}"
+    assert not imported, f"{', '.join(imported)} imported before refusing: {lines[0]}"
+    assert not touched, f"a refused command changed {touched}"
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_run_commands_refuse_in_one_line_before_the_model_libraries(batch, case):
+    got = batch[case[0]]
+    assert "crash" not in got, got
+    allowed = {"torch", "peft"} if case[4] == NO_TRANSFORMERS else set()  # peft: the registry's import
+    _check_refusal(got["code"], got["stdout"], got["stderr"], case[3], sorted(set(got["imported"]) - allowed),
+                   got["touched"])
+
+
+@pytest.mark.parametrize("case", RUN_CASES[::25], ids=[c[0] for c in RUN_CASES[::25]])
+def test_the_console_script_refuses_as_the_batch_does(world, tmp_path, case):
+    """A sample through the installed script itself, torch seen in Python's import log."""
+    args = _materialise(case, tmp_path / "given")
+    before = (_tree(world["home"]), _tree(world["cache"]), _tree(tmp_path / "given"))
+    env = {**world["env"], "PYTHONPROFILEIMPORTTIME": "1"}
+    done = subprocess.run([str(CLI), *args], cwd=world["home"], env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    after = (_tree(world["home"]), _tree(world["cache"]), _tree(tmp_path / "given"))
+    imported = _imported(done.stderr) & ({"transformers"} if case[4] == NO_TRANSFORMERS else {"torch", "transformers"})
+    _check_refusal(done.returncode, done.stdout, done.stderr, case[3], sorted(imported),
+                   ["a folder"] if after != before else [])
+
+
+def test_the_run_commands_have_their_share_of_cases():
+    per = {cmd: sum(1 for c in RUN_CASES if c[1][0] == cmd) for cmd in ("train", "compare", "report", "demo")}
+    assert per["train"] >= 100 and per["compare"] >= 40 and per["report"] >= 10 and per["demo"] >= 6, per
+
+
+def test_overwrite_keeps_what_the_user_changed_and_exports_check_the_base(world, tmp_path):
+    """Issue 25's reproductions: `init --overwrite` replaced a README.md the user had edited; a `lora`
+    adapter exported with `--base` another checkpoint of the same architecture merged silently."""
+    from inilora.models import tiny_model
+
+    out = tmp_path / "ad"
+    args = ["init", "--model", "tiny", "--method", "lora", "--rank", "4", "--out", str(out)]
+    assert _run(world, args)[0].returncode == 0
+    assert _run(world, [*args, "--overwrite"])[0].returncode == 0  # untouched: ours to replace
+    (out / "README.md").write_text("# my notes on this adapter\n")
+    before = _tree(out)
+    done, _ = _run(world, [*args, "--overwrite"])
+    assert done.returncode == 2 and "README.md (changed since inilora wrote it)" in done.stderr, done.stderr
+    assert _tree(out) == before
+    tiny_model("llama-gqa", seed=1).save_pretrained(str(tmp_path / "other"))
+    done, _ = _run(world, ["export", str(out), "--base", str(tmp_path / "other"), "--layout", "merged",
+                           "--out", str(tmp_path / "merged")])
+    assert done.returncode == 2 and "different base model" in done.stderr, done.stderr
+    assert not (tmp_path / "merged").exists()
+    done, _ = _run(world, ["export", str(out), "--base", "tiny", "--layout", "merged", "--out", str(tmp_path / "merged")])
+    assert done.returncode == 0, done.stderr

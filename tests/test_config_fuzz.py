@@ -291,8 +291,10 @@ def test_yaml_files(tmp_path):
     path.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="run.yaml"):
         load_yaml(path, TrainConfig)
-    path.write_text("")
-    assert load_yaml(path, TrainConfig) == TrainConfig()
+    for empty in ("", "# only a comment\n", "{}\n"):  # an empty config would run every default, silently
+        path.write_text(empty)
+        with pytest.raises(ConfigError, match=r"run\.yaml: (expected a mapping|holds no settings)"):
+            load_yaml(path, TrainConfig)
     path.write_text(yaml.safe_dump(to_dict(from_dict(CompareConfig, _full(CompareConfig)))))
     assert load_yaml(path, CompareConfig) == from_dict(CompareConfig, _full(CompareConfig))
     with pytest.raises(ConfigError, match="not found"):
@@ -306,3 +308,32 @@ def test_settings_objects_and_numbers_from_python():
     assert config.lora.rank == 4 and config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
     assert config.method_options == {"c": [1, 2]}  # plain data: what YAML can hold
     assert math.isfinite(config.learning_rate)
+
+
+def test_set_values_are_read_by_the_type_of_their_field(tmp_path):
+    """Issue 25: `--set seed=011` was 9 (YAML 1.1 octal), `--set train_size=` was None ("the whole
+    split"), `1e-3` a string, and a --set mistake was reported as one of the file."""
+    from inilora.cli import _set_pairs
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: embedded:minilm\nseed: 010\nlearning_rate: 1e-3\nmethod_options: {lr: 2e-3}\n")
+    config = load_yaml(path, TrainConfig)
+    assert config.seed == 10 and config.learning_rate == 1e-3 and config.method_options == {"lr": 2e-3}
+    config = load_yaml(path, TrainConfig, _set_pairs(["seed=011", "learning_rate=5e-4", "lora.targets=q,v",
+                                                      "max_length=null", "shared_fit=true", "method_options.steps=0100"]))
+    assert (config.seed, config.learning_rate, config.lora.targets) == (11, 5e-4, ["q", "v"])
+    assert config.max_length is None and config.shared_fit is True and config.method_options["steps"] == 100
+    for pair, match in [("train_size=", r"--set train_size=: empty value"), ("lora.alpha=", r"--set lora.alpha=: empty"),
+                        ("seed=0x1z", r"--set seed=0x1z: expected a whole number"),
+                        ("seed=1.5", r"--set seed=1.5: expected a whole number"),
+                        ("lora.rank=0", r"--set lora.rank=0: lora.rank: must be ≥ 1"),
+                        ("lora.rnak=4", r"--set lora.rnak=4: unknown key lora.rnak \(did you mean 'rank'\?\)"),
+                        ("shared_fit=maybe", r"--set shared_fit=maybe: expected true or false")]:
+        with pytest.raises(ConfigError, match=match):
+            load_yaml(path, TrainConfig, _set_pairs([pair]))
+    path.write_text("model: embedded:minilm\nseed: -1\n")  # the file's own mistake is the file's, --set or not
+    with pytest.raises(ConfigError, match=r"run\.yaml: seed: must be ≥ 0"):
+        load_yaml(path, TrainConfig, _set_pairs(["lora.rank=4"]))
+    path.with_name("g.yaml").write_text("methods: [lora]\n")
+    sweep = load_yaml(path.with_name("g.yaml"), CompareConfig, _set_pairs(["sweep.lora.rank=[08, 16]", "seeds=[0,11]"]))
+    assert sweep.sweep == {"lora.rank": [8, 16]} and sweep.seeds == [0, 11]

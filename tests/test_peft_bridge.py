@@ -171,6 +171,36 @@ def test_plain_adapter_goes_through_peft(tmp_path):
     assert relative_drift(model_output(loaded, x), model_output(model, x)) == 0.0
 
 
+@pytest.mark.parametrize("method", ["lora", "gaussian"])
+def test_a_non_residual_adapter_records_its_base_and_is_checked_on_load_and_export(tmp_path, method):
+    """Issue 25: a `lora` adapter exported onto another checkpoint of the same architecture was
+    merged into the wrong weights, silently. It now carries the base fingerprint, unmarked."""
+    from inilora.exports import export
+
+    model = inilora.get_peft_model(tiny_model("llama-gqa"), LoraConfig(r=4, target_modules=["q_proj"]), method)
+    perturb(model)
+    model.save_pretrained(str(tmp_path / "a"))
+    side = json.loads((tmp_path / "a" / "inilora.json").read_text())
+    saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert side["residual"] is False and side["method"] == method and len(side["fingerprint"]["sha256"]) == 64
+    assert not is_marked(saved["init_lora_weights"])  # vanilla PEFT still loads it as before
+    PeftModel.from_pretrained(tiny_model("llama-gqa"), str(tmp_path / "a"))
+    other = tiny_model("llama-gqa", seed=1)
+    with pytest.raises(FingerprintMismatch, match="different base model"):
+        inilora.load(other, tmp_path / "a")
+    with pytest.raises(FingerprintMismatch, match="different base model"):
+        export(tmp_path / "a", tmp_path / "merged", "merged", base=tiny_model("llama-gqa", seed=1))
+    assert not (tmp_path / "merged").exists()
+    inilora.load(tiny_model("llama-gqa", dtype=torch.bfloat16), tmp_path / "a")  # the same checkpoint in bf16
+
+
+def test_a_peft_adapter_made_elsewhere_is_loaded_with_a_warning(tmp_path):
+    peft_get_peft_model(tiny_model("llama-gqa"), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        str(tmp_path))
+    with pytest.warns(UserWarning, match="cannot be checked against this base"):
+        inilora.load(tiny_model("llama-gqa", seed=1), tmp_path)
+
+
 @pytest.mark.parametrize("method", ["normal", "pissa"])
 def test_residual_dtype_float32_on_bf16_base(method):
     x = probe_inputs(tiny_model("llama-gqa"))

@@ -359,3 +359,22 @@ def test_identical_fit_curves_are_drawn_once_and_labelled(tmp_path, monkeypatch)
     plots._approx(rows, tmp_path)
     assert captured["lines"] == 2
     assert captured["labels"] == ["inilora seeds 0, 11, 22 (×3 identical)", "inilora seed 33"]
+
+
+def test_junk_rows_are_refused_and_a_torn_row_is_named(tmp_path):
+    """Issue 25: `null` or `[1, 2]` in results.jsonl ended in an internal error; a torn line vanished."""
+    from inilora.errors import InitError
+    from inilora.results import read_results_noted
+
+    path = tmp_path / "results.jsonl"
+    for junk, match in [("null", "line 2 is a JSON null"), ("[1, 2]", "line 2 is a JSON list"),
+                        ('{"run_id": 3}', "line 2 is a result row without a valid run_id, method, seed, task")]:
+        path.write_text(json.dumps(_row("lora", 0, 0.5)) + "\n" + junk + "\n")
+        with pytest.raises(InitError, match=match):
+            read_results_noted(tmp_path)
+    rows = [_row(m, s, 0.5 + s / 10) for m in ("lora", "inilora") for s in (0, 1)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"run_id": "inilora-2-nu')
+    got, notes = read_results_noted(tmp_path)
+    assert len(got) == 4 and len(notes) == 1 and "line 5" in notes[0]
+    text = write_report(tmp_path, plots=False).read_text()
+    assert "## Skipped lines" in text and "line 5 skipped" in text

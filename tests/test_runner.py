@@ -252,7 +252,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
     cmd = [sys.executable, "-c", GRID_SCRIPT.format(tests=str(ROOT / "tests")), str(path)]
     proc = subprocess.Popen(cmd, env=env)
     results = tmp_path / "grid" / "results.jsonl"
-    deadline = time.time() + 120  # imports alone take ~30 s on a loaded 2-core machine
+    deadline = time.time() + 180  # a wait, not a timing: the grid first checks every cell (imports transformers)
     while time.time() < deadline and len(read_results(tmp_path / "grid")) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -343,3 +343,37 @@ def test_tune_names_a_sweep_key_never_test_rows_and_rows_say_rung_rate_split(tmp
     # every row says its rung (a plain grid: 0 of 1), its rate and the split each metric was scored on
     assert all(r["rung"] == 0 and r["rungs"] == 1 and r["rate"] == r["config"]["learning_rate"] for r in rows)
     assert all(r["scored_on"] == {"accuracy": "test", "f1": "test"} for r in rows)
+
+
+def test_every_cell_is_checked_before_the_first_run_and_in_dry_run(tmp_path):
+    """Issue 25: an unknown task in a swept list was refused after other cells had trained, --dry-run
+    showed it "to run", and a stray compare.yaml stayed behind."""
+    calls = []
+
+    def counting(config, *, progress=False):
+        calls.append(config.task)
+        return fake_run(config, progress=progress)
+
+    for sweep, match in [({"task": ["offline-topic", "offline-topik"]}, r"unknown task 'offline-topik' \(did you mean"),
+                         ({"model": ["embedded:minilm", "embedded:minlm"]}, "did you mean embedded:minilm"),
+                         ({"lora.rank": [8, 4096]}, "rank")]:
+        for dry in (True, False):
+            with pytest.raises(ConfigError, match=match):
+                run_grid(grid(tmp_path, sweep=sweep), run_fn=counting, dry_run=dry, progress=False)
+            assert not calls and not (tmp_path / "grid").exists()
+
+
+def test_a_refusal_inside_the_first_run_leaves_no_folder_behind(tmp_path):
+    from inilora.errors import InitError
+
+    def refusing(config, *, progress=False):
+        Path(config.output_dir).mkdir(parents=True)
+        raise InitError("the model refuses this rank")
+
+    with pytest.raises(InitError):
+        run_grid(grid(tmp_path), run_fn=refusing, progress=False)
+    assert not (tmp_path / "grid").exists()
+    (tmp_path / "grid").mkdir()  # a folder the user had is never removed
+    with pytest.raises(InitError):
+        run_grid(grid(tmp_path), run_fn=refusing, progress=False)
+    assert (tmp_path / "grid" / "compare.yaml").is_file()

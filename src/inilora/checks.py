@@ -59,3 +59,20 @@ def check_adapter_dir(directory: Path) -> None:
                     f.get_slice(key)
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise InitError(f"{weights} cannot be read ({exc}); the file is damaged or truncated.") from None
+
+
+#: the ``embedded:`` model aliases (``inilora.models.EMBEDDED_ALIASES`` maps them to hub names)
+EMBEDDED_NAMES = ("embedded:smollm2", "embedded:minilm")
+
+
+def check_model_name(name: str, what: str = "model") -> None:
+    """An ``embedded:`` name must be one of the aliases: a typo is the user's (exit 2), with the close one."""
+    import difflib
+
+    if not isinstance(name, str) or not name.strip().lower().startswith("embedded:"):
+        return
+    if name.strip().lower() in EMBEDDED_NAMES:
+        return
+    close = difflib.get_close_matches(name.strip().lower(), EMBEDDED_NAMES, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise InitError(f"{what}: unknown embedded model {name!r}; {hint}known: {', '.join(EMBEDDED_NAMES)}.")

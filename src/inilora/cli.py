@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .checks import check_positive
+from .checks import check_model_name, check_positive
 from .errors import InitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -193,6 +193,7 @@ def init(
     if engine is not None:
         opts["engine"] = engine
     check_positive(lora_alpha, "lora_alpha (--lora-alpha)")
+    check_model_name(model, "--model")
     check_output_dir(out, what="--out", overwrite=overwrite, inputs=_model_input(model))
     _check_method(method, opts)
     _check_calibration(method, calibration)
@@ -225,11 +226,13 @@ def _save_adapter(peft_model, out: Path) -> None:
 
     from .chatter import quiet
     from .fileio import replace_dir, temp_dir
+    from .outdir import record_adapter_files
 
     tmp = temp_dir(out.parent, out.name)
     try:
         with quiet():
             peft_model.save_pretrained(str(tmp))
+        record_adapter_files(tmp)  # what --overwrite may later replace: files that still hold these bytes
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -261,6 +264,7 @@ def approximate(
     from .outdir import check_output_file
 
     dtype = _dtype(dtype, "--dtype")
+    check_model_name(model, "--model")
     opts = parse_options(option or [])
     opts["steps"] = steps
     if engine is not None:
@@ -383,10 +387,14 @@ def export(
 def compare(
     config: Path = typer.Argument(..., help="A comparison YAML (configs/paper/, configs/embedded/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs of the grid and exit."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Override the config's output_dir."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
+    old_o: list[str] | None = typer.Option(None, "-o", hidden=True),  # -o is --option everywhere else
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
+    if old_o:
+        raise typer.BadParameter(f"compare has no -o (elsewhere -o is --option); for the output folder write "
+                                 f"--output-dir {old_o[0]}, for a setting --set KEY=VALUE", param_hint="'-o'")
     overrides = _set_pairs(set_)
     _config_file(config)
     from .runner import run_compare
@@ -404,11 +412,15 @@ def report(
     from rich.console import Console as _Console
 
     from .report import summary_table, write_report
-    from .results import read_results
+    from .results import read_results_noted
 
-    rows = read_results(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InitError(f"RUN_DIR {run_dir} is a file; give the folder `inilora compare` wrote (it holds results.jsonl).")
+    rows, skipped = read_results_noted(run_dir)
     if not rows:
         raise InitError(f"no finished runs in {run_dir / 'results.jsonl'}; give the folder `inilora compare` wrote.")
+    for note in skipped:  # also in report.md
+        _say(f"[yellow]note:[/] {note}")
     path = write_report(run_dir, rows, plots=plots)
     _Console().print(summary_table(rows, title=rows[0].get("title", "results")))
     console.print(f"[bold green]wrote[/] {path}")
@@ -429,33 +441,43 @@ def demo(
     run_demo(out, full=full, nlu_task=nlu_task, smoke=smoke, console=console)
 
 
+def _precheck_train(cfg) -> None:
+    """What `train` can refuse before transformers: model and task names, the output folder (no torch
+    yet), then the method and its options."""
+    from .outdir import check_run_folder
+    from .train_names import check_names
+
+    check_names(cfg)
+    out = Path(cfg.output_dir)
+    if not (out / "config.yaml").is_file():
+        check_run_folder(out, marker="config.yaml", kind="run")
+    if cfg.is_lora:  # the registry imports torch, not transformers: a typo still costs seconds, not 40
+        _check_method(cfg.method, {} if _method_spec(cfg.method).peft_backed else cfg.method_options)
+
+
+def _method_spec(name: str):
+    from .methods import get_method
+
+    return get_method(name)
+
+
 def _config_file(path: Path) -> None:
     if not path.is_file():
         raise InitError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
 
 
 def _set_pairs(pairs: list[str] | None) -> dict[str, Any]:
-    """``--set key=value`` pairs, for `train` and `compare` alike, values read by :func:`_set_value`."""
+    """``--set key=value`` pairs, for `train` and `compare` alike; each value is kept as typed
+    (:class:`~inilora.config.SetText`) and read by the type of the field it sets when the config loads."""
+    from .config import SetText
+
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"takes key=value, got {pair!r}", param_hint="'--set'")
-        overrides[key.strip()] = _set_value(value.strip())
+        overrides[key.strip()] = SetText(value.strip())
     return overrides
-
-
-def _set_value(text: str) -> Any:
-    """A ``--set`` value: a Python literal (1e-3, [8, 16]), else YAML (true, null), else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
-            return text
 
 
 @app.command()
@@ -468,11 +490,15 @@ def train(
 ) -> None:
     """Fine-tune and evaluate one configuration; re-running resumes it, a finished run is shown as stored."""
 
+    from .config import TrainConfig, load_yaml
+
     overrides = _set_pairs(set_)
     _config_file(config)
-    from .train import load_config, run
+    cfg = load_yaml(config, TrainConfig, overrides)  # every key checked before torch is imported
+    _precheck_train(cfg)
+    from .train import run
 
-    result = run(load_config(config, overrides), progress=progress)
+    result = run(cfg, progress=progress)
     table = Table(title=f"{result['method']} on {result['task']} (seed {result['seed']})")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")

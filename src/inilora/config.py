@@ -9,10 +9,13 @@ default.
 
 from __future__ import annotations
 
+import ast
+import copy
 import dataclasses
 import difflib
 import functools
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -381,27 +384,176 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+class SetText(str):
+    """The text of a ``--set key=value`` as typed: read by the type of the field it sets
+    (:func:`parse_set`), never by YAML 1.1 rules first (``seed=011`` is 11, not octal 9)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: ``011`` is 11 (1.1 reads octal 9), ``1e-3`` a number (1.1 a string)."""
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$|^0x[0-9a-fA-F]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def _yaml_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    return int(text, 0) if text.lower().lstrip("+-").startswith(("0x", "0o")) else int(text)
+
+
+_Loader.add_constructor(_INT_TAG, _yaml_int)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2's numbers (the loader of every config the tool reads)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path, cls: type, overrides: dict[str, Any] | None = None) -> Any:
     """Read ``path`` as ``cls`` — the one loader of every YAML the tool reads (`train`, `compare`) —
     with dotted-key ``overrides`` (``--set lora.rank=16``) applied before the strict checks, so an
-    override with a typo or a wrong type is refused like the file's own keys; every error names the file."""
+    override with a typo or a wrong type is refused like the file's own keys.  An error names where it
+    came from: the file, or the ``--set`` that caused it.  A file without settings is refused: an
+    empty config would silently run every default."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:  # an empty file: every default
-        data = {}
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        got = "nothing (the file is empty)" if data is None else type(data).__name__
+        raise ConfigError(f"{path}: expected a mapping of settings, got {got}")
+    if not data:
+        raise ConfigError(f"{path}: holds no settings; an empty config would run every default. Write the keys "
+                          "you mean (see configs/embedded/ for examples)")
+    overrides = overrides or {}
+    combined = copy.deepcopy(data)
+    for key, value in overrides.items():
+        try:
+            if isinstance(value, SetText):
+                value = parse_set(value, field_type(cls, key))
+            apply_override(combined, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}={value}: {exc}") from None
     try:
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}")
-        for key, value in (overrides or {}).items():
-            apply_override(data, key, value)
-        return from_dict(cls, data)
+        return from_dict(cls, combined)
     except ConfigError as exc:
+        if overrides:
+            try:
+                from_dict(cls, data)
+                blame_file = False
+            except ConfigError as file_exc:
+                blame_file = str(file_exc) == str(exc)
+            if not blame_file:
+                named = [k for k in overrides if k in str(exc)] or list(overrides)
+                shown = ", ".join(f"{k}={overrides[k]}" for k in named)
+                raise ConfigError(f"--set {shown}: {exc}") from None
         raise ConfigError(f"{path}: {exc}") from None
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_NULLS = ("null", "none", "~")
+
+
+def parse_set(text: str, tp: Any) -> Any:
+    """A ``--set`` value read as the type ``tp`` of the field it sets (None: unknown, read generically).
+
+    An int field takes decimal digits only (``011`` is 11); a float field any Python float (``1e-3``);
+    a bool field true/false/yes/no; a list field ``[a, b]`` or ``a,b`` with each item read as the item
+    type; an optional field also ``null``.  An empty value is refused: it is never "the default"."""
+    text = str(text).strip()
+    if not text:
+        raise ConfigError("empty value; give a value, or drop this --set to keep the file's")
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(arms) < len(typing.get_args(tp)) and text.lower() in _NULLS:
+            return None
+        return parse_set(text, arms[0]) if len(arms) == 1 else _generic(text)
+    if tp is int:
+        if not _WHOLE.fullmatch(text):
+            raise ConfigError(f"expected a whole number, got {text!r}")
+        return int(text)
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"expected a number, got {text!r}") from None
+    if tp is bool:
+        low = text.lower()
+        if low not in ("true", "false", "yes", "no"):
+            raise ConfigError(f"expected true or false, got {text!r}")
+        return low in ("true", "yes")
+    if tp is str or origin is Literal:
+        return text
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else None if text.startswith("[") else text
+        if inner is None or any(c in inner for c in "[]{}'\""):
+            return _generic(text)
+        parts = [p.strip() for p in inner.split(",")]
+        if parts == [""]:
+            return []
+        if "" in parts:
+            raise ConfigError(f"an empty item in {text!r}")
+        return [parse_set(p, item) for p in parts]
+    return _generic(text)
+
+
+def _generic(text: str) -> Any:
+    """A value of a free-form field (method options, a whole mapping): a Python literal, else YAML 1.2."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if text.lower() in _NULLS:
+        return None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def field_type(cls: type, key: str) -> Any:
+    """The annotation of dotted ``key`` in config class ``cls`` (None where the key is unknown): a grid's
+    ``sweep.K`` and ``variants.N.only.K`` are lists of ``base``'s K, ``variants.N.settings.K`` is K."""
+    parts = key.split(".")
+    if cls is CompareConfig and len(parts) > 1:
+        head = parts[0]
+        if head == "sweep":
+            inner = field_type(TrainConfig, ".".join(parts[1:]))
+            return list[inner] if inner is not None else None
+        if head == "variants":
+            if len(parts) < 3:
+                return None
+            if parts[2] in ("only", "settings") and len(parts) > 3:
+                inner = field_type(TrainConfig, ".".join(parts[3:]))
+                return None if inner is None else list[inner] if parts[2] == "only" else inner
+            return field_type(Variant, ".".join(parts[2:]))
+    tp: Any = cls
+    for part in parts:
+        if dataclasses.is_dataclass(tp):
+            hints = _type_hints(tp)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif typing.get_origin(tp) is dict:
+            tp = (typing.get_args(tp) or (Any, Any))[1]
+        else:
+            return None
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (Union, types.UnionType) and len(arms) == 1 and dataclasses.is_dataclass(arms[0]):
+            tp = arms[0]
+    return tp
 
 
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:

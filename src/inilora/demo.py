@@ -141,16 +141,18 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     from rich.console import Console
 
     from .config import ConfigError
+
+    if nlu_task not in NLU_TASKS:
+        raise ConfigError(f"--nlu-task must be one of {', '.join(NLU_TASKS)}, got {nlu_task!r}")
+    out = Path(out) if out is not None else Path("runs/demo-smoke" if smoke else "runs/demo-full" if full else "runs/demo")
+    check_demo_folder(out)  # before the heavy imports: a refusal takes a fraction of a second
     from .rates import default_grid, method_of, rung_steps
     from .report import own_best_table, summary_table, verdict, write_report
     from .runner import run_grid
 
-    if nlu_task not in NLU_TASKS:
-        raise ConfigError(f"--nlu-task must be one of {', '.join(NLU_TASKS)}, got {nlu_task!r}")
     console = console or Console(stderr=True)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes, once per run
     sizes = sizes or (SMOKE if smoke else FULL if full else QUICK)
-    out = Path(out) if out is not None else Path("runs/demo-smoke" if smoke else "runs/demo-full" if full else "runs/demo")
     start = time.time()
     nlu, nlg = configs(out, sizes, nlu_task)
     fit = nlg.variants["inilora"].options if "inilora" in nlg.variants else nlu.variants["inilora"].options
@@ -199,6 +201,23 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     if sentence:
         stdout.print(f"\n[bold]Finding:[/] {sentence}", highlight=False)
     return paths
+
+
+def check_demo_folder(out: Path) -> None:
+    """A demo folder holds the demo's two grids (``nlu/``, ``nlg/``) or nothing: a folder of the user's
+    files is refused before any work, as `train` and `compare` refuse theirs (``outdir.check_run_folder``)."""
+    from .config import ConfigError
+    from .outdir import check_run_folder
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; choose a folder path")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("nlu", "nlg"))
+        if foreign:
+            raise ConfigError(f"--out {out} holds files that are not an inilora demo ({', '.join(foreign[:5])}); "
+                              "choose a new folder")
+    for grid in ("nlu", "nlg"):
+        check_run_folder(out / grid, marker="compare.yaml", kind="comparison", error=ConfigError)
 
 
 def scaled(sizes: Sizes, **changes: Any) -> Sizes:

@@ -5,10 +5,12 @@ The rule, one place for every command that writes a folder (``init``, ``export``
 
 - a missing or empty folder is written;
 - an existing, non-empty folder is never deleted or replaced without ``overwrite``;
-- with ``overwrite``, only a folder holding nothing but what inilora itself writes is
+- with ``overwrite``, only a folder holding nothing but what inilora itself wrote is
   replaced: an adapter (``inilora.json`` beside PEFT's adapter files) or an export (its
-  ``inilora-export.json`` lists the files it wrote).  A folder that also holds anything
-  else (Trainer ``checkpoint-*`` folders, the user's files) is refused, naming what is there;
+  ``inilora-export.json`` lists the files it wrote), each with the sha256 of every file
+  recorded at write time.  A folder that also holds anything else (Trainer ``checkpoint-*``
+  folders, the user's files) or a file of ours the user changed since (an edited
+  ``README.md``) is refused, naming what is there;
 - never the command's own input, nor a folder that contains it.
 
 Writability is checked by creating and removing a probe file in the nearest existing
@@ -28,23 +30,64 @@ from .errors import InitError
 #: what ``save_pretrained`` of an inilora adapter writes (PEFT's files, our sidecar, the A0/B0 folder)
 ADAPTER_ENTRIES = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                              "inilora.json", "inilora_init", "README.md"})
-#: an export's marker: ``{"layout": ..., "files": [top-level names it wrote]}``
+#: an export's marker: ``{"layout": ..., "files": [top-level names it wrote], "digests": {path: sha256}}``
 EXPORT_MARKER = "inilora-export.json"
+#: the adapter's sidecar, where ``init`` records the digest of every file it wrote under ``"files"``
+SIDECAR = "inilora.json"
+#: text a user may well edit in place (a model card): without a recorded digest it is never presumed ours
+_EDITABLE = frozenset({"README.md"})
+
+
+def file_digests(folder: Path, skip: Iterable[str] = ()) -> dict[str, str]:
+    """``relative path → sha256`` of every file under ``folder`` but the top-level names in ``skip``."""
+    from .fileio import file_digest
+
+    skip = set(skip)
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] not in skip}
+
+
+def record_adapter_files(folder: Path) -> None:
+    """Write into the adapter's sidecar the digest of every file of the (finished, not yet moved) adapter
+    folder, so a later ``--overwrite`` replaces only what still holds what inilora wrote."""
+    from .fileio import atomic_write_json
+
+    sidecar = folder / SIDECAR
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    meta["files"] = file_digests(folder, skip={SIDECAR})
+    atomic_write_json(sidecar, meta)
+
+
+def _changed(folder: Path, digests: dict[str, str], marker: str) -> set[str]:
+    """Top-level names whose files differ from the digests recorded when inilora wrote them."""
+    now = file_digests(folder, skip={marker})
+    return {rel.split("/")[0] for rel in set(now) | set(digests) if now.get(rel) != digests.get(rel)}
 
 
 def foreign_entries(folder: Path) -> list[str]:
-    """The entries of ``folder`` that inilora did not write (all of them when nothing marks it as ours)."""
+    """The entries of ``folder`` that inilora did not write (all of them when nothing marks it as ours),
+    and those it wrote whose content someone changed since (named so)."""
     names = sorted(p.name for p in folder.iterdir())
     allowed: set[str] = set()
+    digests = None
     marker = folder / EXPORT_MARKER
-    if marker.is_file():
-        try:
-            allowed = {*json.loads(marker.read_text())["files"], EXPORT_MARKER}
-        except (OSError, ValueError, KeyError, TypeError):
-            allowed = set()
-    elif (folder / "inilora.json").is_file():
-        allowed = set(ADAPTER_ENTRIES)
-    return [n for n in names if n not in allowed]
+    try:
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            allowed, digests, own = {*record["files"], EXPORT_MARKER}, record.get("digests"), EXPORT_MARKER
+        elif (folder / SIDECAR).is_file():
+            digests, own = json.loads((folder / SIDECAR).read_text()).get("files"), SIDECAR
+            allowed = set(ADAPTER_ENTRIES) - (_EDITABLE if digests is None else set())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        allowed, digests = set(), None
+    if isinstance(digests, dict):
+        allowed = {rel.split("/")[0] for rel in digests} | {own}
+        changed = _changed(folder, digests, own)
+        return [f"{n} (changed since inilora wrote it)" if n in changed and n in allowed else n
+                for n in names if n not in allowed or n in changed]
+    undigested_adapter = not marker.is_file() and (folder / SIDECAR).is_file()
+    return [f"{n} (no digest recorded: it may be yours)" if undigested_adapter and n in _EDITABLE else n
+            for n in names if n not in allowed]
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -119,9 +162,9 @@ def check_output_file(path: Path, *, what: str, overwrite: bool = False, marker:
 def write_export_marker(folder: Path, layout: str, source: str | None) -> None:
     """Mark a finished export (called on the temp folder, before it is moved into place)."""
     files = sorted(p.name for p in folder.iterdir())
-    (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files}, indent=2))
+    (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files,
+                                                    "digests": file_digests(folder)}, indent=2))
 
 
 __all__ = ["ADAPTER_ENTRIES", "EXPORT_MARKER", "check_output_dir", "check_output_file", "check_run_folder",
-           "check_writable",
-           "foreign_entries", "write_export_marker"]
+           "check_writable", "file_digests", "foreign_entries", "record_adapter_files", "write_export_marker"]

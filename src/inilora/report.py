@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_bytes
-from .results import read_results  # noqa: F401 - re-exported
+from .results import read_results, read_results_noted  # noqa: F401 - read_results re-exported
 from .stats import (  # noqa: F401 - re-exported: the report's statistics
     ANY,
     Stat,
@@ -458,6 +458,9 @@ def write_report(output_dir: str | Path, rows: list[dict] | None = None, *, titl
                      f"| {r['run_id']} | {r['method']} | {r['seed']} | {rung} | — | — |")
     if figures:
         lines += ["\n## Plots\n"] + [f"![{f.stem}](plots/{f.name})" for f in figures]
+    skipped = read_results_noted(output_dir)[1]
+    if skipped:  # a torn line is never dropped without a word
+        lines += ["\n## Skipped lines\n"] + [f"- {note}" for note in skipped]
     path = output_dir / "report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     _write_summary(output_dir / "summary.json", stats, rows)

@@ -71,21 +71,55 @@ def append_result(path: Path, row: ResultRow | dict[str, Any]) -> None:
 
 
 def read_results(output_dir: str | Path) -> list[ResultRow]:
-    """The lines of ``results.jsonl`` (last line per run id wins; a torn last line is ignored)."""
+    """The rows of ``results.jsonl`` (last line per run id wins); see :func:`read_results_noted`."""
+    return read_results_noted(output_dir)[0]
+
+
+#: the keys the report reads from every row, with their JSON types
+_REQUIRED = {"run_id": str, "method": str, "seed": int, "task": str}
+
+
+def read_results_noted(output_dir: str | Path) -> tuple[list[ResultRow], list[str]]:
+    """The rows of ``results.jsonl`` and a note for each line skipped.
+
+    A line that is not JSON was torn by a kill while being written (the runner appends the next row
+    on a fresh line): skipped, its run unfinished as far as the grid knows, and named in the notes so
+    the report says so.  A line that is JSON but not a result row (``null``, ``[1, 2]``, a row without
+    its run id) was written by someone else: an ``InitError`` naming the line, never a guess.
+    """
+    from .errors import InitError
+
     path = Path(output_dir) / RESULTS
     if not path.is_file():
-        return []
+        return [], []
     rows: dict[str, ResultRow] = {}
-    for line in path.read_text().splitlines():
+    notes: list[str] = []
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InitError(f"{path} is not text; give the folder `inilora compare` wrote, or restore the file") from None
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill: its run is not finished as far as the grid knows
+            notes.append(f"{RESULTS} line {number} skipped: not a whole JSON row (torn by a kill while being "
+                         "written); that run is not counted (run the grid again to redo it)")
+            continue
+        kind = {type(None): "null", bool: "true/false", int: "number", float: "number", str: "string",
+                list: "list"}.get(type(row))
+        bad = None if isinstance(row, dict) else f"a JSON {kind}, not a result row"
+        if bad is None:
+            wrong = [k for k, tp in _REQUIRED.items() if not isinstance(row.get(k), tp) or isinstance(row.get(k), bool)]
+            if wrong or not isinstance(row.get("metrics", {}), dict):
+                bad = f"a result row without a valid {', '.join(wrong) or 'metrics'}"
+        if bad is not None:
+            raise InitError(f"{path} line {number} is {bad}: the file was edited or is damaged; remove that line "
+                            "(or restore the file) and run again")
         rows[row["run_id"]] = row
-    return list(rows.values())
+    return list(rows.values()), notes
 
 
-__all__ = ["RESULTS", "ResultRow", "append_result", "json_default", "read_results"]
+__all__ = ["RESULTS", "ResultRow", "append_result", "json_default", "read_results", "read_results_noted"]

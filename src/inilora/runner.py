@@ -33,6 +33,7 @@ from .config import (
     set_dotted,
     to_dict,
 )
+from .errors import InitError
 from .results import RESULTS, append_result, json_default, read_results  # noqa: F401 - re-exported
 
 RUNS = "runs"
@@ -204,6 +205,19 @@ def build_run(config: CompareConfig, label: str, seed: int, cell: dict[str, Any]
     return PlannedRun(run_id, label, seed, applies, train_config, [cell])
 
 
+def check_grid(runs: list[PlannedRun]) -> None:
+    """Every cell of the grid checked as far as it can be without data or weights, before the first
+    run (and in ``--dry-run``), through the train face (:func:`inilora.train.check_all`): a mistake in
+    the last cell is refused before the first one trains. (``expand`` has checked keys, types and
+    method options.)"""
+    from .train import check_all
+
+    try:
+        check_all([(run.run_id, run.config) for run in runs])
+    except InitError as exc:  # ConfigError and TaskError too: one line naming the run
+        raise ConfigError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------------------
 # results file
 
@@ -296,28 +310,48 @@ def run_grid(
     root = Path(output_dir or config.output_dir)
     if race_mode(config):
         _check_methods(config)
-        check_race(config)
+        val_task = check_race(config)
         _check_root(root)
+        check_grid(race_cells(config, root, rates.plan(config, read_results(root))[0], val_task))
+        created = not root.exists()
         if not dry_run:
             save_config(config, root)
-        return race(config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
-                    deadline=deadline, dry_run=dry_run)
+        return _removing_if_refused(root, created and not dry_run, lambda: race(
+            config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
+            deadline=deadline, dry_run=dry_run))
+    _check_root(root)
     runs = expand(config, root)
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
         check_selection(config, key)
-    _check_root(root)
     previous = {r["run_id"]: r for r in read_results(root)}
     _check_same_configs(runs, previous, root)
+    check_grid(runs)  # every cell, before the first run and in --dry-run
     done = set(previous)
     if dry_run:
         console.print(plan_table(runs, done))
         return read_results(root)
+    created = not root.exists()
     save_config(config, root)
-    with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
-                   console=console, deadline=deadline) as ex:
-        for _ in ex.run(runs):
-            pass
+
+    def execute() -> None:
+        with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
+                       console=console, deadline=deadline) as ex:
+            for _ in ex.run(runs):
+                pass
+
+    _removing_if_refused(root, created, execute)
     return read_results(root)
+
+
+def _removing_if_refused(root: Path, created: bool, work: Callable[[], Any]) -> Any:
+    """``work()``; a refusal (InitError) before any run finished removes the folder this call created,
+    so a refused command leaves nothing the user did not have."""
+    try:
+        return work()
+    except InitError:
+        if created and not read_results(root):
+            shutil.rmtree(root, ignore_errors=True)
+        raise
 
 
 def race_mode(config: CompareConfig) -> bool:

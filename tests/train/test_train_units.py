@@ -233,5 +233,8 @@ def test_load_config_overrides(tmp_path):
     path.write_text("task: offline-topic\nlora:\n  rank: 4\n")
     cfg = load_config(path, {"lora.rank": 16, "method": "inilora"})
     assert cfg.lora.rank == 16 and cfg.method == "inilora" and cfg.task == "offline-topic"
-    with pytest.raises(ConfigError, match=r"c\.yaml: .*epochs"):
+    with pytest.raises(ConfigError, match=r"^--set epochs=three: epochs"):  # the override's mistake, not the file's
         load_config(path, {"epochs": "three"})
+    path.write_text("task: offline-topic\nepochs: three\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: epochs"):
+        load_config(path, {"lora.rank": 16})

@@ -28,7 +28,7 @@ from ..methods.registry import BRIDGE_OPTIONS
 from ..naming import rng_factory
 from ..version import __version__
 from .drift import _drift, _output, _probe, _warn_drift
-from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark
+from .markers import FORMAT, INIT_ADAPTER, InitLoraConfig, _mark, _record
 from .residual import (
     _apply_residual,
     _check_finite,
@@ -181,9 +181,10 @@ def get_peft_model(
         calib = _calibration.digest(batches)
 
     weights = {n: oriented(m) for n, m in found.items()}
-    fp = fingerprint_modules(found) if spec.residual else None
-    if fp is not None and calib is not None:
-        fp["calibration"] = calib["sha256"]  # recorded beside the weights' hash: same base, other data ≠ same init
+    base_fp = fingerprint_modules(found)  # every adapter records its base (residual ones check it in share_init)
+    if calib is not None:
+        base_fp["calibration"] = calib["sha256"]  # beside the weights' hash: same base, other data ≠ same init
+    fp = base_fp if spec.residual else None
     probe = _probe(model) if (measure_drift and spec.residual) else None
     before = _output(model, probe) if probe is not None else None
 
@@ -269,6 +270,10 @@ def get_peft_model(
             q = report.info.get("quantized", {})
             _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
                         "kept" if q else None)
+    else:
+        _record(peft_model.peft_config[adapter_name], {
+            "format": FORMAT, "inilora_version": __version__, "method": spec.name, "seed": seed,
+            "adapter": adapter_name, "fingerprint": base_fp, "quantized": "/".join(quant) or None})
     _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
     peft_model.inilora_report = report
     return peft_model

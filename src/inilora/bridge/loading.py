@@ -109,9 +109,14 @@ def _plain_config(adapter_dir: Path) -> LoraConfig:
 
 
 def check_fingerprint(model: torch.nn.Module, config: LoraConfig, meta: dict) -> dict[str, torch.nn.Module]:
-    """Refuse a base other than the one the adapter was made on; warn across dtypes."""
+    """Refuse a base other than the one the adapter was made on; warn across dtypes.
+
+    A non-residual adapter (``meta["residual"]`` False) made or loaded on a quantized base is only
+    warned about: a QLoRA adapter on the full-precision checkpoint is a legitimate use, and its
+    quantized weights cannot match the float ones exactly."""
     found = predicted_targets(model, config)
     want = meta["fingerprint"]
+    residual = meta.get("residual", True)
     if sorted(found) != want["names"]:
         raise FingerprintMismatch(
             f"this adapter targets {len(want['names'])} modules ({want['names'][:3]}...) but the base model "
@@ -119,17 +124,40 @@ def check_fingerprint(model: torch.nn.Module, config: LoraConfig, meta: dict) ->
         )
     have = fingerprint_modules(found, scales=want.get("scales", "stored"))
     if have["sha256"] != want["sha256"]:
+        if not residual and (meta.get("quantized") or any(quantized.quant_kind(m) for m in found.values())):
+            warnings.warn("this adapter's base fingerprint differs from this base model's; one of them is quantized, "
+                          "so they cannot be compared exactly. Make sure it is the checkpoint the adapter was made on.")
+            return found
         raise FingerprintMismatch(
             "this adapter was initialised on a different base model (fingerprint of the targeted weights "
-            f"differs: {have['sha256'][:12]} here, {want['sha256'][:12]} recorded). A residual-method adapter is "
-            "only meaningful on its own base; load the base it was made on."
+            f"differs: {have['sha256'][:12]} here, {want['sha256'][:12]} recorded). An adapter is only "
+            "meaningful on its own base: load the base it was made on (export: pass it with --base)."
         )
+    if not residual:
+        return found
     if have["dtype"] != want["dtype"]:
         warnings.warn(
             f"base weights are {have['dtype']} but the adapter was made on {want['dtype']}; the residual is "
             "recomputed in float32 and cast, so the output at init drifts by rounding (reported at load)."
         )
     return found
+
+
+def check_plain_base(model: torch.nn.Module, adapter_dir: str | os.PathLike) -> None:
+    """A non-residual adapter inilora wrote is checked against its recorded base fingerprint; a plain
+    PEFT adapter made elsewhere records none: a warning says it cannot be checked."""
+    directory = Path(adapter_dir)
+    sidecar = directory / SIDECAR
+    try:
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except (OSError, ValueError):
+        raise InitError(f"{sidecar} is not valid JSON; the adapter folder is damaged.") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("fingerprint"), dict)):
+        warnings.warn(f"{directory} records no base fingerprint (a PEFT adapter not written by inilora), so it "
+                      "cannot be checked against this base model; make sure it is the one it was trained on.",
+                      stacklevel=3)
+        return
+    check_fingerprint(model, _plain_config(directory), {**meta, "residual": False})
 
 
 def load(
@@ -149,6 +177,7 @@ def load(
     directory = Path(adapter_dir)
     meta = read_metadata(directory)
     if meta is None:
+        check_plain_base(model, directory)
         return PeftModel.from_pretrained(model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable)
     if adapter_name in _RESERVED:
         raise InitError(f"adapter name {adapter_name!r} is reserved.")

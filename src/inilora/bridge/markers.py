@@ -1,4 +1,7 @@
-"""The marks a residual adapter carries in its saved files, so it is never loaded silently wrong.
+"""The marks an adapter carries in its saved files, so it is never loaded silently wrong.
+
+Every adapter inilora makes saves ``inilora.json`` (``SIDECAR``) with the fingerprint of its base's
+targeted weights; a non-residual one is otherwise a plain PEFT adapter.  For a residual one:
 
 Saved ``adapter_config.json`` files carry a marker in ``init_lora_weights`` that vanilla PEFT refuses
 ("Unknown initialization"), so the adapter can never be loaded on the original base by mistake;
@@ -59,7 +62,8 @@ class InitLoraConfig(LoraConfig):
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
         auto_mapping = kwargs.pop("auto_mapping_dict", None)
         out = {k: (sorted(v) if isinstance(v, set) else v) for k, v in self.to_dict().items()}
-        out["init_lora_weights"] = marker(self._inilora["method"])
+        if self._inilora.get("residual", True):  # a non-residual adapter loads in vanilla PEFT as saved
+            out["init_lora_weights"] = marker(self._inilora["method"])
         if auto_mapping is not None:
             out["auto_mapping"] = auto_mapping
         directory = Path(save_directory)
@@ -71,3 +75,10 @@ def _mark(config: LoraConfig, meta: dict) -> None:
     config.init_lora_weights = False
     config.__class__ = InitLoraConfig
     config._inilora = meta
+
+
+def _record(config: LoraConfig, meta: dict) -> None:
+    """A non-residual adapter's config: saved unmarked (vanilla PEFT loads it), with the sidecar that
+    records the base's fingerprint, so inilora's own load and export can refuse another base."""
+    config.__class__ = InitLoraConfig
+    config._inilora = {**meta, "residual": False}

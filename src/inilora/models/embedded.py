@@ -311,10 +311,9 @@ def resolve(name_or_path: str) -> str:
         return str(_ensure_smollm2_copy())
     if key == MINILM_ALIAS:
         return str(_minilm_dir())
-    if isinstance(name_or_path, str) and name_or_path.strip().lower().startswith("embedded:"):
-        raise ValueError(
-            f"Unknown embedded model {name_or_path!r}; known: {', '.join(EMBEDDED_ALIASES)}."
-        )
+    from ..checks import check_model_name
+
+    check_model_name(name_or_path)  # an unknown embedded: name is the user's typo (InitError, a ValueError)
     return name_or_path
 
 

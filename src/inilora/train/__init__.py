@@ -28,7 +28,8 @@ from .modes import Mode, available_modes, resolve
 
 #: the pipeline (transformers' Trainer) is imported on first use, so checking a grid's methods
 #: (``resolve``) costs torch, not transformers
-_LAZY = {"Plan": "pipeline", "load_config": "pipeline", "plan": "pipeline", "run": "pipeline"}
+_LAZY = {"Plan": "pipeline", "check_all": "precheck", "load_config": "pipeline", "plan": "pipeline",
+         "run": "pipeline"}
 
 
 def __getattr__(name: str) -> Any:
@@ -49,4 +50,4 @@ def eval_tasks(config: Any) -> list[str]:
     return list(getattr(get_task(config.task), "eval_tasks", ()) or ())
 
 
-__all__ = ["Mode", "Plan", "available_modes", "eval_tasks", "load_config", "plan", "resolve", "run"]
+__all__ = ["Mode", "Plan", "available_modes", "check_all", "eval_tasks", "load_config", "plan", "resolve", "run"]

@@ -49,8 +49,11 @@ class Plan:
         return self.config.max_length or self.task.max_length
 
 
-def plan(config: TrainConfig) -> Plan:
-    """Resolve and check ``config``; raises TaskError / InitError / ConfigError naming the problem."""
+def check(config: TrainConfig) -> tuple[Task, str, str, Trained]:
+    """Everything about ``config`` that is knowable without its data or weights: the method (the one
+    lookup, its options, its calibration block), the task (and its kind), the eval tasks, the schedule,
+    the model's config against the task, the device. Returns (task, "nlu" | "nlg", device, method);
+    raises TaskError / InitError / ConfigError naming the problem."""
     method = modes.resolve(config.method)  # the one lookup; unknown: InitError with the known names
     if not getattr(method, "peft_backed", False) or getattr(method, "options", None):
         method.resolve_options(config.method_options)  # PEFT's own inits without options: the bridge refuses any
@@ -63,17 +66,24 @@ def plan(config: TrainConfig) -> Plan:
     else:
         raise TaskError(f"task {task.name!r} is an evaluation ({type(task).__name__}); train on a classification "
                         "or SFT task and list this one in eval_tasks")
+    if kind == "nlu" and config.eval_tasks:
+        raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
+                          "validation split; eval_tasks apply to SFT tasks only")
+    for name in config.eval_tasks or []:
+        get_task(name)
     if isinstance(method, Mode):
         method.check_kind(kind)
     _check_scheduler(config.scheduler)
     _check_model_kind(config.model, kind, task.name)
-    device = _device(config.device)
+    return task, kind, _device(config.device)
+
+
+def plan(config: TrainConfig) -> Plan:
+    """Resolve and check ``config`` (:func:`check`), then read its data."""
+    task, kind, device, method = check(config)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
     p = Plan(config, kind, task, None, device=device, bf16=bf16, method=method)
     if kind == "nlu":
-        if config.eval_tasks:
-            raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
-                              "validation split; eval_tasks apply to SFT tasks only")
         p.train_rows = nlu.load_split(task, task.train_split, config.train_size)
         p.eval_rows = nlu.load_split(task, task.eval_split, config.eval_size)
     else:
@@ -121,9 +131,11 @@ def _check_model_kind(model: str, kind: str, task: str) -> None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from ..models import is_causal_config, model_config
+    from ..models import config_before_copy, is_causal_config, model_config
 
-    cfg = model_config(model)
+    # the embedded SmolLM2 before its plain copy exists: its config from the GGUF header (seconds, not
+    # the copy's 15-30 s build, which the run's load does)
+    cfg = config_before_copy(model) or model_config(model)
     causal = is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
     if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise InitError(f"task {task!r} is a classification task, but {model!r} ({cfg.model_type}) has no "
