@@ -17,7 +17,8 @@ This package knows no training and no experiments.
 Internal API: the underscored names the modules above share among themselves (not for users, hence
 the underscore; ``tests/test_layers.py`` fails on any other cross-module import of a private name):
 
-- ``markers``: ``_mark`` (write the marks on a LoraConfig), ``_RESERVED`` (adapter names inilora owns);
+- ``markers``: ``_mark`` (write the marks on a LoraConfig), ``_record`` (a non-residual adapter's
+  config: unmarked, with the sidecar that records its base), ``_RESERVED`` (adapter names inilora owns);
 - ``targeting``: ``_check_config``, ``_check_targets``, ``_default_targets``, ``_rank_of`` (the checks
   and the target/rank rules :func:`get_peft_model` and :func:`check_plan` share);
 - ``residual``: ``_apply_residual``, ``_set_factors``, ``_factors_of``, ``_check_finite``,
