@@ -360,13 +360,20 @@ def compare(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the runs of the grid and exit."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the config's output_dir."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
+    backend: str = typer.Option("in-process", help="in-process | ray: each run a Ray task asking the config's "
+                                "`resources` (resume works across backends)."),
+    address: str | None = typer.Option(None, help="Ray cluster to join (auto, ray://HOST:10001); "
+                                       "default: start a local Ray instance."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     overrides = _set_pairs(set_)
     _config_file(config)
+    from .backends import get_backend
     from .runner import run_compare
 
-    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console)
+    get_backend(backend, address=address)  # a typo in --backend costs nothing
+    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console,
+                backend=backend, address=address)
 
 
 @app.command()

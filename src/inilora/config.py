@@ -179,8 +179,14 @@ class CompareConfig:
     tune: dict[str, str] = field(default_factory=dict)
     output_dir: str = "runs/compare"
     title: str = "inilora comparison"
+    # what each run asks of a Ray cluster (`compare --backend ray`): num_cpus, num_gpus, memory (bytes),
+    # any other key a custom Ray resource; the in-process backend ignores it
+    resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key, value in self.resources.items():
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                   f"resources.{key}", f"must be a number ≥ 0, got {value!r}")
         _check(len(self.methods) > 0, "methods", "must list at least one method")
         _check(len(self.seeds) > 0, "seeds", "must list at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -224,11 +223,6 @@ def _check_root(root: Path) -> None:
     check_run_folder(root, marker="compare.yaml", kind="comparison", error=ConfigError)
 
 
-def _resumable(out: Path) -> bool:
-    """A complete Trainer checkpoint (its state file is written last): the pipeline resumes from it."""
-    return any((ckpt / "trainer_state.json").is_file() for ckpt in out.glob("checkpoint-*"))
-
-
 def _finished(run: PlannedRun) -> bool:
     return (Path(run.config.output_dir) / "metrics.json").is_file()
 
@@ -268,12 +262,17 @@ def run_grid(
     run_progress: bool = False,
     console=None,
     deadline: float | None = None,
+    backend=None,
 ) -> list[dict[str, Any]]:
     """Run (or, with ``dry_run``, only print) every unfinished run of the grid; return the rows of
-    ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it."""
+    ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it.
+    ``backend`` (:mod:`inilora.backends`) executes the runs: in this process unless one is given."""
     from rich.console import Console
 
+    from .backends import InProcess
+
     console = console or Console(stderr=True)
+    backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
     runs = expand(config, root)
     _check_root(root)
@@ -288,22 +287,16 @@ def run_grid(
     todo = [r for r in runs if r.run_id not in done]
     bar = _progress(progress, console)
     task = bar.add_task("grid", total=len(runs), completed=len(runs) - len(todo), run="") if bar else None
-    if run_fn is None:
+    if run_fn is None and isinstance(backend, InProcess):
         run_fn = _train_run(bar)
+    in_time = (lambda: True) if deadline is None else (lambda: time.time() <= deadline)
+    on_start = (lambda run: bar.update(task, run=run.run_id)) if bar else None
     try:
-        for run in todo:
-            if deadline is not None and time.time() > deadline:
-                left = len(runs) - len(done)
-                console.print(f"[yellow]time budget reached: {left} runs not started (run again to add them)[/]")
-                break
-            if bar:
-                bar.update(task, run=run.run_id)
-            out = Path(run.config.output_dir)
-            if out.exists() and not _finished(run) and not _resumable(out):
-                shutil.rmtree(out)  # a partial run without a usable checkpoint: start it again cleanly
-            result = run_fn(run.config, progress=run_progress)
+        for run, result in backend.run(todo, run_fn, may_start=in_time, on_start=on_start, progress=run_progress):
             if not _finished(run):
-                raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
+                raise RuntimeError(f"run {run.run_id} returned without writing "
+                                   f"{Path(run.config.output_dir) / 'metrics.json'} (with Ray on several "
+                                   "nodes: is output_dir on a filesystem every node sees?)")
             append_result(results, _row(run, result, config))
             done.add(run.run_id)
             if bar:
@@ -314,6 +307,9 @@ def run_grid(
                 console.print(f"finished {len(done)}/{len(runs)}: {run.run_id}"
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
+        if len(done) < len(runs) and not in_time():
+            left = len(runs) - len(done)
+            console.print(f"[yellow]time budget reached: {left} runs not started (run again to add them)[/]")
     finally:
         if bar:
             bar.stop()
@@ -368,15 +364,19 @@ def _progress(enabled: bool, console):
 
 
 def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: str | Path | None = None,
-                overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None) -> Path | None:
-    """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run, write the report."""
+                overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None,
+                backend: str = "in-process", address: str | None = None) -> Path | None:
+    """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run on ``backend``
+    (``in-process`` or ``ray``, see :mod:`inilora.backends`), write the report."""
     from rich.console import Console
 
+    from .backends import get_backend
     from .config import load_yaml
 
     config = load_yaml(config_path, CompareConfig, overrides)
+    executor = get_backend(backend, address=address, resources=config.resources)
     root = Path(output_dir or config.output_dir)
-    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
+    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console, backend=executor)
     if dry_run or not rows:
         return None
     from .report import summary_table, write_report
