@@ -24,7 +24,6 @@ from inilora.runner import read_results, run_grid
 
 ray = pytest.importorskip("ray")
 
-CLI = Path(sys.executable).with_name("inilora")
 # 4 optimizer steps, a checkpoint after each (the killed worker's retry resumes from one)
 BASE = TrainConfig(model="embedded:minilm", task="offline-topic", train_size=16, eval_size=8, max_length=16,
                    epochs=1, batch_size=4, learning_rate=1e-3, logging_steps=1, save_steps=1, device="cpu")
@@ -100,24 +99,44 @@ def test_worker_sigkilled_mid_run_loses_and_duplicates_nothing(reference, local_
     assert resumed["resumed_from"] == "checkpoint-2"
 
 
-def test_driver_killed_mid_grid_resumes_in_process_to_the_same_rows(reference, local_ray, tmp_path):
-    root = tmp_path / "grid"
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import ray, test_runner
+ray.cloudpickle.register_pickle_by_value(test_runner)  # the workers cannot import the tests
+from inilora.backends import RayBackend
+from inilora.config import load_yaml, CompareConfig
+from inilora.runner import run_grid
+run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=test_runner.fake_run, progress=False,
+         backend=RayBackend(sys.argv[2], resources={{"num_cpus": 1}}))
+"""
+
+
+def test_driver_killed_mid_grid_resumes_in_process_to_the_same_rows(local_ray, tmp_path):
+    """The bookkeeping, with test_runner's fake runs (0.5 s each, same contract as training): a driver
+    SIGKILLed with runs in flight on the cluster; the grid resumed on the other backend."""
+    from test_runner import fake_run, grid as fake_grid
+
+    cfg = fake_grid(tmp_path, seeds=[0, 1, 2], sweep={"lora.rank": [8]})
+    root = Path(cfg.output_dir)
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(to_dict(grid(root))))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    driver = subprocess.Popen([str(CLI), "compare", str(path), "--backend", "ray", "--address", local_ray],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not read_results(root) and driver.poll() is None:
-        time.sleep(0.1)
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "FAKE_RUN_SLEEP": "0.5", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    script = DRIVER.format(tests=str(Path(__file__).parent))
+    driver = subprocess.Popen([sys.executable, "-c", script, str(path), local_ray], env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_results(root)) < 2 and driver.poll() is None:
+        time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started in its session
     driver.wait()
     killed_at = len(read_results(root))
-    assert 1 <= killed_at < 4, f"the kill must land mid-grid ({killed_at} rows)"
-    time.sleep(3)  # Ray kills the tasks of a dead driver (their owner); give it a moment
-    rows = run_grid(grid(root), progress=False, backend=InProcess())  # resume on the other backend
+    assert 2 <= killed_at < 6, f"the kill must land mid-grid ({killed_at} rows)"
+    time.sleep(1)  # Ray cancels the tasks of a dead driver (their owner)
+    rows = run_grid(cfg, run_fn=fake_run, progress=False, backend=InProcess())  # resumed on the other backend
     lines = (root / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and len({json.loads(x)["run_id"] for x in lines}) == 4
+    assert len(lines) == 6 and len({json.loads(x)["run_id"] for x in lines}) == 6
+    reference = run_grid(fake_grid(tmp_path / "ref", seeds=[0, 1, 2], sweep={"lora.rank": [8]}), run_fn=fake_run,
+                         progress=False)
     assert comparable(rows) == comparable(reference)
 
 
