@@ -74,6 +74,30 @@ class GenerationSettings:
 
 
 @dataclass
+class HarnessSettings:
+    """An external evaluation harness run in-process on the trained (live) model after SFT:
+    lm-evaluation-harness tasks by name (``gsm8k``, ``mmlu``, …) or from ``include_path`` (a folder
+    of task YAMLs). A residual adapter is scored on its own residual base, with no export."""
+
+    harness: Literal["lm-eval"] = "lm-eval"
+    tasks: list[str] = field(default_factory=list)
+    include_path: str | None = None  # a folder of extra task YAMLs (lm-eval's --include_path)
+    num_fewshot: int | None = None  # None: each task's own default
+    limit: float | None = None  # examples per task: a count ≥ 1, or a fraction < 1 (lm-eval's --limit)
+    batch_size: int = 8
+    allow_code_execution: bool = False  # HumanEval & co. run model-written code: say so (lm-eval's unsafe tasks)
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) > 0, "tasks", "must name at least one lm-eval task")
+        _check(all(isinstance(t, str) and t.strip() for t in self.tasks), "tasks", "names must not be empty")
+        _check(self.num_fewshot is None or self.num_fewshot >= 0, "num_fewshot", "must be ≥ 0 or null")
+        _check(self.limit is None or self.limit > 0, "limit", "must be > 0 (a count, or a fraction < 1) or null")
+        _check(self.limit is None or self.limit < 1 or float(self.limit).is_integer(), "limit",
+               f"a count must be a whole number, got {self.limit}")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+
+
+@dataclass
 class TrainConfig:
     """One fine-tuning run: model × method × task × hyper-parameters × seed."""
 
@@ -108,6 +132,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
     shared_fit: bool = False  # inilora: reuse the seed-0 fit for every training seed (paper)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    # lm-evaluation-harness after SFT (pip install 'inilora[lmeval]'); omitted from the resolved config
+    # when null, so run folders and grids recorded before it existed still resume
+    eval: HarnessSettings | None = field(default=None, metadata={"omit_when": None})
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", "must be > 0 (or set max_steps)")
@@ -349,8 +376,13 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain-data form of a config (round-trips through ``from_dict``)."""
-    return dataclasses.asdict(config)
+    """Plain-data form of a config (round-trips through ``from_dict``); a field marked
+    ``omit_when`` is left out at that value (a setting added later: older records stay equal)."""
+    data = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if "omit_when" in f.metadata and data.get(f.name) == f.metadata["omit_when"]:
+            del data[f.name]
+    return data
 
 
 def load_yaml(path: str | Path, cls: type, overrides: dict[str, Any] | None = None) -> Any:
