@@ -83,7 +83,8 @@ def evaluate(model: Any, tokenizer: Any, settings: HarnessSettings, *, bf16: boo
     metrics: dict[str, float] = {}
     for task, values in out["results"].items():
         for key, value in values.items():
-            if key == "alias" or "_stderr," in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+            # lm-eval's metrics are "metric,filter"; "alias", "sample_len" and the stderrs are not scores
+            if "," not in key or "_stderr," in key or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             metrics[f"{task}/{key}"] = float(value)
     record = {"harness": "lm-eval", "version": lm_eval.__version__, "tasks": list(settings.tasks),

@@ -51,6 +51,13 @@ def plan(config: TrainConfig) -> Plan:
     else:
         raise TaskError(f"task {task.name!r} is an evaluation ({type(task).__name__}); train on a classification "
                         "or SFT task and list this one in eval_tasks")
+    if config.eval is not None:
+        if kind == "nlu":
+            raise ConfigError(f"eval: the lm-eval harness scores causal LMs after SFT; task {task.name!r} is a "
+                              "classification task, evaluated on its own validation split")
+        from . import harness
+
+        harness.task_manager(config.eval)  # lm-eval installed, every task known: before the model loads
     if config.is_lora:
         from ..methods import get_method
 
@@ -60,13 +67,6 @@ def plan(config: TrainConfig) -> Plan:
     device = _device(config.device)
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
     p = Plan(config, kind, task, None, device=device, bf16=bf16)
-    if config.eval is not None:
-        if kind == "nlu":
-            raise ConfigError(f"eval: the lm-eval harness scores causal LMs after SFT; task {task.name!r} is a "
-                              "classification task, evaluated on its own validation split")
-        from . import harness
-
-        harness.task_manager(config.eval)  # lm-eval installed, every task known: before the model loads
     if kind == "nlu":
         if config.eval_tasks:
             raise ConfigError(f"eval_tasks: task {task.name!r} is a classification task, evaluated on its own "
