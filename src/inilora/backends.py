@@ -17,12 +17,15 @@ before its run starts (:func:`run_cell`), on whichever process executes it: a Ra
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 BACKENDS = ("in-process", "ray")
+#: where models, data and fits live, and whether to go online: the driver's settings reach the workers
+FORWARDED_ENV = ("INILORA_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 RunFn = Callable[..., dict]
 
 
@@ -114,8 +117,11 @@ class RayBackend:
                                "(or scripts/bootstrap.sh --with ray)") from None
         if not ray.is_initialized():
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-            if self.address:
+            if self.address:  # a cluster's workers inherit their node's environment, not this shell's
                 kw["address"] = self.address
+                env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+                if env:
+                    kw["runtime_env"] = {"env_vars": env}
             elif self.num_cpus:
                 kw["num_cpus"] = self.num_cpus
             ray.init(**kw)
