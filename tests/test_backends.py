@@ -59,7 +59,14 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray instance with 2 CPUs: two runs at a time."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # workers inherit this environment
+    for attempt in range(3):  # Ray gives its node 30 s to start: a heavily shared CI machine can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # workers inherit this environment
+            break
+        except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
