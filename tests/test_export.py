@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,3 +166,25 @@ def test_export_errors(tmp_path):
     with pytest.raises(inilora.FingerprintMismatch):
         inilora.export(tmp_path / "ad", tmp_path / "y", base=tiny_model("llama-gqa", seed=3))
     assert not (tmp_path / "y").exists()
+
+
+def test_plain_export_of_an_embedded_model_names_its_hub_model_and_keeps_the_folder(minilm_fresh, tmp_path):
+    """The export travels: other machines and tools know the hub name, not this machine's folder; the
+    folder (for tools that need one) is in inilora's marker file, the export's report and `inilora models`."""
+    from inilora.models import EMBEDDED_ALIASES, embedded_folder, hub_name_of
+    from inilora.outdir import EXPORT_MARKER
+
+    folder = embedded_folder("embedded:minilm")
+    assert minilm_fresh.name_or_path == str(folder)  # what the export would otherwise have written
+    model = inilora.get_peft_model(minilm_fresh, LoraConfig(r=2, target_modules=["query", "value"]), "pissa",
+                                   cache=False)
+    report = inilora.export(model, tmp_path / "plain", layout="plain", check=False)
+    hub = EMBEDDED_ALIASES["embedded:minilm"]
+    assert json.loads((tmp_path / "plain" / "adapter_config.json").read_text())["base_model_name_or_path"] == hub
+    marker = json.loads((tmp_path / "plain" / EXPORT_MARKER).read_text())
+    assert marker["base_model"] == {"name": hub, "local_folder": str(folder.resolve())}
+    assert (report.base_model, report.base_folder) == (hub, str(folder.resolve()))
+    assert hub_name_of(str(tmp_path)) is None and hub_name_of("embedded:minilm") == hub
+    listed = subprocess.run([str(Path(sys.executable).with_name("inilora")), "models"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert f"embedded:minilm\t{hub}\t{folder}" in listed

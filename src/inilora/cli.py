@@ -377,8 +377,12 @@ def export(
     if report.drift is not None:
         msg += f"; drift vs merged {report.drift:.2e}"
     console.print(msg)
+    if report.base_folder:  # an embedded base: named by its hub name; tools that need a folder get this one
+        console.print(f"base {report.base_model} is on disk at {report.base_folder} (lm-eval: "
+                      f"pretrained={report.base_folder},peft={report.out_dir})", soft_wrap=True, highlight=False)
     json.dump({"layout": report.layout, "dtype": report.dtype, "drift": report.drift,
-               "top1_agreement": report.top1_agreement}, sys.stdout)
+               "top1_agreement": report.top1_agreement, "base_model": report.base_model,
+               "base_folder": report.base_folder}, sys.stdout)
     sys.stdout.write("\n")
 
 
@@ -390,6 +394,10 @@ def compare(
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Override the config's output_dir."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
     old_o: list[str] | None = typer.Option(None, "-o", hidden=True),  # -o is --option everywhere else
+    backend: str = typer.Option("in-process", help="in-process | ray: each run a Ray task asking the config's "
+                                "`resources` (resume works across backends)."),
+    address: str | None = typer.Option(None, help="Ray cluster to join (auto, ray://HOST:10001); "
+                                       "default: start a local Ray instance."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     if old_o:
@@ -397,9 +405,12 @@ def compare(
                                  f"--output-dir {old_o[0]}, for a setting --set KEY=VALUE", param_hint="'-o'")
     overrides = _set_pairs(set_)
     _config_file(config)
+    from .backends import get_backend
     from .runner import run_compare
 
-    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console)
+    get_backend(backend, address=address)  # a typo in --backend costs nothing
+    run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console,
+                backend=backend, address=address)
 
 
 @app.command()
@@ -509,6 +520,22 @@ def train(
                   f"{result['device']}; [bold green]wrote[/] {result['output_dir']}/metrics.json")
     json.dump({k: result[k] for k in ("metrics", "headline", "trainable_params", "wall_s", "output_dir")}, sys.stdout)
     sys.stdout.write("\n")
+
+
+@app.command()
+@_guarded
+def models() -> None:
+    """List the embedded models: alias, the hub model each is a copy of, and its folder on disk (for
+    tools that need a folder: lm-eval's pretrained=, vLLM)."""
+    from .models import EMBEDDED_ALIASES, embedded_folder
+
+    for alias, hub in EMBEDDED_ALIASES.items():  # plain lines: a folder stays whole, to copy or to grep
+        try:
+            folder = embedded_folder(alias)
+            where = str(folder) if folder.is_dir() else f"{folder} (built on first use)"
+        except FileNotFoundError as exc:
+            where = f"not installed: {str(exc).split('. ')[0]}"
+        print(f"{alias}\t{hub}\t{where}")
 
 
 @app.command()

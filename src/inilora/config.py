@@ -89,6 +89,30 @@ class CalibrationSettings:
 
 
 @dataclass
+class HarnessSettings:
+    """An external evaluation harness run in-process on the trained (live) model after SFT:
+    lm-evaluation-harness tasks by name (``gsm8k``, ``mmlu``, …) or from ``include_path`` (a folder
+    of task YAMLs). A residual adapter is scored on its own residual base, with no export."""
+
+    harness: Literal["lm-eval"] = "lm-eval"
+    tasks: list[str] = field(default_factory=list)
+    include_path: str | None = None  # a folder of extra task YAMLs (lm-eval's --include_path)
+    num_fewshot: int | None = None  # None: each task's own default
+    limit: float | None = None  # examples per task: a count ≥ 1, or a fraction < 1 (lm-eval's --limit)
+    batch_size: int = 8
+    allow_code_execution: bool = False  # HumanEval & co. run model-written code: say so (lm-eval's unsafe tasks)
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) > 0, "tasks", "must name at least one lm-eval task")
+        _check(all(isinstance(t, str) and t.strip() for t in self.tasks), "tasks", "names must not be empty")
+        _check(self.num_fewshot is None or self.num_fewshot >= 0, "num_fewshot", "must be ≥ 0 or null")
+        _check(self.limit is None or self.limit > 0, "limit", "must be > 0 (a count, or a fraction < 1) or null")
+        _check(self.limit is None or self.limit < 1 or float(self.limit).is_integer(), "limit",
+               f"a count must be a whole number, got {self.limit}")
+        _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+
+
+@dataclass
 class TrainConfig:
     """One fine-tuning run: model × method × task × hyper-parameters × seed."""
 
@@ -123,7 +147,11 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU
     shared_fit: bool = False  # inilora: reuse the seed-0 fit for every training seed (paper)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings,
+                                             metadata={"omit_when": {"task": None, "examples": 32}})
+    # lm-evaluation-harness after SFT (pip install 'inilora[lmeval]'); omitted from the resolved config
+    # when null, so run folders and grids recorded before it existed still resume
+    eval: HarnessSettings | None = field(default=None, metadata={"omit_when": None})
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", "must be > 0 (or set max_steps)")
@@ -215,8 +243,14 @@ class CompareConfig:
     race: RaceSettings = field(default_factory=RaceSettings)  # tune.learning_rate: successive halving
     output_dir: str = "runs/compare"
     title: str = "inilora comparison"
+    # what each run asks of a Ray cluster (`compare --backend ray`): num_cpus, num_gpus, memory (bytes),
+    # any other key a custom Ray resource; the in-process backend ignores it
+    resources: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for key, value in self.resources.items():
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                   f"resources.{key}", f"must be a number ≥ 0, got {value!r}")
         _check(len(self.methods) > 0, "methods", "must list at least one method")
         _check(len(self.seeds) > 0, "seeds", "must list at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
@@ -380,8 +414,13 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain-data form of a config (round-trips through ``from_dict``)."""
-    return dataclasses.asdict(config)
+    """Plain-data form of a config (round-trips through ``from_dict``); a field marked
+    ``omit_when`` is left out at that value (a setting added later: older records stay equal)."""
+    data = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if "omit_when" in f.metadata and data.get(f.name) == f.metadata["omit_when"]:
+            del data[f.name]
+    return data
 
 
 class SetText(str):

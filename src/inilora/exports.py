@@ -67,6 +67,9 @@ class ExportReport:
     #: the same with the adapter kept in fp32 (PEFT's default on a bf16/fp16 base)
     drift_fp32_adapter: float | None = None
     top1_agreement: float | None = None
+    #: the base as the export names it (an embedded model's hub name), and its folder on this machine
+    base_model: str | None = None
+    base_folder: str | None = None
 
 
 def export(
@@ -120,13 +123,21 @@ def export(
             w0 = resid32
         adapter_state = get_peft_model_state_dict(work, adapter_name=adapter_name)
         base_name = getattr(base_model, "name_or_path", None) or config.base_model_name_or_path
+    # an embedded base is a local copy of a hub model: the export names the hub model (it travels to
+    # other machines and tools); the local folder stays in inilora's own marker file
+    from .models import hub_name_of
+
+    hub_name = hub_name_of(base_name) if base_name else None
+    base_local = {"base_model": {"name": hub_name, "local_folder": str(Path(base_name).resolve())}} \
+        if hub_name and Path(base_name).exists() else {}
 
     tmp = temp_dir(out_dir.parent, out_dir.name)
     try:
         with quiet():
             plain = _unwrap(work, tgts, target_dtype)
             if layout == "plain":
-                plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start, base_name)
+                plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start,
+                                                           hub_name or base_name)
                 plain_config.save_pretrained(str(tmp))
                 save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
                           metadata={"format": "pt"})
@@ -142,11 +153,13 @@ def export(
                           str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
             if layout != "plain":
                 _save_tokenizer(tokenizer_name, tmp)
-            report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""))
+            report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""),
+                                  base_model=hub_name or base_name,
+                                  base_folder=base_local["base_model"]["local_folder"] if base_local else None)
             if check and layout != "merged":
                 _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
                          tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
-            write_export_marker(tmp, layout, str(source) if source else base_name)
+            write_export_marker(tmp, layout, str(source) if source else base_name, **base_local)
             replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

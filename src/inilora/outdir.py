@@ -159,10 +159,11 @@ def check_output_file(path: Path, *, what: str, overwrite: bool = False, marker:
     check_writable(path, what)
 
 
-def write_export_marker(folder: Path, layout: str, source: str | None) -> None:
-    """Mark a finished export (called on the temp folder, before it is moved into place)."""
+def write_export_marker(folder: Path, layout: str, source: str | None, **extra) -> None:
+    """Mark a finished export (called on the temp folder, before it is moved into place); ``extra``:
+    more of inilora's own metadata (the base's local folder when the export names its hub name)."""
     files = sorted(p.name for p in folder.iterdir())
-    (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files,
+    (folder / EXPORT_MARKER).write_text(json.dumps({"layout": layout, "source": source, "files": files, **extra,
                                                     "digests": file_digests(folder)}, indent=2))
 
 

@@ -43,6 +43,7 @@ class ResultRow(TypedDict, total=False):
     device: str
     threads: int
     versions: dict[str, str]
+    harness: dict[str, Any]  # lm-eval runs: its version, each task's version, shots, samples
     config: dict[str, Any]  # the run's whole resolved TrainConfig: a rerun of another config is refused
     output_dir: str
     finished_at: str  # ISO time, UTC

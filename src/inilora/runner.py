@@ -38,8 +38,8 @@ from .results import RESULTS, append_result, json_default, read_results  # noqa:
 
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
-KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
-        "info", "device", "threads", "precision", "versions")  # the last four: where a number was measured
+KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss",
+        "eval_history", "info", "harness", "device", "threads", "precision", "versions")  # the last four: where a number was measured
 
 RunFn = Callable[..., dict]
 
@@ -257,11 +257,6 @@ def _check_root(root: Path) -> None:
     check_run_folder(root, marker="compare.yaml", kind="comparison", error=ConfigError)
 
 
-def _resumable(out: Path) -> bool:
-    """A complete Trainer checkpoint (its state file is written last): the pipeline resumes from it."""
-    return any((ckpt / "trainer_state.json").is_file() for ckpt in out.glob("checkpoint-*"))
-
-
 def _finished(run: PlannedRun) -> bool:
     return (Path(run.config.output_dir) / "metrics.json").is_file()
 
@@ -301,12 +296,17 @@ def run_grid(
     run_progress: bool = False,
     console=None,
     deadline: float | None = None,
+    backend=None,
 ) -> list[dict[str, Any]]:
     """Run (or, with ``dry_run``, only print) every unfinished run of the grid; return the rows of
-    ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it."""
+    ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it.
+    ``backend`` (:mod:`inilora.backends`) executes the runs: in this process unless one is given."""
     from rich.console import Console
 
+    from .backends import InProcess
+
     console = console or Console(stderr=True)
+    backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
     if race_mode(config):
         _check_methods(config)
@@ -318,7 +318,7 @@ def run_grid(
             save_config(config, root)
         return _removing_if_refused(root, created and not dry_run, lambda: race(
             config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
-            deadline=deadline, dry_run=dry_run))
+            deadline=deadline, dry_run=dry_run, backend=backend))
     _check_root(root)
     runs = expand(config, root)
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
@@ -335,7 +335,7 @@ def run_grid(
 
     def execute() -> None:
         with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
-                       console=console, deadline=deadline) as ex:
+                       console=console, deadline=deadline, backend=backend) as ex:
             for _ in ex.run(runs):
                 pass
 
@@ -360,22 +360,29 @@ def race_mode(config: CompareConfig) -> bool:
 
 
 class Execution:
-    """The grid's cell-execution loop: runs cells (skipping finished ones), appends each finished
-    run's row to ``results.jsonl`` and yields it. A plain grid hands it every cell at once; a race
-    (:mod:`inilora.rates`) hands it one rung's cells at a time, deciding the next rung from the rows."""
+    """The grid's cell-execution loop: hands the unfinished cells to the backend (:mod:`inilora.backends`:
+    in this process, or Ray tasks), appends each finished run's row to ``results.jsonl`` (the driver
+    alone writes it) and yields it. A plain grid hands it every cell at once; a race
+    (:mod:`inilora.rates`) one rung's cells at a time, deciding the next rung from the rows."""
 
     def __init__(self, root: Path, config: CompareConfig, total: int, run_fn: RunFn | None = None, *,
-                 progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None):
+                 progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None,
+                 backend=None):
         from rich.console import Console
+
+        from .backends import InProcess
 
         self.root, self.config, self.deadline = root, config, deadline
         self.console = console or Console(stderr=True)
         self.run_progress = run_progress
+        self.backend = backend or InProcess()
         self.done = {r["run_id"] for r in read_results(root)}
         self.stopped = False  # the deadline passed: no further cell starts
         self.bar = _progress(progress, self.console)
         self.task = self.bar.add_task("grid", total=total, completed=0, run="") if self.bar else None
-        self.run_fn = run_fn or _train_run(self.bar)
+        if run_fn is None and isinstance(self.backend, InProcess):
+            run_fn = _train_run(self.bar)
+        self.run_fn = run_fn
 
     def __enter__(self) -> Execution:
         return self
@@ -388,27 +395,22 @@ class Execution:
         if self.bar:
             self.bar.update(self.task, total=total)
 
+    def in_time(self) -> bool:
+        return self.deadline is None or time.time() <= self.deadline
+
     def run(self, runs: list[PlannedRun]) -> Iterable[dict[str, Any]]:
         results = self.root / RESULTS
         bar, task, console = self.bar, self.task, self.console
-        for run in runs:
-            if run.run_id in self.done:
-                if bar:
-                    bar.advance(task)
-                continue
-            if self.deadline is not None and time.time() > self.deadline:
-                if not self.stopped:
-                    console.print("[yellow]time budget reached: runs left not started (run again to add them)[/]")
-                self.stopped = True
-                return
-            if bar:
-                bar.update(task, run=run.run_id)
-            out = Path(run.config.output_dir)
-            if out.exists() and not _finished(run) and not _resumable(out):
-                shutil.rmtree(out)  # a partial run without a usable checkpoint: start it again cleanly
-            result = self.run_fn(run.config, progress=self.run_progress)
+        todo = [r for r in runs if r.run_id not in self.done]
+        if bar:
+            bar.advance(task, len(runs) - len(todo))
+        on_start = (lambda run: bar.update(task, run=run.run_id)) if bar else None
+        for run, result in self.backend.run(todo, self.run_fn, may_start=self.in_time, on_start=on_start,
+                                            progress=self.run_progress):
             if not _finished(run):
-                raise RuntimeError(f"run {run.run_id} returned without writing {out / 'metrics.json'}")
+                raise RuntimeError(f"run {run.run_id} returned without writing "
+                                   f"{Path(run.config.output_dir) / 'metrics.json'} (with Ray on several "
+                                   "nodes: is output_dir on a filesystem every node sees?)")
             row = _row(run, result, self.config)
             append_result(results, row)
             self.done.add(run.run_id)
@@ -421,6 +423,9 @@ class Execution:
                               + (f"  {head} {value:.4f}" if isinstance(value, (int, float)) else "")
                               + f"  ({result.get('wall_s', 0):.0f} s)", soft_wrap=True, highlight=False)
             yield row
+        if any(r.run_id not in self.done for r in todo) and not self.in_time():
+            self.stopped = True
+            console.print("[yellow]time budget reached: runs left not started (run again to add them)[/]")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,7 +491,7 @@ def check_race(config: CompareConfig) -> str:
 
 
 def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
-         console=None, deadline: float | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+         console=None, deadline: float | None = None, dry_run: bool = False, backend=None) -> list[dict[str, Any]]:
     """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
     from rich.console import Console
 
@@ -500,7 +505,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
                       f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
         return rows
     with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
-                   deadline=deadline) as ex:
+                   deadline=deadline, backend=backend) as ex:
         while True:
             ladders, _ = rates.plan(config, rows)
             cells = race_cells(config, root, ladders, val_task)
@@ -567,15 +572,19 @@ def _progress(enabled: bool, console):
 
 
 def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: str | Path | None = None,
-                overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None) -> Path | None:
-    """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run, write the report."""
+                overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None,
+                backend: str = "in-process", address: str | None = None) -> Path | None:
+    """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run on ``backend``
+    (``in-process`` or ``ray``, see :mod:`inilora.backends`), write the report."""
     from rich.console import Console
 
+    from .backends import get_backend
     from .config import load_yaml
 
     config = load_yaml(config_path, CompareConfig, overrides)
+    executor = get_backend(backend, address=address, resources=config.resources)
     root = Path(output_dir or config.output_dir)
-    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console)
+    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console, backend=executor)
     if dry_run or not rows:
         return None
     from .report import own_best_table, summary_table, verdict, write_report

@@ -17,7 +17,9 @@ from .embedded import (
     MINILM_ALIAS,
     SMOLLM2_ALIAS,
     config_before_copy,
+    embedded_folder,
     embedded_name,
+    hub_name_of,
     is_embedded,
     models_cache_dir,
     resolve,
@@ -28,7 +30,7 @@ from .tiny import TINY_ARCHS, tiny_model
 
 __all__ = [
     "DEFAULT_CAUSAL_LM", "DEFAULT_ENCODER", "EMBEDDED_ALIASES", "KINDS", "MINILM_ALIAS", "PROBE_TEXT",
-    "SMOLLM2_ALIAS", "TINY_ARCHS", "call_loader", "config_before_copy", "embedded_name", "is_causal_config", "is_embedded",
+    "SMOLLM2_ALIAS", "TINY_ARCHS", "call_loader", "config_before_copy", "embedded_folder", "hub_name_of", "embedded_name", "is_causal_config", "is_embedded",
     "load_model", "load_skeleton", "load_tokenizer", "model_config", "model_output", "models_cache_dir", "probe_inputs",
     "random_probe_ids", "relative_drift", "resolve", "tiny_model", "top1_agreement",
 ]

@@ -318,6 +318,34 @@ def resolve(name_or_path: str) -> str:
 
 
 
+def embedded_folder(alias: str) -> Path:
+    """Where an embedded model lives on disk (the folder tools such as lm-eval's ``pretrained=`` or
+    vLLM load); not built here: SmolLM2's folder exists once any command has loaded it."""
+    key = _normalise_alias(alias)
+    if key == SMOLLM2_ALIAS:
+        return _smollm2_copy_dir()
+    if key == MINILM_ALIAS:
+        return _minilm_dir()
+    raise ValueError(f"Unknown embedded model {alias!r}; known: {', '.join(EMBEDDED_ALIASES)}.")
+
+
+def hub_name_of(name_or_path: str) -> str | None:
+    """The hub name of an embedded model given by alias, hub name or local folder; None for any other."""
+    alias = embedded_name(name_or_path)
+    if alias:
+        return EMBEDDED_ALIASES[alias]
+    if not isinstance(name_or_path, str) or not Path(name_or_path).exists():
+        return None
+    here = Path(name_or_path).resolve()
+    for alias, hub in EMBEDDED_ALIASES.items():
+        try:
+            if embedded_folder(alias).resolve() == here:
+                return hub
+        except FileNotFoundError:  # its package is not installed: it cannot be this folder
+            continue
+    return None
+
+
 def config_before_copy(name_or_path: str) -> PretrainedConfig | None:
     """The embedded SmolLM2's config read from the GGUF header while its plain copy is not built
     (a few seconds, where building the copy takes 15–30): checks that need only the config run

@@ -73,6 +73,13 @@ def check(config: TrainConfig) -> tuple[Task, str, str, Trained]:
         get_task(name)
     if isinstance(method, Mode):
         method.check_kind(kind)
+    if config.eval is not None:
+        if kind == "nlu":
+            raise ConfigError(f"eval: the lm-eval harness scores causal LMs after SFT; task {task.name!r} is a "
+                              "classification task, evaluated on its own validation split")
+        from . import harness
+
+        harness.task_manager(config.eval)  # lm-eval installed, every task known: before the model loads
     _check_scheduler(config.scheduler)
     _check_model_kind(config.model, kind, task.name)
     return task, kind, _device(config.device)
@@ -308,7 +315,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         "seed": config.seed,
         "adapter_dir": str(adapter_dir) if adapter_dir else None,
         "output_dir": str(out),
-        "versions": outputs.environment(),
+        "versions": {**outputs.environment(), **({"lm_eval": extra["harness"]["version"]} if "harness" in extra else {})},
     }
     outputs.write_metrics(out, result)  # last: its presence marks the run finished
     return result
@@ -371,11 +378,17 @@ def _nlg_results(p: Plan, model, tokenizer, history: list[dict]):
         scores, recs = evaluate.run_eval(task, examples, model, tokenizer, p.config.generation, bf16=p.bf16)
         metrics.update({f"{task.name}/{k}": v for k, v in scores.items()})
         records[task.name] = recs
+    extra: dict[str, Any] = {}
+    if p.config.eval is not None:  # lm-eval on the live model; our own graders' metrics stay first
+        from . import harness
+
+        scores, extra["harness"] = harness.evaluate(model, tokenizer, p.config.eval, bf16=p.bf16)
+        metrics.update(scores)
     losses = [float(h["loss"]) for h in history if "loss" in h]
     if not metrics:  # eval_tasks: [] — training only
         metrics["train_loss"] = losses[-1] if losses else float("nan")
     headline = next(iter(metrics))
-    return metrics, headline, {"best_epoch": None, "eval_examples": {t.name: len(e) for t, e in p.evals}}, records
+    return metrics, headline, {"best_epoch": None, "eval_examples": {t.name: len(e) for t, e in p.evals}, **extra}, records
 
 
 def _device_name(device: str) -> str:
