@@ -1,4 +1,4 @@
-"""Speed of the IniLoRA approximation engines against the paper-style loop and the floor (SPEC §7).
+"""Speed of the IniLoRA approximation engines against the paper-style loop and the floor (docs/design.md §7).
 
 On the device it runs on (CUDA when available, else the CPU), in one run:
 
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     if args.baseline_steps < 1 or args.steps < 1:
         ap.error("--steps and --baseline-steps must be >= 1")
     if args.baseline_steps < 500 and not args.no_baseline:
-        print(f"note: SPEC §7 times baselines over >= 500 steps; this run uses {args.baseline_steps}", file=sys.stderr)
+        print(f"note: docs/design.md §7 times baselines over >= 500 steps; this run uses {args.baseline_steps}", file=sys.stderr)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
         else:
             loss, prod = agreement(r["runs"], first[1])
             print(f"  {e} vs {first[0]} after {args.steps} steps: logged losses within {loss:.1e} (relative; "
-                  f"SPEC: 1e-2), products U Pᵀ within {prod:.1e}", file=sys.stderr)
+                  f"docs/design.md §3: 1e-2), products U Pᵀ within {prod:.1e}", file=sys.stderr)
         r["runs"] = None
         r["seconds_full"] = r["seconds"]
 

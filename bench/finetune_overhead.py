@@ -1,4 +1,4 @@
-"""Fine-tuning step time of a residual-method model vs plain PEFT LoRA (SPEC §7).
+"""Fine-tuning step time of a residual-method model vs plain PEFT LoRA (docs/design.md §7).
 
 The residual ``R = W0 - s·B0A0`` lives in the base weight and A0/B0 sit in an inactive
 adapter, so a training step should cost what a plain LoRA step costs. This bench builds
@@ -126,7 +126,7 @@ def bootstrap_median(ratios: np.ndarray, resamples: int, seed: int) -> tuple[flo
 
 
 def verdict(median: float, lo: float, hi: float, limit: float = 1.01) -> str:
-    """SPEC §7: the claim holds when the interval's upper end is ≤ 1.01."""
+    """docs/design.md §7: the claim holds when the interval's upper end is ≤ 1.01."""
     if hi <= limit:
         return "≤ 1 % slower"
     if lo > limit:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded:smollm2",
                    help="model name/path/embedded alias (default embedded:smollm2), or 'tiny' for a tiny LLaMA-GQA")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (≥ 10 for the SPEC §7 claim)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (≥ 10 for the docs/design.md §7 claim)")
     p.add_argument("--steps", type=int, default=20, help="training steps per model per round (≥ 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model before the first round")
     p.add_argument("--batch", type=int, default=2)

@@ -1,4 +1,4 @@
-"""One prepared check for a CUDA machine (SPEC §7's GPU row), within 10 minutes:
+"""One prepared check for a CUDA machine (docs/design.md §7's GPU row), within 10 minutes:
 
 1. the Triton trust check (the kernel against the "torch" engine on this GPU model, once);
 2. a LLaMA-2-7B-shaped checkpoint made on the spot (``--layers``, default 32: 64 q/v matrices of

@@ -1,4 +1,4 @@
-"""The whole init against the engine's floor (SPEC §7: fixed cost ≤ 10 % of a 20000-step fit).
+"""The whole init against the engine's floor (docs/design.md §7: fixed cost ≤ 10 % of a 20000-step fit).
 
 In one run, for each shape set:
 

@@ -11,7 +11,7 @@ TINY_TARGETS = {"gpt2": ["c_attn"], "llama-gqa": ["q_proj", "v_proj"], "roberta"
 
 
 def rho(model, w0: dict[str, torch.Tensor] | None = None, adapter: str = "default") -> float:
-    """ρ = max over targeted matrices of s·‖B0A0‖_F / ‖W0‖_F (SPEC §1), from the saved A0/B0."""
+    """ρ = max over targeted matrices of s·‖B0A0‖_F / ‖W0‖_F (docs/design.md §1), from the saved A0/B0."""
     init = targets(model, INIT_ADAPTER)
     out = 0.0
     for name, t in targets(model, adapter).items():
@@ -25,7 +25,7 @@ def rho(model, w0: dict[str, torch.Tensor] | None = None, adapter: str = "defaul
 
 
 def bound(r: float) -> float:
-    """SPEC §1: max|Δout|/max|out| ≤ 2e-5·(1 + ρ) for an fp32 base."""
+    """docs/design.md §1: max|Δout|/max|out| ≤ 2e-5·(1 + ρ) for an fp32 base."""
     return 2e-5 * (1.0 + r)
 
 

@@ -1,4 +1,4 @@
-"""SPEC §8 as one table: every bad input is refused with a message that names the problem and the
+"""docs/design.md §8 as one table: every bad input is refused with a message that names the problem and the
 fix, through the Python API and the CLI (exit code 2, "error: ..."), before any expensive work
 starts — and an interrupted write never replaces a finished result with a partial one."""
 
@@ -46,7 +46,7 @@ def disk(tmp_path_factory):
     model = inilora.get_peft_model(tiny_model("llama-gqa"), LoraConfig(r=4, lora_alpha=4, target_modules=QV),
                                    "inilora-alpha", cache=False)
     model.save_pretrained(str(root / "adapter"))
-    # a bf16 model whose plain export cancels badly (SPEC §4's caveat): α-style factors, large s
+    # a bf16 model whose plain export cancels badly (docs/design.md §4's caveat): α-style factors, large s
     bf16 = tiny_model("llama-gqa", dtype=torch.bfloat16)
     bf16.save_pretrained(str(root / "bf16-base"))
     drifty = inilora.get_peft_model(tiny_model("llama-gqa", dtype=torch.bfloat16),

@@ -1,4 +1,4 @@
-"""The fit cache (SPEC §4): unit tests of FitCache, and the cache as get_peft_model uses it."""
+"""The fit cache (docs/design.md §4): unit tests of FitCache, and the cache as get_peft_model uses it."""
 
 from __future__ import annotations
 
@@ -410,7 +410,7 @@ def test_checkpoints_requested_after_a_plain_run_are_stored(tmp_path, spy, forbi
     assert build(str(tmp_path), steps=30, checkpoints=[10]).inilora_report.info["cache"] == "hit"
 
 
-# --------------------------------------------------------------------------- damaged files (SPEC §8)
+# --------------------------------------------------------------------------- damaged files (docs/design.md §8)
 
 
 def test_edited_names_in_metadata_miss_with_warning(tmp_path, caplog):

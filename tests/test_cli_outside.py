@@ -1,4 +1,4 @@
-"""The installed ``inilora`` command, driven from the outside as a user types it (SPEC §8).
+"""The installed ``inilora`` command, driven from the outside as a user types it (docs/design.md §8).
 
 Every case runs the console script in a fresh process with one invalid value (a seeded
 generator adds more to the hand-picked ones) and asserts what the user sees and keeps:

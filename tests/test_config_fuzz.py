@@ -1,6 +1,6 @@
 """Fuzz the strict config loader: every input loads into a config that round-trips, or is refused
 with a ConfigError — never another exception, never an unknown key accepted in silence — and a wrong
-type anywhere names the dotted key path (SPEC §8: a config file with unknown keys is bad input)."""
+type anywhere names the dotted key path (docs/design.md §8: a config file with unknown keys is bad input)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ declared ``variants``), including methods registered from outside the package be
 data-driven methods get four seeded calibration batches.  Clauses:
 
 1. at init the output equals the base's: exactly for non-residual methods whose B0A0 is 0 (B0 = 0 or
-   A0 = 0), within SPEC §1's ``2e-5·(1+ρ)`` for residual ones and for PEFT's 'orthogonal' (B0A0 = 0 in
+   A0 = 0), within docs/design.md §1's ``2e-5·(1+ρ)`` for residual ones and for PEFT's 'orthogonal' (B0A0 = 0 in
    exact arithmetic only);
 2. same seed → the same model, bit for bit (base weights and adapters);
 3. after three Adam steps, ``save_pretrained`` → ``inilora.load`` in a fresh process gives identical

@@ -1,4 +1,4 @@
-"""Initialisation under torchrun (SPEC §10): 2 CPU processes over gloo.
+"""Initialisation under torchrun (docs/design.md §10): 2 CPU processes over gloo.
 
 Each rank builds the same tiny LLaMA and calls ``get_peft_model``; every rank must end with
 bit-identical residual base weights and adapters — for ``inilora`` (its fit split by matrix

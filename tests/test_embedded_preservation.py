@@ -1,4 +1,4 @@
-"""Output preservation at init on the embedded real models (SPEC §1), fp32 and bf16."""
+"""Output preservation at init on the embedded real models (docs/design.md §1), fp32 and bf16."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults around the approximation (SPEC §8): a fit killed at any point resumes from its last
+"""Faults around the approximation (docs/design.md §8): a fit killed at any point resumes from its last
 snapshot and ends bit-identical to an uninterrupted run; the snapshot goes once the entry is
 written; two processes filling one cache entry leave one valid entry.
 

@@ -1,6 +1,6 @@
 """Written files take the user's umask (0644 / 0755 with the usual 022), as PEFT's own saves do:
 an adapter, an export, a report or a cache entry that only its writer can read is useless to a
-colleague, a container running as another user, or a serving process (SPEC §8)."""
+colleague, a container running as another user, or a serving process (docs/design.md §8)."""
 
 from __future__ import annotations
 

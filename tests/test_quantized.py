@@ -156,7 +156,7 @@ def test_residual_dtype_keeps_the_targeted_layers_exact(base_dir, bits, tmp_path
 
 @bnb_only
 def test_large_requantization_drift_warns_with_the_alternatives(base_dir):
-    """α's factors are several times W0 (SPEC §4), so R quantizes badly in 4 bits: say so."""
+    """α's factors are several times W0 (docs/design.md §4), so R quantizes badly in 4 bits: say so."""
     with pytest.warns(UserWarning, match=r"re-quantized .* residual_dtype='float32' .* non-residual method"):
         model = inilora.get_peft_model(_quantized(base_dir, 4), _cfg(), "inilora-alpha")
     assert model.inilora_report.drift["max_rel"] > quantized.DRIFT_WARN

@@ -277,7 +277,7 @@ def test_shipped_configs_load_and_expand(tmp_path):
         cfg = load_yaml(f, CompareConfig)
         runs = expand(cfg, tmp_path)
         assert runs, f
-        assert len(cfg.seeds) >= 3, f"{f}: every comparison has ≥ 3 seeds (SPEC §6)"
+        assert len(cfg.seeds) >= 3, f"{f}: every comparison has ≥ 3 seeds (docs/design.md §6)"
 
 
 def test_round_trip_of_compare_config(tmp_path):

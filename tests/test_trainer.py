@@ -1,4 +1,4 @@
-"""transformers.Trainer on a residual-method model (SPEC §4: training, saving, resuming, reloading).
+"""transformers.Trainer on a residual-method model (docs/design.md §4: training, saving, resuming, reloading).
 
 One uninterrupted 6-step run (checkpoints at steps 3 and 6) is shared by the tests of this
 module; a second run resumes from checkpoint-3 and must end exactly where the first did.

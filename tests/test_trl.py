@@ -1,4 +1,4 @@
-"""TRL's DPO trainer on residual-method models (SPEC §4, "The original model back").
+"""TRL's DPO trainer on residual-method models (docs/design.md §4, "The original model back").
 
 TRL 1.16, handed a PeftModel and no reference model, copies the live ``default`` adapter into
 a new adapter ``ref`` (``add_adapter("ref", peft_config["default"])``) and computes the

@@ -1,7 +1,7 @@
 """On-disk cache of fitted factors: computed once per base model and settings.
 
 Stores the *unscaled* fit (U, P) so one entry serves every ``lora_alpha`` and rsLoRA
-(SPEC §4).  An entry is a safetensors file plus a JSON file holding the full key and
+(docs/design.md §4).  An entry is a safetensors file plus a JSON file holding the full key and
 the safetensors checksum; the JSON is written last, so an entry without it is
 unfinished.  Writes are atomic (temp file + ``os.replace``) under a file lock, and an
 entry whose key or checksum does not match is never used: we recompute and say so.

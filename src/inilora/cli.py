@@ -560,7 +560,7 @@ def tasks() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: one error style for every command (SPEC §8).
+    """The console script: one error style for every command (docs/design.md §8).
 
     A usage mistake (a bad option value, an unknown option) ends in one line naming the
     option, exit code 2; a refusal of the input (``InitError``: bad rank, a folder it may not

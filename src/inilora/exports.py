@@ -1,4 +1,4 @@
-"""Export a trained model into a layout other tools load without inilora (SPEC §4).
+"""Export a trained model into a layout other tools load without inilora (docs/design.md §4).
 
 - ``plain``: a rank-2r LoRA adapter for the *unmodified* base, ``A' = [A; A0]``,
   ``B' = [B, -B0]``, alpha doubled (√2·alpha under rsLoRA; every rank/alpha pattern
@@ -294,7 +294,7 @@ def _save_tokenizer(name: str | None, out: Path) -> None:
 
 def _measure(report: ExportReport, plain: torch.nn.Module, tgts, merged, candidate_weights, dtype, adapter_dir,
              tokenizer_name) -> None:
-    """Drift of the export against the merged model, both in ``dtype`` (SPEC §4)."""
+    """Drift of the export against the merged model, both in ``dtype`` (docs/design.md §4)."""
     from .models import (
         load_tokenizer,
         model_output,

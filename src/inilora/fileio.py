@@ -1,6 +1,6 @@
 """Writing files the way a user expects: atomically, and readable by others as the umask says.
 
-One place for the three things every writer here needs (issue 14/15, SPEC §8):
+One place for the three things every writer here needs (issue 14/15, docs/design.md §8):
 ``atomic_*`` write to a temp file beside the target, fsync and rename, so a kill leaves the old
 file or the new one, never half of one; :func:`temp_dir` / :func:`replace_dir` do the same for
 folders.  ``tempfile`` creates files 0600 and folders 0700; both are widened to what the umask

@@ -3,7 +3,7 @@
 A seed must give the same A0, B0 whether the model is bare, PEFT-wrapped, compiled
 or sharded, and whatever order layers are visited in.  So every random draw comes
 from a CPU generator seeded from ``sha256(f"{seed}:{name}")`` where ``name`` is the
-module path with every wrapper prefix removed (SPEC §2).  Python's ``hash()`` is
+module path with every wrapper prefix removed (docs/design.md §2).  Python's ``hash()`` is
 salted per process and is never used.
 """
 

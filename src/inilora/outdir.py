@@ -1,4 +1,4 @@
-"""What inilora may do to a user's folders (SPEC §8), decided before any model loads.
+"""What inilora may do to a user's folders (docs/design.md §8), decided before any model loads.
 
 The rule, one place for every command that writes a folder (``init``, ``export``,
 ``approximate --report``, ``train``, ``compare``):

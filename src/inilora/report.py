@@ -1,4 +1,4 @@
-"""Tables, report files and plots of a grid's ``results.jsonl`` (SPEC §6).
+"""Tables, report files and plots of a grid's ``results.jsonl`` (docs/design.md §6).
 
 Everything here reads result rows only (:mod:`inilora.results`), so ``inilora report RUN_DIR``
 rebuilds the report of any grid (finished or not) without the models. The statistics (mean ± std,

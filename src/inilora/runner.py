@@ -5,7 +5,7 @@ finished when its ``metrics.json`` exists (the training pipeline writes it last)
 line appended to ``results.jsonl`` (flush + fsync), so a grid killed at any moment restarts where it
 stopped: finished runs are skipped (a finished run missing from the file is re-read, not re-run), a
 run directory without ``metrics.json`` is wiped and run again — unless it holds a complete Trainer
-checkpoint, from which the pipeline resumes (SPEC §8). A partial result never reaches the file.
+checkpoint, from which the pipeline resumes (docs/design.md §8). A partial result never reaches the file.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
 
 
 def _check_root(root: Path) -> None:
-    """A grid folder holds our ``compare.yaml`` or nothing (SPEC §8; ``outdir.check_run_folder``)."""
+    """A grid folder holds our ``compare.yaml`` or nothing (docs/design.md §8; ``outdir.check_run_folder``)."""
     from .outdir import check_run_folder
 
     check_run_folder(root, marker="compare.yaml", kind="comparison", error=ConfigError)

@@ -1,4 +1,4 @@
-"""Statistics of result rows (SPEC §6), below the report, the plots and the demo.
+"""Statistics of result rows (docs/design.md §6), below the report, the plots and the demo.
 
 mean ± std over seeds (ddof = 1); a paired t-test across seeds of each method against the
 baseline (runs pair by seed: one seed is one number for init and training); Holm's correction

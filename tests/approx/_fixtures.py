@@ -1,4 +1,4 @@
-"""Helpers shared by the engine tests: seeded small problems and the SPEC §3 agreement checks.
+"""Helpers shared by the engine tests: seeded small problems and the docs/design.md §3 agreement checks.
 
 Imported as a plain module (``from _fixtures import ...``): pytest puts this folder on the path,
 and so does running an engine test file as a script (the Triton interpreter subprocess).
@@ -39,7 +39,7 @@ def rel(x, y) -> float:
 
 
 def assert_matches(ref, ours, names, tol=1e-3, loss_tol=0.01) -> None:
-    """SPEC §3 between two ``approximate`` results: ‖B0A0 − ref‖/‖ref‖ ≤ tol, the same log
+    """docs/design.md §3 between two ``approximate`` results: ‖B0A0 − ref‖/‖ref‖ ≤ tol, the same log
     steps with every loss within ``loss_tol``, and the same checkpoints within ``tol``."""
     for n in names:
         a, b = ref[n], ours[n]

@@ -1,4 +1,4 @@
-"""The batched "torch" engine against the reference loop (SPEC §3 tolerances) and the public API."""
+"""The batched "torch" engine against the reference loop (docs/design.md §3 tolerances) and the public API."""
 
 from __future__ import annotations
 

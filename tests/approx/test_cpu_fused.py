@@ -1,5 +1,5 @@
 """The "cpu-fused" engine (C++ kernel built on first use) against the reference loop and the
-"torch" engine (SPEC §3 tolerances), its lane layouts, determinism, build cache and fallback.
+"torch" engine (docs/design.md §3 tolerances), its lane layouts, determinism, build cache and fallback.
 
 Skipped, with the reason, where the library cannot be built (no compiler / ninja).
 """
@@ -34,7 +34,7 @@ def test_registered():
 
 
 def test_matches_reference_mixed(lib):
-    """SPEC §3: 2000 steps on ≤ 4 small matrices of mixed shapes, products within 1e-3 of the
+    """docs/design.md §3: 2000 steps on ≤ 4 small matrices of mixed shapes, products within 1e-3 of the
     released loop and every logged loss within 1 %."""
     shapes = {"a": (64, 48), "b": (64, 48), "c": (32, 48), "d": (80, 80)}
     W, init = problem(shapes)

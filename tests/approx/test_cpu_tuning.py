@@ -1,5 +1,5 @@
 """The cpu-fused layout is chosen by measurement on the user's machine and trusted only after a check
-against the "torch" engine (SPEC §3, §7): injected timings and an injected mismatch, no real timing."""
+against the "torch" engine (docs/design.md §3, §7): injected timings and an injected mismatch, no real timing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference loop (SPEC §3) against an independent numpy implementation, schedule, checkpoints."""
+"""The reference loop (docs/design.md §3) against an independent numpy implementation, schedule, checkpoints."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def numpy_fit(W, U0, P0, steps, *, reduction="mean", lr=5e-4, log_every=10):
 
 @pytest.fixture(scope="module")
 def eps_fixture():
-    """2048² ~ N(0, 0.02²), r=8: gradients ≈ 1e-8 ≈ Adam's eps (SPEC §3)."""
+    """2048² ~ N(0, 0.02²), r=8: gradients ≈ 1e-8 ≈ Adam's eps (docs/design.md §3)."""
     g = torch.Generator().manual_seed(1234)
     W = torch.randn(2048, 2048, generator=g) * 0.02
     U0 = torch.randn(2048, 8, generator=g) * 0.02

@@ -6,7 +6,7 @@ then), so those cases run once in a subprocess started with the variable set (th
 as a script) and the tests here check its results; nothing else in the suite sees the
 variable. The kernels are also compiled for an H100 target (sm_90; no GPU needed), so GPU-only
 compile errors show up in CI. The ``gpu`` tests need CUDA: agreement at real sizes and the 7B
-preset's memory (SPEC §7: ≤ 3 GB peak).
+preset's memory (docs/design.md §7: ≤ 3 GB peak).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_kernels_compile_for_h100(monkeypatch, tmp_path, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_gpu_matches_reference_and_torch():
-    """The eps-sensitive 2048² fixture (SPEC §3) for 300 steps, then 2000 steps on small
+    """The eps-sensitive 2048² fixture (docs/design.md §3) for 300 steps, then 2000 steps on small
     matrices of every W dtype, against the reference loop; the torch engine agrees too."""
     pytest.importorskip("triton")
     W, init = problem({"big": (2048, 2048, 8, torch.float32), "big16": (2048, 2048, 8, torch.bfloat16)},
@@ -254,7 +254,7 @@ def test_gpu_matches_reference_and_torch():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_gpu_llama7b_preset_memory():
-    """SPEC §7: 64 × 4096² bf16 W, r=8 — peak ≤ 3 GB including W itself (a few steps)."""
+    """docs/design.md §7: 64 × 4096² bf16 W, r=8 — peak ≤ 3 GB including W itself (a few steps)."""
     pytest.importorskip("triton")
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -279,7 +279,7 @@ def test_gpu_llama7b_preset_memory():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_gpu_llama7b_preset_speed():
-    """SPEC §7: time per step ≤ 1.25 × the read floor (one bf16 read of W), measured here
+    """docs/design.md §7: time per step ≤ 1.25 × the read floor (one bf16 read of W), measured here
     over 1000 steps after a warm-up (the benchmark times the full 20000)."""
     pytest.importorskip("triton")
     g = torch.Generator(device="cuda").manual_seed(0)

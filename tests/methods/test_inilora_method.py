@@ -1,4 +1,4 @@
-"""The ``inilora`` method (SPEC §3): σ̄ rules, the initial draw, the √s split, the fit report."""
+"""The ``inilora`` method (docs/design.md §3): σ̄ rules, the initial draw, the √s split, the fit report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MiLoRA (SPEC §2): the r smallest singular triplets, split √S on each side, divided by √s.
+"""MiLoRA (docs/design.md §2): the r smallest singular triplets, split √S on each side, divided by √s.
 
 The reference is numpy's float64 SVD of a matrix built with known, well-separated
 singular values.

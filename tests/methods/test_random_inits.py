@@ -1,6 +1,6 @@
-"""Random residual methods (SPEC §2): distributions, no √s, seeding and draw order.
+"""Random residual methods (docs/design.md §2): distributions, no √s, seeding and draw order.
 
-Expected values come from the formulas of the SPEC / torch.nn.init documentation, not from
+Expected values come from the formulas of docs/design.md §2 / torch.nn.init documentation, not from
 running the methods: e.g. kaiming std = gain/√fan, gain(leaky_relu, a) = √(2/(1+a²)).
 """
 

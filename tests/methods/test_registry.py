@@ -1,4 +1,4 @@
-"""The method registry (SPEC §2): names, lookup errors, options, registration."""
+"""The method registry (docs/design.md §2): names, lookup errors, options, registration."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ SPEC_NAMES = [
     "xavier_uniform", "orthogonal", "olora", "peft-orthogonal",
 ]
 
-#: SPEC §2: the PEFT-backed entries and the ``init_lora_weights`` value each one hands PEFT.
+#: docs/design.md §2: the PEFT-backed entries and the ``init_lora_weights`` value each one hands PEFT.
 PEFT_INIT = {"lora": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora",
              "peft-orthogonal": "orthogonal"}
 

@@ -1,4 +1,4 @@
-"""Graders (SPEC §6): strict where the released code was lenient."""
+"""Graders (docs/design.md §6): strict where the released code was lenient."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ within 1e-4 of the full SVD, no O(d³) step); ``optimum="exact"`` asks for the f
 ``resume`` (:class:`Resume`) makes a fit survive interruption; ``devices`` splits the
 matrices over several devices and gathers the factors back.
 
-Both follow SPEC §3: per-matrix mean loss, Adam(5e-4, (0.9, 0.999), 1e-8), StepLR(5000, 0.9)
+Both follow docs/design.md §3: per-matrix mean loss, Adam(5e-4, (0.9, 0.999), 1e-8), StepLR(5000, 0.9)
 stepped before the optimiser, fp32 factors, W never cast below its stored dtype.
 """
 
@@ -77,7 +77,7 @@ __all__ = [
 #: ``engine(weights, inits, *, steps, lr, log_every, checkpoints, progress, resume) -> [Trajectory]``;
 #: ``progress(t, loss)`` with t the iterations done of the whole set (0 .. steps).  Add an engine by
 #: adding an entry here (and its version below): its arithmetic behind ``driver.EngineState``, run by
-#: ``driver.drive``; every engine must match "reference" to SPEC §3's tolerances.
+#: ``driver.drive``; every engine must match "reference" to docs/design.md §3's tolerances.
 Engine = Callable[..., "list[Trajectory]"]
 
 

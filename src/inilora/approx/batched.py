@@ -9,7 +9,7 @@ so E (d×k) is never formed on ordinary steps: the only large products are ``W P
 ``Wᵀ U`` (2·d·k·r flops each). The factors are held transposed (``Uᵀ``: r×d, ``Pᵀ``: r×k)
 because ``Uᵀ W`` and ``Pᵀ Wᵀ`` are the faster GEMM shapes on CPU (measured 2–4× faster than
 ``W P`` with a skinny right operand). Each group divides by its own d·k: matrices never
-share a mean (SPEC §3 — on big matrices the gradients sit near Adam's eps, so this matters).
+share a mean (docs/design.md §3 — on big matrices the gradients sit near Adam's eps, so this matters).
 
 Adam is elementwise, so its state lives in one flat fp32 buffer per device holding every
 factor of every matrix (one fused update instead of one per tensor), updated with the

@@ -1,4 +1,4 @@
-"""The "cpu-fused" engine: the "torch" engine's math as one C++ kernel (SPEC §3, §7).
+"""The "cpu-fused" engine: the "torch" engine's math as one C++ kernel (docs/design.md §3, §7).
 
 Per step and matrix, one read of W feeds both ``W P`` and ``Wᵀ U`` (the two products that
 dominate the step: 2·d·k·r flops each); the r×r Gram matrices, the analytic gradients

@@ -1,6 +1,6 @@
 """Which build of the "cpu-fused" kernel runs here: checked once, then timed on the caller's shapes.
 
-Two decisions, both made on the user's own machine, never by ISA name (SPEC §7):
+Two decisions, both made on the user's own machine, never by ISA name (docs/design.md §7):
 
 - **Trust on first use** (:mod:`.trust`). A build (one lane layout: 16, 8 or 4 fp32 lanes) that
   has not been checked on this CPU is compared once with "torch"; the verdict is kept under the

@@ -1,4 +1,4 @@
-"""The oracle: the released per-matrix autograd loop, exactly as SPEC §3 describes it.
+"""The oracle: the released per-matrix autograd loop, exactly as docs/design.md §3 describes it.
 
 Slow on purpose (one Adam and one StepLR per matrix, autograd through ``mse_loss``); every
 fast engine is tested against it.

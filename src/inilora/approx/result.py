@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-# The released code's optimiser and schedule (SPEC §3): Adam + StepLR, nothing else.
+# The released code's optimiser and schedule (docs/design.md §3): Adam + StepLR, nothing else.
 LR = 5e-4
 BETAS = (0.9, 0.999)
 EPS = 1e-8

@@ -1,7 +1,7 @@
 """The CUDA engine ("triton"): one fused pass over W per step, Adam in a second kernel.
 
 Same semantics and outputs as ``fit_batched`` (the portable "torch" engine) and the
-reference loop (SPEC §3). Per step and per group of same-shape matrices (one dtype, one
+reference loop (docs/design.md §3). Per step and per group of same-shape matrices (one dtype, one
 stride pattern), with ``c = 2/(d·k)`` per matrix::
 
     products  (grid: row block × matrix)  reads every tile of W once, in its stored dtype,
@@ -25,7 +25,7 @@ Adam's two moments and r-wide scratch — a few percent of W (7B preset: ≈ 70 
   bf16(x − hi)``, laid side by side as one operand of width 2r ([hi | lo]) and multiplied with
   the bf16 W tile in one ``tl.dot`` with fp32 accumulation (bf16·bf16 products are exact in
   fp32); the two halves of the result are added in fp32. Relative error of a product ≈ 2⁻¹⁷
-  (emulated: 2e-6 off the fp32 engine after 2000 steps; SPEC §3 allows 1e-3).
+  (emulated: 2e-6 off the fp32 engine after 2000 steps; docs/design.md §3 allows 1e-3).
 - fp32 / fp16 W: the tile is used as fp32 (exact) with ``tl.dot(..., input_precision=
   FP32_DOT)``; "tf32x3" (≈ 2⁻²² relative, on tensor cores) by default, "ieee" for plain FMA.
 

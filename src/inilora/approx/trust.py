@@ -2,7 +2,7 @@
 
 A cpu-fused build (one lane layout, on one CPU model) or the Triton kernel on a GPU model no one
 here has run it on is checked on a short fit of three seeded random matrices (300 steps) against
-"torch" on the same device, with SPEC §3's tolerances: the factors' product within 1e-3 (relative)
+"torch" on the same device, with docs/design.md §3's tolerances: the factors' product within 1e-3 (relative)
 and every logged loss within 1 %.  The verdict is kept in ``$INILORA_CACHE/build/trust.json`` under
 a key that names the build and the hardware, so the check (≈ 0.1 s on a CPU) runs once; an engine
 that disagrees is warned about and never used there.
@@ -24,7 +24,7 @@ from .result import Trajectory
 
 log = logging.getLogger("inilora")
 
-#: SPEC §3: product of the factors (relative Frobenius) and logged losses (relative)
+#: docs/design.md §3: product of the factors (relative Frobenius) and logged losses (relative)
 PRODUCT_TOL, LOSS_TOL = 1e-3, 1e-2
 STEPS = 300
 VERDICTS = "trust.json"
@@ -68,7 +68,7 @@ def case(device: str | torch.device = "cpu") -> tuple[list[Tensor], list[tuple[T
 
 
 def compare(got: Sequence[Trajectory], ref: Sequence[Trajectory]) -> str | None:
-    """None when ``got`` follows ``ref`` to SPEC §3's tolerances, else what differed."""
+    """None when ``got`` follows ``ref`` to docs/design.md §3's tolerances, else what differed."""
     for i, (a, b) in enumerate(zip(got, ref)):
         pa, pb = (a.U @ a.P.T).float().cpu(), (b.U @ b.P.T).float().cpu()
         rel = float((pa - pb).norm() / pb.norm())

@@ -1,6 +1,6 @@
 """PEFT glue: run an init method on a model, freeze the residual, save and reload safely.
 
-The layout (SPEC §4): training always uses the residual base ``R = W0 - s·B0A0`` plus the
+The layout (docs/design.md §4): training always uses the residual base ``R = W0 - s·B0A0`` plus the
 rank-r adapter ``default``; A0, B0 ride along as a frozen, inactive second adapter
 ``inilora_init`` that PEFT saves with every ``save_pretrained`` and Trainer checkpoint, and
 that gives back the original model (:func:`original`).  One file per concern:

@@ -1,4 +1,4 @@
-"""``get_peft_model``: run an init method of the registry on a model through PEFT (SPEC §4).
+"""``get_peft_model``: run an init method of the registry on a model through PEFT (docs/design.md §4).
 
 Training always uses the residual layout: the residual base ``R = W0 − s·B0A0`` plus the rank-r
 adapter ``default``, with A0, B0 kept as a frozen, inactive second adapter.  Knows no training.
@@ -169,7 +169,7 @@ def get_peft_model(
     quant = sorted({k for k in map(quantized.quant_kind, found.values()) if k})
     gguf = quantized.drop_gguf_marker(model)
     fitcache = _fit_cache(cache) if spec.fitted else None
-    if fitcache is not None:  # SPEC §8: an unwritable cache is refused before any work
+    if fitcache is not None:  # docs/design.md §8: an unwritable cache is refused before any work
         fitcache.check_writable()
 
     batches = calib = None

@@ -1,4 +1,4 @@
-"""The output drift at init (SPEC §1's metric) on a fixed probe batch, and what is said about it."""
+"""The output drift at init (docs/design.md §1's metric) on a fixed probe batch, and what is said about it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _output(model: torch.nn.Module, inputs) -> tuple[torch.Tensor, str]:
 
 
 def _drift(before: tuple[torch.Tensor, str], after: tuple[torch.Tensor, str]) -> dict[str, float]:
-    """SPEC §1's metric, and for logits the top-1 agreement (an argmax over hidden units means nothing)."""
+    """docs/design.md §1's metric, and for logits the top-1 agreement (an argmax over hidden units means nothing)."""
     from ..models import relative_drift, top1_agreement
 
     (ref, kind), (out, _) = before, after

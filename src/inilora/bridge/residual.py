@@ -1,4 +1,4 @@
-"""The residual: ``R = W0 − s·B0A0`` in float32 on the weight's device, then cast (SPEC §1), the
+"""The residual: ``R = W0 − s·B0A0`` in float32 on the weight's device, then cast (docs/design.md §1), the
 factors set into PEFT's layers, and nothing non-finite let through.
 """
 
@@ -34,7 +34,7 @@ def _factors_of(tgts: Mapping[str, Target], adapter: str) -> dict[str, tuple[tor
 @torch.no_grad()
 def _apply_residual(tgts: Mapping[str, Target], adapter: str, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                     residual_dtype: torch.dtype | None) -> dict[str, float]:
-    """``R = W0 - s·B0A0`` in float32 on the weight's device, then cast (SPEC §1).
+    """``R = W0 - s·B0A0`` in float32 on the weight's device, then cast (docs/design.md §1).
 
     A bitsandbytes layer gets R re-quantized; returned per such layer:
     ``‖deq(R_q) − R‖_F / ‖W0‖_F``, the error the re-quantization added.
@@ -86,7 +86,7 @@ def _keep_in(target: Target, dtype: torch.dtype) -> None:
 
 @torch.no_grad()
 def _check_finite(tgts: Mapping[str, Target], adapter: str, spec: Method, drift: dict | None) -> None:
-    """NaN/Inf anywhere in an init is an error, never a model that trains or saves (SPEC §8)."""
+    """NaN/Inf anywhere in an init is an error, never a model that trains or saves (docs/design.md §8)."""
     for name, t in tgts.items():
         parts = {"A0": t.layer.lora_A[adapter].weight, "B0": t.layer.lora_B[adapter].weight}
         if spec.residual:

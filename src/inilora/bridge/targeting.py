@@ -194,7 +194,7 @@ QV_NAMES = (("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("q", "v"), (
 
 
 def default_targets(model: torch.nn.Module) -> list[str]:
-    """The attention query and value projections of ``model`` (SPEC: the default targets), the one
+    """The attention query and value projections of ``model`` (docs/design.md §3: the default targets), the one
     rule for every entry point: PEFT's per-architecture mapping, else the module names above."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
 

@@ -3,7 +3,7 @@
 A fitted method (``@register(..., fitted=True)``, like ``inilora``) decides *what* to fit — the
 initial factors and the fields that identify the fit — and hands the rest here:
 
-- the fit cache (SPEC §4): a hit skips the work; a miss stores the final factors and one entry
+- the fit cache (docs/design.md §4): a hit skips the work; a miss stores the final factors and one entry
   per checkpoint, so every point of an iterations sweep is a hit later;
 - resume: the fit snapshots its state beside the cache entry and a rerun continues it;
 - distribution: under torchrun the matrices are split over the ranks and every rank ends with
@@ -31,7 +31,7 @@ Tensor = torch.Tensor
 
 @dataclass
 class InitContext:
-    """What the bridge hands a method besides weights and options (SPEC §2's signature stays one)."""
+    """What the bridge hands a method besides weights and options (docs/design.md §2's signature stays one)."""
 
     #: the fit cache (None: caching off)
     cache: FitCache | None = None

@@ -1,7 +1,7 @@
 """IniLoRA: fit ``U Pᵀ ≈ W0`` by gradient descent, then ``B0 = U/√s``, ``A0 = Pᵀ/√s``.
 
 The fit itself lives in :mod:`inilora.approx` (which knows nothing of models); this
-module decides *what* to fit, exactly as the released code does (SPEC §3):
+module decides *what* to fit, exactly as the released code does (docs/design.md §3):
 U, P ~ N(μ, σ̄²) with σ̄ the mean over layers of each module type's unbiased weight
 std, rounded to 3 decimals; per-matrix mean-MSE, Adam 5e-4, StepLR(5000, 0.9).
 Because ``s·B0A0 = U Pᵀ`` for every s, the cache keeps the unscaled fit.
@@ -106,7 +106,7 @@ def draw_init(weights: Mapping[str, torch.Tensor], ranks: Mapping[str, int], rng
 
 
 def cache_fields(weights, ranks, rng_for, dist, init, *, steps, lr, engine) -> dict[str, Any]:
-    """Everything the fit depends on (SPEC §4): a different value is a different entry."""
+    """Everything the fit depends on (docs/design.md §4): a different value is a different entry."""
     return {
         "method": "inilora",
         "weights": tensor_digest(weights),
@@ -219,7 +219,7 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     for name, (u, p) in unscaled.items():
         root = math.sqrt(scalings[name])
         factors[name] = ((p.T / root).contiguous().float(), (u / root).contiguous().float())
-        # SPEC §2: the unscaled (U, P) beside the curve and errors; with 0 steps the fit is the draw itself
+        # docs/design.md §2: the unscaled (U, P) beside the curve and errors; with 0 steps the fit is the draw itself
         known = fit.get(name) or {"rel_error": approx.relative_error(weights[name], u, p),
                                   "optimum": approx.eckart_young(weights[name], u.shape[1], exact=optimum == "exact"),
                                   "losses": []}

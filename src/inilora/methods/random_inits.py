@@ -1,7 +1,7 @@
 """Random residual methods: IniLoRA-alpha, IniLoRA-beta and the generic distributions.
 
 A0 ``(r, in)`` and B0 ``(out, r)`` are drawn, A0 first, from the matrix's own CPU
-generator and enter the model as ``s * B0 @ A0`` with *no* 1/sqrt(s) (SPEC §2): so
+generator and enter the model as ``s * B0 @ A0`` with *no* 1/sqrt(s) (docs/design.md §2): so
 ``normal(std)`` at s = 1 has the distribution of IniLoRA with 0 approximation steps (not its
 draws: IniLoRA draws U = B0 first).  The residual
 ``W0 - s*B0*A0`` keeps the model's output unchanged at step 0.

@@ -1,6 +1,6 @@
 """The one registry of initialization methods.
 
-Every method is a small function with one signature (SPEC §2)::
+Every method is a small function with one signature (docs/design.md §2)::
 
     init(weights, ranks, scalings, rng_for, **options) -> InitResult
 
@@ -54,7 +54,7 @@ class Method:
     #: progress, biases) as ``context=``, and its work splits across ranks under torchrun
     #: (each rank fits a share; see ``fitting.cached_fit``) instead of running on rank 0 alone
     fitted: bool = False
-    #: the data a data-driven method needs (SPEC §2's signature gains ``calibration``): None, or
+    #: the data a data-driven method needs (docs/design.md §2's signature gains ``calibration``): None, or
     #: ``"activations"`` (forward passes) / ``"gradients"`` (forward and backward: batches need labels)
     calibration: str | None = None
     #: the method reads the base weights as numbers (an SVD, a quantization): a 4-bit/8-bit base

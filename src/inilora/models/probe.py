@@ -55,7 +55,7 @@ def probe_inputs(
     seq_len: int = 32,
     batch: int = 2,
 ) -> dict[str, Tensor]:
-    """The fixed probe batch of SPEC §1: ``input_ids`` and ``attention_mask``, ``batch × seq_len``.
+    """The fixed probe batch of docs/design.md §1: ``input_ids`` and ``attention_mask``, ``batch × seq_len``.
 
     With a tokenizer: :data:`PROBE_TEXT` (cycled if ``batch > 2``) through it, truncated to
     exactly ``seq_len`` tokens (special tokens as the tokenizer adds them). Without one: random
@@ -115,7 +115,7 @@ def model_output(model: torch.nn.Module, inputs: dict[str, Tensor], *, with_kind
 
 
 def relative_drift(out: Tensor, ref: Tensor) -> float:
-    """``max|out − ref| / max|ref|``, computed in float64 (SPEC §1's output-preservation metric)."""
+    """``max|out − ref| / max|ref|``, computed in float64 (docs/design.md §1's output-preservation metric)."""
     if out.shape != ref.shape:
         raise ValueError(f"Shape mismatch: {tuple(out.shape)} vs {tuple(ref.shape)}.")
     r = ref.detach().to(torch.float64)

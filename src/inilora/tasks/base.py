@@ -11,7 +11,7 @@ task's name:
   examples with a ``prompt`` and a ``reference``; ``score`` turns completions into metrics.
 - :class:`ChoiceEval` — multiple choice by next-token scoring (MMLU 0-shot, A/B/C/D).
 
-Tasks know nothing of LoRA or models (SPEC §9): they hand out ``datasets.Dataset`` rows / example
+Tasks know nothing of LoRA or models (docs/design.md §9): they hand out ``datasets.Dataset`` rows / example
 dicts and grade strings. Hub loaders are the defaults; offline tasks share the hub schemas.
 """
 

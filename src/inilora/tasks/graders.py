@@ -1,4 +1,4 @@
-"""Answer graders (SPEC §6). Both are strict on purpose: the released code's leniencies (integer
+"""Answer graders (docs/design.md §6). Both are strict on purpose: the released code's leniencies (integer
 rounding, ×100/÷100, comparing a MATH prediction with itself) inflate scores, so none is kept.
 
 GSM8K: the number after the *last* "The answer is" (the phrase MetaMathQA teaches), compared as an

@@ -7,7 +7,7 @@ adapters and train those (plus the head).  :func:`resolve` turns a config's ``me
 registry entry once — a :class:`Mode`, or an init :class:`~inilora.methods.Method` — and that
 entry is what the pipeline (and, for LoRA, :func:`inilora.get_peft_model`) is handed from then on.
 LoRA runs go through the bridge, so a residual method trains on its residual base with A0/B0
-frozen beside it (SPEC §4).
+frozen beside it (docs/design.md §4).
 """
 
 from __future__ import annotations

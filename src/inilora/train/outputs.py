@@ -46,7 +46,7 @@ def check_config(out: Path, resolved: dict[str, Any]) -> None:
 
 
 def check_folder(out: Path) -> None:
-    """A run folder holds our ``config.yaml`` or nothing (SPEC §8; ``outdir.check_run_folder``)."""
+    """A run folder holds our ``config.yaml`` or nothing (docs/design.md §8; ``outdir.check_run_folder``)."""
     from ..outdir import check_run_folder
 
     check_run_folder(out, marker=CONFIG, kind="run", error=ConfigError)

@@ -1,4 +1,4 @@
-// The "cpu-fused" IniLoRA approximation step (SPEC §3, §7): one pass over each W per step
+// The "cpu-fused" IniLoRA approximation step (docs/design.md §3, §7): one pass over each W per step
 // feeds both W·P and Wᵀ·U; then the r×r algebra, the analytic gradients and Adam, fused.
 //
 // Plain C ABI (loaded with ctypes), no torch headers: the build takes seconds, not minutes.
@@ -14,7 +14,7 @@
 //
 // Products kernel: R rows of W at a time; for each group of G consecutive columns, one
 // broadcast of those G values of a row (G = 1: one value to all lanes; G = 2: a pair, the
-// SPEC's AVX-512 design for r = 8) feeds two FMAs: the row's W·P accumulator (a register) and
+// docs/design.md's AVX-512 design for r = 8) feeds two FMAs: the row's W·P accumulator (a register) and
 // the group's Wᵀ·U accumulator (one vector, kept in L1 across the R rows).  With G > 1 the
 // vector lanes are (c·G + s) = column j+s, factor column c, so P and the Wᵀ·U accumulator are
 // stored "group-interleaved" and U is duplicated G-fold (built once per row block).  Padded
