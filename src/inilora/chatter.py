@@ -8,6 +8,8 @@ keeps every message the libraries would give it.
 - transformers' FutureWarning that ``is_gradient_checkpointing`` is renamed (PEFT reads it);
 - PEFT's "Could not find a config file in embedded:smollm2 - will assume that the vocabulary
   was not modified" (our aliases are not hub names; the vocabulary is indeed unmodified);
+- PEFT's hint that EVA's batches could be larger with ``low_cpu_mem_usage=True`` (a PEFT option inilora
+  does not expose; the user chooses the calibration batches);
 - bitsandbytes' optional-kernel probe: on CPUs with AVX512-BF16, importing bitsandbytes (which
   ``import peft`` does) asks the hub for ``kernels-community/quantization-bitsandbytes``; offline,
   the ``kernels`` package logs "Skipping publisher trust check …" and bitsandbytes "Failed to load
@@ -28,6 +30,7 @@ _MESSAGES = (
     r".*is_gradient_checkpointing.* is deprecated",
     r"Could not find a config file in .* will assume that the vocabulary was not modified",
     r".*`gradient_checkpointing` is deprecated",
+    r"lora with eva initialization used with low_cpu_mem_usage=False",  # a memory hint for PEFT's own EVA driver
 )
 
 #: the loggers of the kernel probe (filters act on the logger that makes the record, not its parents)
