@@ -462,14 +462,11 @@ def _precheck_train(cfg) -> None:
     out = Path(cfg.output_dir)
     if not (out / "config.yaml").is_file():
         check_run_folder(out, marker="config.yaml", kind="run")
-    if cfg.is_lora:  # the registry imports torch, not transformers: a typo still costs seconds, not 40
-        _check_method(cfg.method, {} if _method_spec(cfg.method).peft_backed else cfg.method_options)
+    from .train import resolve  # the registries import torch, not transformers: a typo costs seconds, not 40
 
-
-def _method_spec(name: str):
-    from .methods import get_method
-
-    return get_method(name)
+    spec = resolve(cfg.method)  # an init method or a training mode; unknown: one line naming both
+    if not getattr(spec, "peft_backed", False) or getattr(spec, "options", None):
+        spec.resolve_options(cfg.method_options)
 
 
 def _config_file(path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import TrainConfig, to_dict
 from ..errors import InitError
 from ..train_names import check_names
+from .modes import is_lora
 
 
 def check_all(configs: Sequence[tuple[str, TrainConfig]]) -> None:
@@ -29,9 +30,12 @@ def check_all(configs: Sequence[tuple[str, TrainConfig]]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        _named(run_id, check, c)
-        if c.is_lora:
-            _named(run_id, _check_lora_plan, c, skeletons)
+        try:
+            method = check(c)[3]
+            if is_lora(method):
+                _check_lora_plan(c, skeletons)
+        except InitError as exc:
+            raise type(exc)(f"run {run_id}: {exc}") from None
 
 
 def _named(run_id: str, fn, *args) -> None:
