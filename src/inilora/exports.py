@@ -90,17 +90,68 @@ def export(
     ``base``, if given, supplies the exact original weights for the drift check,
     otherwise they are rebuilt as ``R + s·B0A0`` in fp32.
     """
+    out_dir = Path(out_dir)
+    source = _check_inputs(model_or_dir, out_dir, layout, overwrite)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    work, w0_exact, tokenizer_name = _working_model(model_or_dir, base, adapter_name)
+    w = _read_weights(work, adapter_name, dtype, w0_exact)
+    base_local = _base_local(w)
+
+    tmp = temp_dir(out_dir.parent, out_dir.name)
+    try:
+        with quiet():
+            plain = _unwrap(work, w.tgts, w.dtype)
+            _WRITERS[layout](tmp, plain, w, out_dir)
+            if layout != "plain":
+                _save_tokenizer(tokenizer_name, tmp)
+            report = ExportReport(layout, out_dir, str(w.dtype).replace("torch.", ""),
+                                  base_model=w.hub_name or w.base_name,
+                                  base_folder=base_local["base_model"]["local_folder"] if base_local else None)
+            if check and layout != "merged":
+                _measure(report, plain, w.tgts, w.merged, w.w0 if layout == "plain" else w.resid32, w.dtype,
+                         tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
+            write_export_marker(tmp, layout, str(source) if source else w.base_name, **base_local)
+            replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+# --------------------------------------------------------------------------- the steps of export, in order
+
+
+def _check_inputs(model_or_dir, out_dir: Path, layout: str, overwrite: bool) -> Path | None:
+    """The layout, the adapter folder (if one), the output folder: checked before any model loads.
+    Returns the adapter folder, or None for a live model."""
     if layout not in LAYOUTS:
         raise InitError(f"unknown export layout {layout!r}; layouts: {', '.join(LAYOUTS)}.")
-    out_dir = Path(out_dir)
     source = None if isinstance(model_or_dir, PeftModel) else Path(model_or_dir)
     if source is not None:
         check_adapter_dir(source)
     check_output_dir(out_dir, what="export folder", overwrite=overwrite, inputs=[source] if source else [])
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    return source
 
-    work, w0_exact, tokenizer_name = _working_model(model_or_dir, base, adapter_name)
+
+@dataclass
+class _Weights:
+    """What every layout is made of, read once from the working model (fp32 unless said)."""
+
+    config: LoraConfig
+    tgts: dict  # name → Target of the working adapter
+    dtype: torch.dtype  # the export's dtype
+    trained: dict  # name → (A, B) trained
+    start: dict  # name → (A0, B0) (residual models)
+    resid32: dict  # name → the base weight as it is (R for a residual model, W0 otherwise)
+    merged: dict  # name → R + s·BA
+    w0: dict  # name → W0: exact when the original base was given, else R + s·B0A0
+    adapter_state: dict  # the working adapter's PEFT state dict
+    base_name: str | None  # the base as this machine loads it
+    hub_name: str | None  # an embedded base's hub model, which the export names (None otherwise)
+
+
+def _read_weights(work: PeftModel, adapter_name: str, dtype: torch.dtype | None, w0_exact: dict | None) -> _Weights:
     residual = is_residual_model(work)
     config = work.peft_config[adapter_name]
     if config.use_dora or getattr(config, "lora_bias", False) or type(config).__name__ not in (
@@ -128,43 +179,42 @@ def export(
     from .models import hub_name_of
 
     hub_name = hub_name_of(base_name) if base_name else None
-    base_local = {"base_model": {"name": hub_name, "local_folder": str(Path(base_name).resolve())}} \
-        if hub_name and Path(base_name).exists() else {}
+    return _Weights(config, tgts, target_dtype, trained, start, resid32, merged, w0, adapter_state, base_name,
+                    hub_name)
 
-    tmp = temp_dir(out_dir.parent, out_dir.name)
-    try:
-        with quiet():
-            plain = _unwrap(work, tgts, target_dtype)
-            if layout == "plain":
-                plain_config, plain_state = _plain_adapter(config, adapter_state, tgts, trained, start,
-                                                           hub_name or base_name)
-                plain_config.save_pretrained(str(tmp))
-                save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
-                          metadata={"format": "pt"})
-            elif layout == "merged":
-                _set_weights(plain, tgts, merged, target_dtype)
-                plain.save_pretrained(str(tmp))
-            else:
-                _set_weights(plain, tgts, resid32, target_dtype)
-                plain.save_pretrained(str(tmp))
-                res_config = _unmarked(config, base_name=str(out_dir))
-                res_config.save_pretrained(str(tmp / "adapter"))
-                save_file({k: v.contiguous() for k, v in adapter_state.items()},
-                          str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
-            if layout != "plain":
-                _save_tokenizer(tokenizer_name, tmp)
-            report = ExportReport(layout, out_dir, str(target_dtype).replace("torch.", ""),
-                                  base_model=hub_name or base_name,
-                                  base_folder=base_local["base_model"]["local_folder"] if base_local else None)
-            if check and layout != "merged":
-                _measure(report, plain, tgts, merged, w0 if layout == "plain" else resid32, target_dtype,
-                         tmp if layout == "plain" else tmp / "adapter", tokenizer_name)
-            write_export_marker(tmp, layout, str(source) if source else base_name, **base_local)
-            replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return report
+
+def _base_local(w: _Weights) -> dict:
+    """inilora's marker keeps the embedded base's folder on this machine beside its hub name."""
+    if w.hub_name and Path(w.base_name).exists():
+        return {"base_model": {"name": w.hub_name, "local_folder": str(Path(w.base_name).resolve())}}
+    return {}
+
+
+def _write_plain(tmp: Path, plain: torch.nn.Module, w: _Weights, out_dir: Path) -> None:
+    """A rank-2r adapter for the unmodified base (the base itself is not written), naming the hub model."""
+    plain_config, plain_state = _plain_adapter(w.config, w.adapter_state, w.tgts, w.trained, w.start,
+                                               w.hub_name or w.base_name)
+    plain_config.save_pretrained(str(tmp))
+    save_file({k: v.contiguous() for k, v in plain_state.items()}, str(tmp / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _write_merged(tmp: Path, plain: torch.nn.Module, w: _Weights, out_dir: Path) -> None:
+    _set_weights(plain, w.tgts, w.merged, w.dtype)
+    plain.save_pretrained(str(tmp))
+
+
+def _write_residual(tmp: Path, plain: torch.nn.Module, w: _Weights, out_dir: Path) -> None:
+    """The residual base as a full model, the rank-r adapter in ``adapter/`` pointing at it."""
+    _set_weights(plain, w.tgts, w.resid32, w.dtype)
+    plain.save_pretrained(str(tmp))
+    res_config = _unmarked(w.config, base_name=str(out_dir))
+    res_config.save_pretrained(str(tmp / "adapter"))
+    save_file({k: v.contiguous() for k, v in w.adapter_state.items()},
+              str(tmp / "adapter" / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+_WRITERS = {"plain": _write_plain, "merged": _write_merged, "residual": _write_residual}
 
 
 # --------------------------------------------------------------------------- helpers

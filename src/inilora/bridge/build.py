@@ -149,6 +149,38 @@ def get_peft_model(
     the method needs gradients).
     """
     spec = method if isinstance(method, Method) else get_method(method)
+    opts = _resolve_options(spec, options, calibration)
+    config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
+    residual_dtype = _residual_dtype(residual_dtype, spec)
+    before = _look_before(model, config, spec, cache, measure_drift, calibration)
+    if spec.peft_backed:
+        peft_model, factors, report = _init_by_peft(model, config, adapter_name, seed, spec, opts, before,
+                                                    residual_dtype)
+    else:
+        peft_model, factors, report = _init_by_method(model, config, adapter_name, seed, spec, opts, before,
+                                                      residual_dtype, progress)
+    if before.calib is not None:
+        report.info["calibration"] = before.calib
+    if before.gguf:
+        report.info["gguf"] = "dequantised GGUF base; transformers' quantizer marker dropped (weights unchanged)"
+    if spec.residual:
+        _finish_and_measure(peft_model, adapter_name, factors, spec, opts, seed, residual_dtype, before, report)
+    else:
+        _record(peft_model.peft_config[adapter_name], {
+            "format": FORMAT, "inilora_version": __version__, "method": spec.name, "seed": seed,
+            "adapter": adapter_name, "fingerprint": before.base_fp, "quantized": "/".join(before.quant) or None})
+    _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
+    peft_model.inilora_report = report
+    return peft_model
+
+
+# ------------------------------------------------------------------------------------------------
+# the steps of get_peft_model, in order
+
+
+def _resolve_options(spec: Method, options: Mapping[str, Any], calibration: Any) -> dict[str, Any]:
+    """The method's options with defaults, and calibration data given exactly when the method needs
+    it: checked before any weight is read."""
     if spec.peft_backed and options and not spec.options:
         raise InitError(f"method {spec.name!r} is PEFT's own and takes no options; got {', '.join(options)}.")
     opts = spec.resolve_options(options)
@@ -157,12 +189,39 @@ def get_peft_model(
                         "(CLI: --calibration TASK[:N]); nothing was changed.")
     if calibration is not None and not spec.calibration:
         raise InitError(f"method {spec.name!r} takes no calibration data; only {', '.join(_data_methods())} do.")
-    config = _check_config(copy.deepcopy(peft_config), adapter_name, spec)
+    return opts
+
+
+def _residual_dtype(residual_dtype: torch.dtype | str | None, spec: Method) -> torch.dtype | None:
     if isinstance(residual_dtype, str):
         residual_dtype = getattr(torch, residual_dtype)
     if residual_dtype is not None and not spec.residual:
         raise InitError(f"residual_dtype applies to residual methods only; {spec.name!r} leaves the base unchanged.")
+    return residual_dtype
 
+
+@dataclass
+class _Before:
+    """What the model was before the init: its targets and their weights, the calibration data, and
+    what gets compared after."""
+
+    found: dict  # name → targeted module, as inilora predicts PEFT will wrap them
+    quant: list[str]  # quantization kinds among the targets (bitsandbytes)
+    gguf: bool  # a dequantised GGUF base whose quantizer marker was dropped
+    fitcache: FitCache | None
+    batches: Any  # the calibration batches on the model's device (data-driven methods), or None
+    calib: dict | None  # their digest, or None
+    weights: dict  # name → W0 (out, in)
+    base_fp: dict  # the fingerprint of the targeted weights (and calibration data), recorded by every adapter
+    fp: dict | None  # the same, for residual methods only (checked in share_init)
+    probe: Any  # the probe batch for the drift at init, or None
+    output: Any  # the model's output on it before the init, or None
+
+
+def _look_before(model: torch.nn.Module, config: LoraConfig, spec: Method, cache, measure_drift: bool,
+                 calibration: Any) -> _Before:
+    """Every check that needs the model but no init (targets, ranks, a writable cache), the calibration
+    batches, then the fingerprint and the output that the init will be measured against."""
     _default_targets(model, config)
     found = predicted_targets(model, config)
     _check_targets(spec, found, model, config, {n: _rank_of(config, n) for n in found})
@@ -186,97 +245,102 @@ def get_peft_model(
         base_fp["calibration"] = calib["sha256"]  # beside the weights' hash: same base, other data ≠ same init
     fp = base_fp if spec.residual else None
     probe = _probe(model) if (measure_drift and spec.residual) else None
-    before = _output(model, probe) if probe is not None else None
+    output = _output(model, probe) if probe is not None else None
+    return _Before(found, quant, gguf, fitcache, batches, calib, weights, base_fp, fp, probe, output)
 
-    if spec.peft_backed:
-        # PEFT computes its residual its own way (``(s·B)@A``, in place, in the base dtype); ``load``
-        # recomputes ``R = W0 − s·(B0@A0)`` in fp32.  To reload bit for bit, R is recomputed here the
-        # load's way from a copy of W0 (the targeted weights only).
-        w0_copy = {n: w.detach().clone() for n, w in weights.items()} if spec.residual else None
-        config.init_lora_weights = spec.peft_init
-        hooks = spec.hooks
-        if hooks is not None:
-            hooks.configure(config, opts)
-            if hooks.prepare is not None:
-                with _seeded(seed):
-                    hooks.prepare(model, config, opts, batches)
-        peft_model = _inject(model, config, adapter_name, seed)
-        if hooks is not None and hooks.finish is not None:
+
+def _init_by_peft(model, config: LoraConfig, adapter_name: str, seed: int, spec: Method, opts: dict,
+                  before: _Before, residual_dtype) -> tuple[PeftModel, dict, InitReport]:
+    """PEFT's own init (``init_lora_weights``, with the method's hooks around the injection), its
+    residual recomputed the way ``load`` does, kept in ``residual_dtype`` if asked."""
+    # PEFT computes its residual its own way (``(s·B)@A``, in place, in the base dtype); ``load``
+    # recomputes ``R = W0 − s·(B0@A0)`` in fp32.  To reload bit for bit, R is recomputed here the
+    # load's way from a copy of W0 (the targeted weights only).
+    w0_copy = {n: w.detach().clone() for n, w in before.weights.items()} if spec.residual else None
+    config.init_lora_weights = spec.peft_init
+    hooks = spec.hooks
+    if hooks is not None:
+        hooks.configure(config, opts)
+        if hooks.prepare is not None:
             with _seeded(seed):
-                hooks.finish(peft_model, adapter_name, opts, batches)
-        tgts = targets(peft_model, adapter_name)
-        _share_peft_init(tgts, adapter_name, spec.residual, fp)  # torchrun: rank 0's init everywhere
-        factors = _factors_of(tgts, adapter_name) if spec.residual else {}
-        if w0_copy is not None:
-            for name, t in tgts.items():
-                t.set_base_weight(w0_copy[name])
-            _apply_residual(tgts, adapter_name, factors, residual_dtype)
-        report = InitReport(spec.name, spec.residual)
-    else:
-        config.init_lora_weights = False
-        peft_model = _inject(model, config, adapter_name, seed)
-        tgts = targets(peft_model, adapter_name)
-        if set(tgts) != set(found):
-            raise RuntimeError(f"inilora predicted targets {sorted(found)} but PEFT wrapped {sorted(tgts)}")
-        if spec.fitted:  # what a fitted method needs beyond weights and options (methods/fitting.py)
-            opts["context"] = InitContext(
-                cache=fitcache, progress=progress if progress is not None else _default_progress(),
-                biases={n: t.base.bias.detach() for n, t in tgts.items() if t.base.bias is not None})
-        ranks = {n: t.layer.r[adapter_name] for n, t in tgts.items()}
-        scalings = {n: t.layer.scaling[adapter_name] for n, t in tgts.items()}
-        w0s = {n: t.base_weight().detach() for n, t in tgts.items()}
-        # torchrun/accelerate: computed once (rank 0, or inilora's fit split by matrix), broadcast
-        result = distributed.share_init(lambda: spec.fn(w0s, ranks, scalings, rng_factory(seed), **opts),
-                                        split=spec.fitted, digest=fp["sha256"] if fp else None)
-        factors = result.factors
-        _set_factors(tgts, adapter_name, factors)
-        requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
-        report = InitReport(spec.name, True, info=result.info,
-                            fit={n: {k: v for k, v in f.items() if k not in ("losses", "U", "P")}
-                                 for n, f in result.fit.items()})
-        curve = _mean_curve([f["losses"] for f in result.fit.values() if f.get("losses")])
-        if curve:
-            report.info["approx_loss"] = curve
-        if requant:
-            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(requant),
-                                        "requant_rel_error_max": max(requant.values()),
-                                        "requant_rel_error_mean": sum(requant.values()) / len(requant)}
-        elif quant and residual_dtype is not None:
-            report.info["quantized"] = {"kind": "/".join(quant), "layers": len(tgts),
-                                        "kept_unquantized": str(residual_dtype).replace("torch.", "")}
-    if calib is not None:
-        report.info["calibration"] = calib
-    if gguf:
-        report.info["gguf"] = "dequantised GGUF base; transformers' quantizer marker dropped (weights unchanged)"
+                hooks.prepare(model, config, opts, before.batches)
+    peft_model = _inject(model, config, adapter_name, seed)
+    if hooks is not None and hooks.finish is not None:
+        with _seeded(seed):
+            hooks.finish(peft_model, adapter_name, opts, before.batches)
+    tgts = targets(peft_model, adapter_name)
+    _share_peft_init(tgts, adapter_name, spec.residual, before.fp)  # torchrun: rank 0's init everywhere
+    factors = _factors_of(tgts, adapter_name) if spec.residual else {}
+    if w0_copy is not None:
+        for name, t in tgts.items():
+            t.set_base_weight(w0_copy[name])
+        _apply_residual(tgts, adapter_name, factors, residual_dtype)
+    return peft_model, factors, InitReport(spec.name, spec.residual)
 
-    if spec.residual:
-        meta = {
-            "format": FORMAT,
-            "inilora_version": __version__,
-            "method": spec.name,
-            "options": _json_safe(opts),
-            "seed": seed,
-            "adapter": adapter_name,
-            "init_adapter": INIT_ADAPTER,
-            "residual_dtype": str(residual_dtype).replace("torch.", "") if residual_dtype else None,
-            "fingerprint": fp,
-            "info": report.info,
-            "fit": report.fit,
-        }
-        _finish_residual(peft_model, adapter_name, factors, meta, seed, trainable=True)
-        if before is not None:
-            report.drift = _drift(before, _output(peft_model, probe))
-            meta["init_drift"] = report.drift
-            q = report.info.get("quantized", {})
-            _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
-                        "kept" if q else None)
-    else:
-        _record(peft_model.peft_config[adapter_name], {
-            "format": FORMAT, "inilora_version": __version__, "method": spec.name, "seed": seed,
-            "adapter": adapter_name, "fingerprint": base_fp, "quantized": "/".join(quant) or None})
-    _check_finite(targets(peft_model, adapter_name), adapter_name, spec, report.drift)
-    peft_model.inilora_report = report
-    return peft_model
+
+def _init_by_method(model, config: LoraConfig, adapter_name: str, seed: int, spec: Method, opts: dict,
+                    before: _Before, residual_dtype, progress) -> tuple[PeftModel, dict, InitReport]:
+    """An init function of the registry: zero adapters injected, the function run on W0 (once, or
+    split across ranks), its factors set and the residual base written."""
+    config.init_lora_weights = False
+    peft_model = _inject(model, config, adapter_name, seed)
+    tgts = targets(peft_model, adapter_name)
+    if set(tgts) != set(before.found):
+        raise RuntimeError(f"inilora predicted targets {sorted(before.found)} but PEFT wrapped {sorted(tgts)}")
+    if spec.fitted:  # what a fitted method needs beyond weights and options (methods/fitting.py)
+        opts["context"] = InitContext(
+            cache=before.fitcache, progress=progress if progress is not None else _default_progress(),
+            biases={n: t.base.bias.detach() for n, t in tgts.items() if t.base.bias is not None})
+    ranks = {n: t.layer.r[adapter_name] for n, t in tgts.items()}
+    scalings = {n: t.layer.scaling[adapter_name] for n, t in tgts.items()}
+    w0s = {n: t.base_weight().detach() for n, t in tgts.items()}
+    # torchrun/accelerate: computed once (rank 0, or inilora's fit split by matrix), broadcast
+    fp = before.fp
+    result = distributed.share_init(lambda: spec.fn(w0s, ranks, scalings, rng_factory(seed), **opts),
+                                    split=spec.fitted, digest=fp["sha256"] if fp else None)
+    factors = result.factors
+    _set_factors(tgts, adapter_name, factors)
+    requant = _apply_residual(tgts, adapter_name, factors, residual_dtype)
+    report = InitReport(spec.name, True, info=result.info,
+                        fit={n: {k: v for k, v in f.items() if k not in ("losses", "U", "P")}
+                             for n, f in result.fit.items()})
+    curve = _mean_curve([f["losses"] for f in result.fit.values() if f.get("losses")])
+    if curve:
+        report.info["approx_loss"] = curve
+    quant = before.quant
+    if requant:
+        report.info["quantized"] = {"kind": "/".join(quant), "layers": len(requant),
+                                    "requant_rel_error_max": max(requant.values()),
+                                    "requant_rel_error_mean": sum(requant.values()) / len(requant)}
+    elif quant and residual_dtype is not None:
+        report.info["quantized"] = {"kind": "/".join(quant), "layers": len(tgts),
+                                    "kept_unquantized": str(residual_dtype).replace("torch.", "")}
+    return peft_model, factors, report
+
+
+def _finish_and_measure(peft_model: PeftModel, adapter_name: str, factors, spec: Method, opts: dict, seed: int,
+                        residual_dtype, before: _Before, report: InitReport) -> None:
+    """A residual init: the marks and the frozen A0/B0 adapter, then the output drift at init."""
+    meta = {
+        "format": FORMAT,
+        "inilora_version": __version__,
+        "method": spec.name,
+        "options": _json_safe(opts),
+        "seed": seed,
+        "adapter": adapter_name,
+        "init_adapter": INIT_ADAPTER,
+        "residual_dtype": str(residual_dtype).replace("torch.", "") if residual_dtype else None,
+        "fingerprint": before.fp,
+        "info": report.info,
+        "fit": report.fit,
+    }
+    _finish_residual(peft_model, adapter_name, factors, meta, seed, trainable=True)
+    if before.output is not None:
+        report.drift = _drift(before.output, _output(peft_model, before.probe))
+        meta["init_drift"] = report.drift
+        q = report.info.get("quantized", {})
+        _warn_drift(report.drift, quant_mode="requantized" if "requant_rel_error_max" in q else
+                    "kept" if q else None)
 
 
 def _finish_residual(peft_model: PeftModel, adapter: str, factors, meta: dict, seed: int, trainable: bool) -> None:
