@@ -38,7 +38,8 @@ from .results import RESULTS, append_result, json_default, read_results  # noqa:
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
-        "info", "device", "threads", "precision", "versions")  # the last four: where a number was measured
+        "info", "device", "threads", "precision", "versions",  # the last four: where a number was measured
+        "items")  # per-example right/wrong per eval set: item-level paired tests
 
 RunFn = Callable[..., dict]
 
