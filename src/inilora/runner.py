@@ -39,7 +39,7 @@ RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss", "eval_history",
         "info", "device", "threads", "precision", "versions",  # the last four: where a number was measured
-        "items")  # per-example right/wrong per eval set: item-level paired tests
+        "items", "init_factor_rms")  # per-example right/wrong per eval set (item-level tests); factor sizes at init
 
 RunFn = Callable[..., dict]
 

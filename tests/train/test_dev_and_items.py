@@ -40,6 +40,8 @@ def test_best_epoch_is_chosen_on_dev_and_items_match_the_metrics(tmp_path, dev_s
     best = max(epochs, key=lambda e: (e[on], -e["step"]))  # ties: the earlier epoch
     assert result["best_step"] == best["step"] and result["metrics"]["accuracy"] == best["accuracy"]
     assert result["selected_on"] == ("dev" if dev_size else "reported rows")
+    rms = result["init_factor_rms"]
+    assert rms["B"] == 0.0 and rms["A"] > 0  # LoRA: B = 0 at init, A Kaiming-uniform
     items = result["items"]
     assert len(items["test"]) == 8 and _mean(items["test"]) == pytest.approx(result["metrics"]["accuracy"])
     if dev_size:

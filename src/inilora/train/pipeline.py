@@ -268,6 +268,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         # only now, with the config's every setting accepted, does the folder become this run's
         outputs.write_config(out, resolved)
         trainable = modes.trainable_parameters(model)
+        factor_rms = _factor_rms(model) if config.is_lora else {}
         t = trainer(p, model, tokenizer, out, progress, callbacks)
         resume = outputs.last_checkpoint(out)
         _train(t, resume)
@@ -294,6 +295,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         **extra,
         "train_loss": train_loss,
         **({"items": items} if (items := _items(records)) else {}),
+        **({"init_factor_rms": factor_rms} if factor_rms else {}),
         "trainable_params": int(sum(trainable.values())),
         "trainable_tensors": len(trainable),
         "total_params": int(sum(q.numel() for q in model.parameters())),
@@ -375,6 +377,18 @@ def _nlu_results(p: Plan, t: Trainer, history: list[dict]):
     correct = t.predictions.correct(int(best["step"])) if hasattr(t, "predictions") else {}
     records = {name: [{"correct": c == "1"} for c in bits] for name, bits in correct.items() if bits}
     return metrics, headline, extra, records
+
+
+def _factor_rms(model: torch.nn.Module) -> dict[str, float]:
+    """RMS of all LoRA A and all B entries at init: with Adam each entry moves ≈ lr per step, so one
+    step moves B·A in proportion to the factors' size — the number a rate comparison has to know."""
+    out = {}
+    for part in ("A", "B"):
+        tensors = [p.detach().float() for n, p in model.named_parameters() if f".lora_{part}." in n]
+        if tensors:
+            total = sum(float(x.pow(2).sum()) for x in tensors)
+            out[part] = (total / sum(x.numel() for x in tensors)) ** 0.5
+    return out
 
 
 def _items(records: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
