@@ -54,3 +54,18 @@ def test_mde_has_the_stated_power():
     power = st.nct.sf(crit, n - 1, nc) + st.nct.cdf(-crit, n - 1, nc)
     assert 0.75 < power < 0.85
     assert cmp.lo < cmp.diff < cmp.hi and cmp.hi - cmp.diff == pytest.approx(crit * sd / n ** 0.5)
+
+
+def test_item_level_test_pairs_examples_over_seeds(tmp_path, monkeypatch):
+    import json
+
+    c = _claims()
+    (tmp_path / "s").mkdir()
+    rows = [{"run_id": f"{m}_{seed}", "method": m, "seed": seed, "task": "t", "settings": {"learning_rate": lr},
+             "metrics": {"accuracy": 0.5}, "items": {"test": bits}}
+            for m, lr, bits in (("a", 1e-3, "1111011110"), ("b", 2e-3, "1000010000")) for seed in (0, 1)]
+    (tmp_path / "s" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    line = c.item_test("s", "test", "a", {"learning_rate": 1e-3}, "b", {"learning_rate": 2e-3})
+    assert "+60.0 points over 10 examples × 2 seeds" in line  # 8/10 right vs 2/10, every gain on its own example
+    assert c.item_test("s", "test", "a", {"learning_rate": 9.0}, "b", {}) == "no per-example rows"
