@@ -424,7 +424,8 @@ def blocks() -> dict[str, str]:
            "table1-topic": study_table("table1-nlu-long", acc, "offline-topic"),
            "table1-qa": study_table("table1-nlu-long", acc, "offline-qa-pair"),
            "fig3": fig3_table()}
-    for study in ("nlu-dev-lr", "nlg-long-lr"):  # new studies, once rows are committed
+    for study in ("nlu-dev-lr", "nlg-long-lr", "direction-nlu", "direction-nlg", "every-init-nlu", "every-init-nlg"):
+        out[study] = f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
         if (RESULTS / study / "results.jsonl").is_file():
             metric, v = (acc, "dev/accuracy") if study.startswith("nlu") else (nlg, "offline-arith-dev/accuracy")
             methods = stats.methods_of(rows(study))
@@ -438,14 +439,18 @@ def blocks() -> dict[str, str]:
     return out
 
 
-_BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(\n<!-- end: (?P=name) -->)", re.S)
+_BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end: (?P=name) -->", re.S)
 
 
 def render(doc: str, made: dict[str, str]) -> str:
     missing = [m.group("name") for m in _BLOCK.finditer(doc) if m.group("name") not in made]
     if missing:
         raise SystemExit(f"docs/results.md names blocks this script does not make: {missing}")
-    return _BLOCK.sub(lambda m: m.group(1) + made[m.group("name")] + m.group(4), doc)
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        return f"<!-- generated: {name} -->\n{made[name]}\n<!-- end: {name} -->"
+
+    return _BLOCK.sub(fill, doc)
 
 
 def main(argv: list[str] | None = None) -> int:

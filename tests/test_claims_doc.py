@@ -25,6 +25,19 @@ def _claims():
 def test_results_page_matches_its_raw_rows():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "claims.py"), "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    doc = (ROOT / "docs" / "results.md").read_text()
+    claims = doc.split("<!-- generated: claims -->\n", 1)[1].split("<!-- end: claims -->", 1)[0]
+    assert claims.startswith("| paper | claim |") and claims.count("\n| ") >= 15  # filled: a row per claim
+
+
+def test_blocks_are_filled_and_refilled():
+    c = _claims()
+    doc = "a\n<!-- generated: x -->\n<!-- end: x -->\nb\n<!-- generated: y -->\nold\n<!-- end: y -->\n"
+    once = c.render(doc, {"x": "X1", "y": "Y"})
+    assert once == "a\n<!-- generated: x -->\nX1\n<!-- end: x -->\nb\n<!-- generated: y -->\nY\n<!-- end: y -->\n"
+    assert c.render(once, {"x": "X1", "y": "Y"}) == once  # idempotent: --check after --write passes
+    with pytest.raises(SystemExit, match="z"):
+        c.render("<!-- generated: z -->\n<!-- end: z -->", {})
 
 
 def test_verdict_words_follow_the_rule():
