@@ -237,13 +237,13 @@ def claims() -> list[Claim]:
         "MiniLM, offline-topic / offline-qa-pair, 128 steps, **one untuned shared rate (2e-3)**, best epoch picked "
         "on the reported rows; table1-nlu-long",
         [f"{t}, at 2e-3: {t1[t]['inilora'].text()}" for t in t1],
-        "nlu-dev-lr (running: each method at its own rate, chosen on a dev split; ≈ 2.5 CPU-h); GPU: "
+        "nlu-dev-lr (started 2026-12-06, no rows yet: each method at its own rate, chosen on a dev split; ≈ 2.5 CPU-h); GPU: "
         "configs/paper/table1-glue-roberta-{base,large}.yaml (120 runs each; rough estimate 150–250 GPU-h each, "
         "dominated by QNLI/SST-2 at 100 epochs)"))
     out.append(Claim(
         "Table 1", "Full fine-tuning is best", "same runs; full FT at its own conventional rate 1e-4 (untuned)",
         [f"{t}: {t1[t]['full'].text()}" for t in t1] + [
-            Cmp(f"{t}: full FT − {best} (the best PEFT system there)", values("table1-nlu-long", "full", acc, t),
+            Cmp(f"{t}: full FT − {NAME[best]} (the best PEFT system there)", values("table1-nlu-long", "full", acc, t),
                 values("table1-nlu-long", best, acc, t)).text()
             for t, best in (("offline-topic", "houlsby"), ("offline-qa-pair", "inilora"))],
         "as above (each system at its own rate)"))
@@ -264,7 +264,7 @@ def claims() -> list[Claim]:
         "SmolLM2-135M, offline-arith, 24 steps, each method at its own rate chosen on offline-arith-val, "
         "read on the 200 test problems; fit-and-lr-nlg. PiSSA and MiLoRA: not run on NLG",
         [tuned[0].text()],
-        "nlg-long-lr (running: 96 steps, validation drawn like the test set; ≈ 10–12 CPU-h); GPU: "
+        "nlg-long-lr (started 2026-12-06, no rows yet: 96 steps, validation drawn like the test set; ≈ 10–12 CPU-h); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
                                                           "inilora-beta-kn"], family="the 5 vs LoRA", learning_rate=0.002)
