@@ -165,7 +165,10 @@ def provenance() -> str:
     for d in sorted(p for p in RESULTS.iterdir() if (p / "results.jsonl").is_file()):
         rs = rows(d.name)
         threads = Counter(r.get("threads") for r in rs)
-        th = ", ".join(f"{k} ({v} runs)" if len(threads) > 1 else f"{k}" for k, v in sorted(threads.items(), key=str))
+        th = ", ".join(f"{k} ({v} run{'s' if v > 1 else ''})" if len(threads) > 1 else f"{k}" for k, v in sorted(threads.items(), key=str))
+        if len(threads) > 1:  # name the few runs at the minority thread count
+            common = threads.most_common(1)[0][0]
+            th += ": " + ", ".join(sorted(r["run_id"] for r in rs if r.get("threads") != common))
         dates = sorted({r.get("finished_at", "")[:10] for r in rs} - {""})
         cpu = sum(r.get("cpu_s", 0) for r in rs) / 3600
         machine = ", ".join(sorted({r.get("device") or "?" for r in rs}))
