@@ -31,9 +31,15 @@ def _mean(bits: str) -> float:
     return bits.count("1") / len(bits)
 
 
+@pytest.fixture(scope="module")
+def with_and_without_dev(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dev")
+    return {n: run(TrainConfig(output_dir=str(root / f"dev{n}"), dev_size=n, **TINY), progress=False) for n in (0, 8)}
+
+
 @pytest.mark.parametrize("dev_size", [0, 8])
-def test_best_epoch_is_chosen_on_dev_and_items_match_the_metrics(tmp_path, dev_size):
-    result = run(TrainConfig(output_dir=str(tmp_path / "run"), dev_size=dev_size, **TINY), progress=False)
+def test_best_epoch_is_chosen_on_dev_and_items_match_the_metrics(with_and_without_dev, dev_size):
+    result = with_and_without_dev[dev_size]
     on = "dev/accuracy" if dev_size else "accuracy"
     epochs = result["epochs"]
     assert len(epochs) == 2
@@ -49,6 +55,14 @@ def test_best_epoch_is_chosen_on_dev_and_items_match_the_metrics(tmp_path, dev_s
         assert len(items["dev"]) == 8 and _mean(items["dev"]) == pytest.approx(result["metrics"]["dev/accuracy"])
     else:
         assert list(result["metrics"]) == ["accuracy"] and set(items) == {"test"}
+
+
+def test_a_dev_split_changes_what_is_selected_never_what_is_trained(with_and_without_dev):
+    """Same training loss and same reported-row accuracy at every epoch, bit for bit: the dev
+    evaluation draws nothing from the RNG that later dropout masks come from."""
+    plain, dev = with_and_without_dev[0], with_and_without_dev[8]
+    assert dev["train_loss"] == plain["train_loss"]
+    assert [e["accuracy"] for e in dev["epochs"]] == [e["accuracy"] for e in plain["epochs"]]
 
 
 def test_dev_size_is_refused_for_an_sft_task(tmp_path):

@@ -15,10 +15,12 @@ import uuid
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     PreTrainedTokenizerBase,
+    Trainer,
 )
 
 from ..tasks import ClassificationTask, TaskError, require_columns
@@ -56,6 +58,21 @@ def load_train_dev(task: ClassificationTask, train_size: int | None, dev_size: i
                         f"{task.train_split!r}; lower one of them")
     dev = full.select(sorted(permutation(n, 0)[n - dev_size:]))
     return train, dev
+
+
+class DevNeutralTrainer(Trainer):
+    """A Trainer whose dev-split evaluation leaves the global RNG as it found it.
+
+    Each evaluation's DataLoader draws its base seed from torch's global generator, so an extra eval
+    set would shift every later dropout mask: a run with a dev split would train differently from the
+    same run without one. Evaluating dev under a forked RNG keeps training bit-identical, so adding a
+    dev split changes what is *selected*, never what is trained."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if metric_key_prefix == "eval_dev":
+            with torch.random.fork_rng(devices=[]):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
 
 def tokenize(ds: Any, task: ClassificationTask, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Any:

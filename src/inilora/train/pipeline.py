@@ -236,8 +236,9 @@ def trainer(p: Plan, model, tokenizer, out: Path, progress: bool, callbacks: Seq
     else:
         train = sft.tokenize(p.train_rows, tokenizer, p.max_length)
         kw = {"data_collator": sft.collator(tokenizer)}
-    t = Trainer(model=model, args=training_args(p, out, progress), train_dataset=train, processing_class=tokenizer,
-                callbacks=list(callbacks), **kw)
+    cls = nlu.DevNeutralTrainer if p.dev_rows is not None else Trainer
+    t = cls(model=model, args=training_args(p, out, progress), train_dataset=train, processing_class=tokenizer,
+            callbacks=list(callbacks), **kw)
     if record is not None:
         record.step = lambda: int(t.state.global_step)
         t.predictions = record  # read back by _nlu_results
