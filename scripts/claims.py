@@ -202,7 +202,8 @@ def sweep_table(study: str, metric: str, val: str, methods: list[str], key: str 
                 cells.append("—")
                 continue
             mt, sd = stats.mean_std(list(t.values()))
-            cells.append(f"{mt:.1f} ± {sd:.1f} [{np.mean(list(va.values())):.1f}]")
+            spread = f"± {sd:.1f}" if len(t) > 1 else "(1 seed)"
+            cells.append(f"{mt:.1f} {spread} [{np.mean(list(va.values())):.1f}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -212,7 +213,10 @@ def tuned_table(study: str, on: str, key: str = "learning_rate") -> str:
     whether it is an end of the method's grid, the headline by seed, p vs the baseline at its own best."""
     lines = [f"| method | best {key} (on {on}) | at the grid's end? | test ×100, mean ± std | per seed | p vs the baseline (Holm) |",
              "|---|---|---|---|---|---|"]
-    for t in stats.tuned(rows(study), key, on):
+    found = stats.tuned(rows(study), key, on)
+    if not found:
+        return "_No method has run at two rates yet: nothing to choose._"
+    for t in found:
         per = ", ".join(f"{100 * v:.1f}" for v in t.stat.values)
         lines.append(f"| {t.method} | {t.choice:g} | {t.edge or 'no (inside)'} | {100 * t.stat.mean:.1f} ± {100 * t.stat.std:.1f} "
                      f"| {per} | {_p(t.stat.p_holm) if not math.isnan(t.stat.p) else '—'} |")
