@@ -244,7 +244,7 @@ def claims() -> list[Claim]:
         "MiniLM, offline-topic / offline-qa-pair, 128 steps, **one untuned shared rate (2e-3)**, best epoch picked "
         "on the reported rows; table1-nlu-long",
         [f"{t}, at 2e-3: {t1[t]['inilora'].text()}" for t in t1],
-        "nlu-dev-lr (started 2026-12-06, no rows yet: each method at its own rate, chosen on a dev split; ≈ 2.5 CPU-h); GPU: "
+        f"nlu-dev-lr ({_done('nlu-dev-lr', 100)}: each method at its own rate, chosen on a dev split; ≈ 2.5 CPU-h); GPU: "
         "configs/paper/table1-glue-roberta-{base,large}.yaml (120 runs each; rough estimate 150–250 GPU-h each, "
         "dominated by QNLI/SST-2 at 100 epochs)"))
     out.append(Claim(
@@ -271,7 +271,7 @@ def claims() -> list[Claim]:
         "SmolLM2-135M, offline-arith, 24 steps, each method at its own rate chosen on offline-arith-val, "
         "read on the 200 test problems; fit-and-lr-nlg. PiSSA and MiLoRA: not run on NLG",
         [tuned[0].text()],
-        "nlg-long-lr (started 2026-12-06, no rows yet: 96 steps, validation drawn like the test set; ≈ 10–12 CPU-h); GPU: "
+        f"nlg-long-lr ({_done('nlg-long-lr', 95)}: 96 steps, validation drawn like the test set; ≈ 10–12 CPU-h); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
                                                           "inilora-beta-kn"], family="the 5 vs LoRA", learning_rate=0.002)
@@ -387,6 +387,13 @@ def fig3_table() -> str:
         lines.append(f"| {c.label} | {m:.1f} ± {sd:.1f} | {', '.join(f'{v:.1f}' for _, v in sorted(c.a.items()))} | "
                      f"{c.diff:+.1f} [{c.lo:+.1f}, {c.hi:+.1f}] | {_p(c.p)} / {_p(c.p_adj)} |")
     return "\n".join(lines)
+
+
+def _done(study: str, planned: int) -> str:
+    """How far a started study is, by its committed rows."""
+    path = RESULTS / study / "results.jsonl"
+    n = len(rows(study)) if path.is_file() else 0
+    return f"started 2026-12-06; {n} of {planned} runs committed"
 
 
 def _flip(c: Cmp, label: str) -> str:
