@@ -128,6 +128,7 @@ class TrainConfig:
     eval_size: int | None = None  # None: the whole evaluation split
     max_length: int | None = None  # None: the task's default
     eval_tasks: list[str] | None = None  # generative evals after SFT; None: the task's defaults
+    dev_size: int = 0  # NLU: training-split rows held out (never trained on) to pick the best epoch and tune on; 0: none
     # optimisation (paper NLU: AdamW 3e-4, warmup 0.06, batch 32)
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -166,6 +167,7 @@ class TrainConfig:
             value = getattr(self, key)
             _check(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
         _check(self.seed >= 0, "seed", "must be ≥ 0")
+        _check(self.dev_size >= 0, "dev_size", f"must be ≥ 0, got {self.dev_size}")
         _check(self.epochs >= 0, "epochs", f"must be ≥ 0, got {self.epochs}")
         _check(self.max_steps >= -1, "max_steps", f"must be > 0, or -1 to train for `epochs`; got {self.max_steps}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {self.weight_decay}")

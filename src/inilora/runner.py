@@ -39,7 +39,8 @@ from .results import RESULTS, append_result, json_default, read_results  # noqa:
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss",
-        "eval_history", "info", "harness", "device", "threads", "precision", "versions")  # the last four: where a number was measured
+        "eval_history", "info", "harness", "device", "threads", "precision", "versions",  # the last four: where a number was measured
+        "items", "init_factor_rms")  # per-example right/wrong per eval set (item-level tests); factor sizes at init
 
 RunFn = Callable[..., dict]
 

@@ -112,7 +112,8 @@ def test_arith_generation_is_pinned():
     """Golden rows: the stream uses only seeded ``random.Random`` and sha256, never ``hash()``, so it is
     the same in every process; a change to the generator shows up here."""
     assert arith_problems("train", 3)[1] == {"question": "Ivy buys 3 boxes of 7 pencils and already had 8. How many "
-                                             "pencils does Ivy have?", "work": "3 * 7 = 21. 21 + 8 = 29", "answer": 29}
+                                             "pencils does Ivy have?", "work": "3 * 7 = 21. 21 + 8 = 29", "answer": 29,
+                                             "key": ("mul-add", 3, 7, 8)}
     assert arith_problems("test", 1)[0]["question"] == "Anna had 34 shells and gave 5 away. How many shells are left?"
     assert arith_problems("train", 100, data_seed=5) != arith_problems("train", 100)
 
@@ -132,3 +133,23 @@ def test_arith_validation_set_is_held_out_and_disjoint_from_test():
     # the problems right after the test set's in the held-out stream, so the test set never moves
     assert [e["question"] for e in val] == [r["question"] for r in arith_problems("test", 300)[200:]]
     assert get_task("offline-arith-val").load(limit=400) == val  # a larger eval_size: all 100
+
+
+def test_arith_dev_is_drawn_like_the_test_set():
+    """Same kind mix as the test set, held-out computations only, no test problem's text; a test
+    computation recurs (in other words) only for kinds whose fresh held-out ones ran out."""
+    from collections import Counter
+
+    from inilora.tasks.offline import _is_test, arith_like_test, arith_problems
+
+    test = arith_problems("test", 200)
+    dev = arith_like_test(200, 4321)
+    assert Counter(r["key"][0] for r in dev) == Counter(r["key"][0] for r in test)
+    assert all(_is_test(r["key"]) for r in dev) and len({r["key"] for r in dev}) == 200
+    assert not {r["question"] for r in dev} & {r["question"] for r in test}
+    shared = {r["key"][0] for r in dev if r["key"] in {t["key"] for t in test}}
+    fresh_left = {r["key"][0] for r in arith_problems("test", 300)[200:]}  # kinds with held-out keys beyond the test
+    assert not shared & fresh_left
+    examples = get_task("offline-arith-dev").load()
+    assert [ex["reference"] for ex in examples] == [str(r["answer"]) for r in dev]
+    assert all(r["work"].endswith(f"= {r['answer']}") for r in dev)

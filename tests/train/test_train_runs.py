@@ -129,6 +129,9 @@ def test_nlg_end_to_end(tmp_path):
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
     completions = log["eval_records"]["offline-arith-test"]
     assert len(completions) == 3 and all(len(r["completions"]) == 1 for r in completions)
+    bits = result["items"]["offline-arith-test"]  # per-example verdicts, in the eval set's order
+    assert bits == "".join("1" if r["correct"] else "0" for r in completions)
+    assert bits.count("1") / 3 == pytest.approx(result["metrics"]["offline-arith-test/accuracy"])
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 
 

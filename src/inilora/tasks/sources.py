@@ -29,6 +29,11 @@ def env_var(task_name: str) -> str:
     return "INILORA_DATA_" + re.sub(r"[^A-Za-z0-9]", "_", task_name).upper()
 
 
+def permutation(n: int, seed: int) -> list[int]:
+    """The seeded order of ``n`` rows that every subsample takes its first rows from."""
+    return np.random.default_rng(seed).permutation(n).tolist()
+
+
 def subsample_indices(n: int, limit: int | None, seed: int) -> list[int] | None:
     """Indices of a deterministic subsample (in original order), or None for "all of it".
 
@@ -37,7 +42,7 @@ def subsample_indices(n: int, limit: int | None, seed: int) -> list[int] | None:
         return None
     if limit < 1:
         raise TaskError(f"limit must be ≥ 1 or None, got {limit}")
-    return sorted(np.random.default_rng(seed).permutation(n)[:limit].tolist())
+    return sorted(permutation(n, seed)[:limit])
 
 
 def subsample(rows: Any, limit: int | None, seed: int) -> Any:
@@ -111,4 +116,4 @@ def load_split(task_name: str, hub: str, config: str | None, split: str, source:
                         f"{env_var(task_name)}") from exc
 
 
-__all__ = ["env_var", "load_local", "load_split", "subsample", "subsample_indices"]
+__all__ = ["env_var", "load_local", "load_split", "permutation", "subsample", "subsample_indices"]

@@ -128,16 +128,21 @@ def choose(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples:
 
 def run_eval(task: Task, examples: list[dict[str, Any]], model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
              settings: GenerationSettings, *, bf16: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The task's metrics, and one record per example (prompt, completions or pick) for inspection."""
+    """The task's metrics, and one record per example (completions or pick; ``correct`` where the task
+    grades examples one by one) for inspection and item-level paired tests."""
     if isinstance(task, GenerationEval):
         completions = generate(model, tokenizer, [ex["prompt"] for ex in examples], settings,
                                max_new_tokens=min(settings.max_new_tokens, task.max_new_tokens),
                                stop=task.stop, bf16=bf16)
         metrics = task.score(examples, completions)
         records = [{"id": ex["id"], "completions": c} for ex, c in zip(examples, completions)]
+        if type(task).score is GenerationEval.score:  # graded one by one: each example's verdict is known
+            for rec, ex, c in zip(records, examples, completions):
+                rec["correct"] = bool(c) and bool(task.grade(c[0], ex))
         return {k: float(v) for k, v in metrics.items()}, records
     picks = [ex["choices"][i] for ex, i in zip(examples, choose(model, tokenizer, examples, settings.batch_size,
                                                                 bf16=bf16))]
     metrics = task.score(examples, picks)
-    records = [{"id": ex["id"], "pick": p, "answer": ex["answer"]} for ex, p in zip(examples, picks)]
+    records = [{"id": ex["id"], "pick": p, "answer": ex["answer"], "correct": p == ex["answer"]}
+               for ex, p in zip(examples, picks)]
     return {k: float(v) for k, v in metrics.items()}, records

@@ -34,7 +34,8 @@ class Plan:
     kind: str  # "nlu" or "nlg"
     task: Task
     train_rows: Any
-    eval_rows: Any = None  # NLU: a Dataset
+    eval_rows: Any = None  # NLU: a Dataset (the reported rows)
+    dev_rows: Any = None  # NLU with dev_size > 0: training-split rows never trained on, that pick the best epoch
     evals: list[tuple[Task, list[dict[str, Any]]]] = field(default_factory=list)  # NLG: (task, examples)
     device: str = "cpu"
     bf16: bool = False
@@ -91,9 +92,12 @@ def plan(config: TrainConfig) -> Plan:
     bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
     p = Plan(config, kind, task, None, device=device, bf16=bf16, method=method)
     if kind == "nlu":
-        p.train_rows = nlu.load_split(task, task.train_split, config.train_size)
+        p.train_rows, p.dev_rows = nlu.load_train_dev(task, config.train_size, config.dev_size)
         p.eval_rows = nlu.load_split(task, task.eval_split, config.eval_size)
     else:
+        if config.dev_size:
+            raise ConfigError(f"dev_size: task {task.name!r} is an SFT task; its validation sets are eval_tasks "
+                              "(e.g. offline-arith-dev), dev_size applies to classification tasks only")
         p.train_rows = sft.load_split(task, config.train_size)
         names = task.eval_tasks if config.eval_tasks is None else config.eval_tasks
         for name in names:
@@ -238,16 +242,31 @@ def training_args(p: Plan, out: Path, progress: bool) -> TrainingArguments:
     )
 
 
+def eval_sets(p: Plan) -> tuple[str, ...]:
+    """NLU eval sets as Trainer logs them: ``("",)`` for the reported rows alone (``eval_<metric>``),
+    ``("dev", "test")`` with a dev split (``eval_dev_<metric>``, ``eval_test_<metric>``)."""
+    return ("dev", "test") if p.dev_rows is not None else ("",)
+
+
 def trainer(p: Plan, model, tokenizer, out: Path, progress: bool, callbacks: Sequence[TrainerCallback]) -> Trainer:
+    record = None
     if p.kind == "nlu":
         train = nlu.tokenize(p.train_rows, p.task, tokenizer, p.max_length)
         evalset = nlu.tokenize(p.eval_rows, p.task, tokenizer, p.max_length)
-        kw = {"eval_dataset": evalset, "data_collator": nlu.collator(tokenizer), "compute_metrics": nlu.metrics_fn(p.task)}
+        if p.dev_rows is not None:
+            evalset = {"dev": nlu.tokenize(p.dev_rows, p.task, tokenizer, p.max_length), "test": evalset}
+        record = nlu.Predictions([n or "test" for n in eval_sets(p)])
+        kw = {"eval_dataset": evalset, "data_collator": nlu.collator(tokenizer),
+              "compute_metrics": nlu.metrics_fn(p.task, record)}
     else:
         train = sft.tokenize(p.train_rows, tokenizer, p.max_length)
         kw = {"data_collator": sft.collator(tokenizer)}
-    t = Trainer(model=model, args=training_args(p, out, progress), train_dataset=train, processing_class=tokenizer,
-                callbacks=list(callbacks), **kw)
+    cls = nlu.DevNeutralTrainer if p.dev_rows is not None else Trainer
+    t = cls(model=model, args=training_args(p, out, progress), train_dataset=train, processing_class=tokenizer,
+            callbacks=list(callbacks), **kw)
+    if record is not None:
+        record.step = lambda: int(t.state.global_step)
+        t.predictions = record  # read back by _nlu_results
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
@@ -274,6 +293,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         # only now, with the config's every setting accepted, does the folder become this run's
         outputs.write_config(out, resolved)
         trainable = modes.trainable_parameters(model)
+        factor_rms = _factor_rms(model) if config.is_lora else {}
         t = trainer(p, model, tokenizer, out, progress, callbacks)
         resume = outputs.last_checkpoint(out)
         _train(t, resume)
@@ -297,6 +317,8 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         "headline": headline,
         **extra,
         "train_loss": train_loss,
+        **({"items": items} if (items := _items(records)) else {}),
+        **({"init_factor_rms": factor_rms} if factor_rms else {}),
         "trainable_params": int(sum(trainable.values())),
         "trainable_tensors": len(trainable),
         "total_params": int(sum(q.numel() for q in model.parameters())),
@@ -357,18 +379,48 @@ def _quiet(quiet: bool) -> Iterator[None]:
 
 
 def _nlu_results(p: Plan, t: Trainer, history: list[dict]):
+    """The reported rows' metrics at the best epoch — chosen on the dev split when there is one, else
+    on the reported rows themselves — plus the dev metrics (``dev/<metric>``, for ``tune``) and each
+    set's per-example record at that epoch."""
     task = p.task
-    epochs = nlu.epoch_metrics(history, task)
+    sets = eval_sets(p)
+    epochs = nlu.epoch_metrics(history, task, sets)
     if not epochs:  # eval_every_epoch off: one evaluation at the end
         final = t.evaluate()
-        epochs = nlu.epoch_metrics([{**final, "epoch": t.state.epoch, "step": t.state.global_step}], task)
+        epochs = nlu.epoch_metrics([{**final, "epoch": t.state.epoch, "step": t.state.global_step}], task, sets)
     headline = task.metrics[0]
-    best = nlu.best_epoch(epochs, headline)
+    if p.dev_rows is not None:  # reported as `accuracy` etc. as without a dev split; dev as `dev/accuracy`
+        epochs = [{k.removeprefix("test/"): v for k, v in e.items()} for e in epochs]
+    best = nlu.best_epoch(epochs, f"dev/{headline}" if p.dev_rows is not None else headline)
     metrics = {m: best[m] for m in task.metrics if m in best}
+    metrics.update({f"dev/{m}": best[f"dev/{m}"] for m in task.metrics if f"dev/{m}" in best})
     extra = {"best_epoch": best["epoch"], "best_step": best["step"], "epochs": epochs,
              "eval_examples": {task.name: len(p.eval_rows)},  # what a report's "n=" says
-             "final": {m: epochs[-1][m] for m in task.metrics if m in epochs[-1]}}
-    return metrics, headline, extra, {}
+             "final": {m: epochs[-1][m] for m in task.metrics if m in epochs[-1]},
+             "selected_on": "dev" if p.dev_rows is not None else "reported rows"}
+    correct = t.predictions.correct(int(best["step"])) if hasattr(t, "predictions") else {}
+    records = {name: [{"correct": c == "1"} for c in bits] for name, bits in correct.items() if bits}
+    return metrics, headline, extra, records
+
+
+def _factor_rms(model: torch.nn.Module) -> dict[str, float]:
+    """RMS of all LoRA A and all B entries at init: with Adam each entry moves ≈ lr per step, so one
+    step moves B·A in proportion to the factors' size — the number a rate comparison has to know."""
+    out = {}
+    for part in ("A", "B"):
+        tensors = [p.detach().float() for n, p in model.named_parameters() if f".lora_{part}." in n]
+        if tensors:
+            total = sum(float(x.pow(2).sum()) for x in tensors)
+            out[part] = (total / sum(x.numel() for x in tensors)) ** 0.5
+    return out
+
+
+def _items(records: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Per eval set, one character per example ("1" right, "0" wrong) in the set's fixed order: a
+    compact per-example record for item-level paired tests across methods (the completions and
+    picks themselves stay in the run folder's train_log.json)."""
+    return {name: "".join("1" if r["correct"] else "0" for r in recs)
+            for name, recs in records.items() if recs and all("correct" in r for r in recs)}
 
 
 def _nlg_results(p: Plan, model, tokenizer, history: list[dict]):
