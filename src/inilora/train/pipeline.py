@@ -83,7 +83,7 @@ def check(config: TrainConfig) -> tuple[Task, str, str, Trained]:
         harness.task_manager(config.eval)  # lm-eval installed, every task known: before the model loads
     _check_scheduler(config.scheduler)
     _check_model_kind(config.model, kind, task.name)
-    return task, kind, _device(config.device)
+    return task, kind, _device(config.device), method
 
 
 def plan(config: TrainConfig) -> Plan:
