@@ -142,11 +142,11 @@ def _check_model_kind(model: str, kind: str, task: str) -> None:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from ..models import config_before_copy, is_causal_config, model_config
+    from ..models import SMOLLM2_ALIAS, embedded_name, is_causal_config, model_config
 
-    # the embedded SmolLM2 before its plain copy exists: its config from the GGUF header (seconds, not
-    # the copy's 15-30 s build, which the run's load does)
-    cfg = config_before_copy(model) or model_config(model)
+    if embedded_name(model) == SMOLLM2_ALIAS:
+        return  # a LLaMA causal LM (with a classifier head in transformers); its plain copy is built by the load
+    cfg = model_config(model)
     causal = is_causal_config(cfg) or bool(getattr(cfg, "is_decoder", False))
     if kind == "nlu" and cfg.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise InitError(f"task {task!r} is a classification task, but {model!r} ({cfg.model_type}) has no "
