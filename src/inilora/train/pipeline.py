@@ -293,7 +293,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         # only now, with the config's every setting accepted, does the folder become this run's
         outputs.write_config(out, resolved)
         trainable = modes.trainable_parameters(model)
-        factor_rms = _factor_rms(model) if config.is_lora else {}
+        factor_rms = _factor_rms(model) if p.is_lora else {}
         t = trainer(p, model, tokenizer, out, progress, callbacks)
         resume = outputs.last_checkpoint(out)
         _train(t, resume)
