@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from inilora.bridge import INIT_ADAPTER, targets
@@ -36,3 +41,33 @@ def perturb(model, scale: float = 0.05, seed: int = 123) -> None:
         for _, p in sorted(model.named_parameters()):
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g).to(p.dtype) * scale)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fork_ranks(target: Callable[[int, int, Path], None], folder: Path, world: int, timeout: float) -> list:
+    """Run ``target(rank, port, folder)`` in ``world`` processes forked from this one (which has
+    imported torch, transformers and peft already: a fresh interpreter per rank spends most of its
+    time importing them); each rank writes ``rank{r}.pt``, or ``rank{r}.err`` and exits non-zero.
+    Fails the test naming the rank; returns the ranks' saved objects."""
+    import pytest
+    import torch
+
+    ctx = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(rank, port, folder)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    for rank, p in enumerate(procs):
+        if p.is_alive():
+            p.kill()
+        if p.exitcode != 0:
+            err = folder / f"rank{rank}.err"
+            pytest.fail(f"rank {rank} failed ({p.exitcode}):\n{err.read_text()[-6000:] if err.exists() else ''}")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]

@@ -30,7 +30,6 @@ one pair of forked gloo ranks for every method.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _util import TINY_TARGETS, bound, rho
+from _util import TINY_TARGETS, bound, fork_ranks, rho
 from peft import LoraConfig, PeftModel, TaskType
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -276,25 +275,10 @@ def _rank_main(rank: int, port: int, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     import torch.distributed as dist
-    from test_distributed import _free_port
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    folder = tmp_path_factory.mktemp("contract-gloo")
-    ctx = multiprocessing.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, folder)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=600)
-    for r, p in enumerate(procs):
-        if p.is_alive():
-            p.kill()
-        if p.exitcode != 0:
-            err = folder / f"rank{r}.err"
-            pytest.fail(f"rank {r} failed:\n{err.read_text()[-4000:] if err.exists() else ''}")
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return fork_ranks(_rank_main, tmp_path_factory.mktemp("contract-gloo"), 2, timeout=600)
 
 
 @pytest.mark.parametrize("case_id", IDS)

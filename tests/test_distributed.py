@@ -16,24 +16,17 @@ they wrote.
 from __future__ import annotations
 
 import copy
-import multiprocessing
 import os
-import socket
 import sys
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from _util import fork_ranks
 
 WORLD = 2
 STEPS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +40,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     import inilora
     import inilora.models  # noqa: F401
 
-    out = tmp_path_factory.mktemp("dist")
-    port = _free_port()
-    # Forked from this process, which has imported torch, transformers and peft already (a fresh
-    # interpreter per rank spends most of its time importing them); the ranks use one thread.
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_rank_main, args=(rank, port, out)) for rank in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    for rank, p in enumerate(procs):
-        if p.is_alive():
-            p.kill()
-        if p.exitcode != 0:
-            err = out / f"rank{rank}.err"
-            pytest.fail(f"rank {rank} failed ({p.exitcode}):\n{err.read_text()[-6000:] if err.exists() else ''}")
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return fork_ranks(_rank_main, tmp_path_factory.mktemp("dist"), WORLD, timeout=300)
 
 
 def _equal(a: dict, b: dict) -> None:
