@@ -115,19 +115,21 @@ def test_worker_sigkilled_mid_run_loses_and_duplicates_nothing(reference, local_
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
-import ray, test_runner
+import functools, ray, test_runner
 ray.cloudpickle.register_pickle_by_value(test_runner)  # the workers cannot import the tests
 from inilora.backends import RayBackend
 from inilora.config import load_yaml, CompareConfig
 from inilora.runner import run_grid
-run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=test_runner.fake_run, progress=False,
+# the runs' duration is bound into the function: Ray's workers have the cluster's environment, not ours
+fake_run = functools.partial(test_runner.fake_run, sleep=float(sys.argv[3]))
+run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=fake_run, progress=False,
          backend=RayBackend(sys.argv[2], resources={{"num_cpus": 1}}))
 """
 
 
 @needs_ray
 def test_driver_killed_mid_grid_resumes_in_process_to_the_same_rows(local_ray, tmp_path):
-    """The bookkeeping, with test_runner's fake runs (0.5 s each, same contract as training): a driver
+    """The bookkeeping, with test_runner's fake runs (1 s each, same contract as training): a driver
     SIGKILLed with runs in flight on the cluster; the grid resumed on the other backend."""
     from test_runner import fake_run, grid as fake_grid
 
@@ -135,9 +137,10 @@ def test_driver_killed_mid_grid_resumes_in_process_to_the_same_rows(local_ray, t
     root = Path(cfg.output_dir)
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
-    env = {**os.environ, "FAKE_RUN_SLEEP": "0.5", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     script = DRIVER.format(tests=str(Path(__file__).parent))
-    driver = subprocess.Popen([sys.executable, "-c", script, str(path), local_ray], env=env, start_new_session=True)
+    driver = subprocess.Popen([sys.executable, "-c", script, str(path), local_ray, "1.0"], env=env,
+                              start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(read_results(root)) < 2 and driver.poll() is None:
         time.sleep(0.05)

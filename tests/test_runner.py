@@ -34,14 +34,17 @@ def fake_metrics(method: str, seed: int, rank: int) -> dict[str, float]:
             "f1": round(0.5 + bonus + spread, 6)}
 
 
-def fake_run(config: TrainConfig, *, progress: bool = True) -> dict:
-    """Stands in for inilora.train.run: same contract (metrics.json last, existing result returned)."""
+def fake_run(config: TrainConfig, *, progress: bool = True, sleep: float | None = None) -> dict:
+    """Stands in for inilora.train.run: same contract (metrics.json last, existing result returned).
+
+    ``sleep`` (else $FAKE_RUN_SLEEP) is each run's duration; pass it bound (functools.partial) where the run
+    executes in a process that does not share the caller's environment, such as a Ray worker."""
     out = Path(config.output_dir)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     (out / "partial.txt").write_text("training…")
-    time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")))
+    time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")) if sleep is None else sleep)
     metrics = fake_metrics(config.method, config.seed, config.lora.rank)
     result = {"metrics": metrics, "headline": "accuracy", "trainable_params": 1000 * config.lora.rank,
               "train_loss": [[1, 1.0], [2, 0.5 - 0.01 * config.seed]], "wall_s": 0.0,
