@@ -283,6 +283,22 @@ def test_shipped_configs_load_and_expand(tmp_path):
         assert len(cfg.seeds) >= 3, f"{f}: every comparison has ≥ 3 seeds (docs/design.md §6)"
 
 
+def test_shipped_embedded_configs_pass_every_check_a_run_makes(tmp_path):
+    """A dry run makes every check a real run makes before its first cell (methods, race, selection on
+    dev rows, check_grid): a study config refused after hours of queueing is a broken promise."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    files = sorted((ROOT / "configs" / "embedded").glob("*.yaml"))
+    compare_files = [f for f in files if not f.name.startswith("train-")]
+    assert len(compare_files) >= 10
+    for f in compare_files:
+        cfg = load_yaml(f, CompareConfig)
+        run_grid(cfg, dry_run=True, output_dir=tmp_path / f.stem, console=Console(file=StringIO()))
+        assert not (tmp_path / f.stem).exists(), f"{f}: a dry run wrote its output folder"
+
+
 def test_round_trip_of_compare_config(tmp_path):
     from inilora.config import to_dict
 

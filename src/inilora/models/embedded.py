@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -354,5 +356,10 @@ def config_before_copy(name_or_path: str) -> PretrainedConfig | None:
         return None
     if _copy_is_complete(_smollm2_copy_dir()):
         return None
-    gguf = _smollm2_gguf_path()
+    return copy.deepcopy(_gguf_config(_smollm2_gguf_path()))  # a copy: callers may edit their config
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(gguf: Path) -> PretrainedConfig:
+    """Parsing the header takes seconds; the file is a read-only package file, so once per process."""
     return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

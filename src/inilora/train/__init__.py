@@ -42,9 +42,12 @@ def __getattr__(name: str) -> Any:
 
 def eval_tasks(config: Any) -> list[str]:
     """The evaluation tasks a run of ``config`` (a TrainConfig) grades, the headline first: what a
-    grid may choose a rate on (any but the first) without selecting on the reported rows."""
+    grid may choose a rate on (any but the first) without selecting on the reported rows. A
+    classification run with ``dev_size`` grades its held-out training rows as ``dev`` (``dev/accuracy``)."""
     from ..tasks import get_task
 
+    if getattr(config, "dev_size", 0):
+        return [config.task, "dev"]
     if config.eval_tasks is not None:
         return list(config.eval_tasks)
     return list(getattr(get_task(config.task), "eval_tasks", ()) or ())
