@@ -35,15 +35,23 @@ def fake_nlg(config: TrainConfig, *, progress: bool = True) -> dict:
     out = Path(config.output_dir)
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
+    start = 0
+    if config.resume_from:  # a rung continues its prefix's checkpoint, which must exist (the pipeline checks it)
+        ckpt = Path(config.resume_from)
+        assert (ckpt / "trainer_state.json").is_file(), f"continued a missing checkpoint {ckpt}"
+        start = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
     out.mkdir(parents=True, exist_ok=True)
     time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")))
+    end = config.stop_at or config.max_steps
+    (out / f"checkpoint-{end}").mkdir(exist_ok=True)
+    (out / f"checkpoint-{end}" / "trainer_state.json").write_text(json.dumps({"global_step": end}))
     metrics = {}
     for task in config.eval_tasks:
         split = "val" if task.endswith("-val") else "test"
-        metrics[f"{task}/accuracy"] = score(config.method, config.learning_rate, config.seed, config.max_steps, split)
+        metrics[f"{task}/accuracy"] = score(config.method, config.learning_rate, config.seed, end, split)
     result = {"metrics": metrics, "headline": next(iter(metrics)), "trainable_params": 100,
-              "eval_examples": {t: 16 for t in config.eval_tasks}, "cpu_s": float(config.max_steps),
-              "train_loss": [[config.max_steps, 1.0]], "wall_s": 0.0, "output_dir": str(out)}
+              "eval_examples": {t: 16 for t in config.eval_tasks}, "cpu_s": float(end - start),
+              "train_loss": [[end, 1.0]], "wall_s": 0.0, "output_dir": str(out)}
     (out / "metrics.json").write_text(json.dumps(result))
     return result
 
@@ -79,12 +87,20 @@ def test_race_picks_each_optimum_records_rung_rate_split_and_saves_compute(tmp_p
         assert r["rate"] == r["settings"]["learning_rate"] == r["config"]["learning_rate"]
         assert r["scored_on"] == {m: "validation" if m == VAL else "test" for m in r["metrics"]}
         assert (TEST in r["metrics"]) == (r["rung"] == 1)  # early rungs never read the test set
-        assert r["config"]["max_steps"] == (24 if r["rung"] == 1 else 8)
+        # every rung is the full run's schedule; rung 0 stops at 8 steps, rung 1 continues its checkpoint
+        assert r["config"]["max_steps"] == 24 and r["config"].get("stop_at", 0) == (0 if r["rung"] == 1 else 8)
+        if r["rung"] == 1:
+            prefix = Path(r["config"]["resume_from"])
+            assert prefix.name == "checkpoint-8" and prefix.parent.name == r["run_id"].replace("rung=1", "rung=0")
+        else:
+            assert "resume_from" not in r["config"]
     finals = {r["method"]: r["rate"] for r in rows if r["rung"] == 1}
     assert finals == {"lora": 8e-3, "inilora": 1e-3}
-    # 5 rates at rung 0 (8 steps), 2 survivors at 24: 5*8 + 2*24 = 88 of 5*24 = 120 steps per seed
+    # 5 rates × 8 steps at rung 0, 2 survivors continue 16 more: 5*8 + 2*16 = 72 of 5*24 = 120 steps per seed
     s = savings(rows)
-    assert s["lora"]["per_rung"] == [5, 2] and s["lora"]["steps"] == 88 * 3 and s["lora"]["grid_steps"] == 120 * 3
+    assert s["lora"]["per_rung"] == [5, 2] and s["lora"]["steps"] == 72 * 3 and s["lora"]["grid_steps"] == 120 * 3
+    # the fake's CPU seconds are the steps it trained: a finalist's full run cost its whole chain of rungs
+    assert s["lora"]["cpu_s"] == 72 * 3 and s["lora"]["grid_cpu_s"] == 120 * 3
     # no duplicated rows, and the same rows a second time (everything finished)
     assert len((tmp_path / "race" / "results.jsonl").read_text().splitlines()) == len(rows) == 2 * 3 * 7
     again = run_grid(cfg, run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)

@@ -153,9 +153,17 @@ class TrainConfig:
     # lm-evaluation-harness after SFT (pip install 'inilora[lmeval]'); omitted from the resolved config
     # when null, so run folders and grids recorded before it existed still resume
     eval: HarnessSettings | None = field(default=None, metadata={"omit_when": None})
+    # a learning-rate race's rung is a *prefix* of the full run: it trains on max_steps' schedule, stops
+    # after `stop_at` steps leaving its checkpoint, and the next rung continues that checkpoint
+    # (`resume_from`) instead of starting over; both omitted at their defaults (older folders resume)
+    stop_at: int = field(default=0, metadata={"omit_when": 0})  # > 0: stop after this many steps (< max_steps)
+    resume_from: str | None = field(default=None, metadata={"omit_when": None})  # a prefix run's checkpoint
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0 or self.max_steps > 0, "epochs", "must be > 0 (or set max_steps)")
+        _check(self.stop_at >= 0, "stop_at", f"must be ≥ 0 (0: train to the end), got {self.stop_at}")
+        _check(not self.stop_at or 0 < self.stop_at < self.max_steps, "stop_at",
+               f"stops a run of max_steps early: set max_steps > stop_at ({self.stop_at}); got max_steps {self.max_steps}")
         _check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _check(self.grad_accum >= 1, "grad_accum", "must be ≥ 1")

@@ -16,11 +16,12 @@ SmolLM2), and with Adam one step moves the weight in proportion to them: their m
 were 8× (IniLoRA) and ≥ 32× (IniLoRA-α) below LoRA's (question 2). Methods never measured here
 take the factor of the family they belong to, said so beside them; an unknown one LoRA's.
 
-**Successive halving** (``race:`` in the config). Every rate of a method trains rung 0 — the same
-run with ``max_steps / eta**(rungs-1)`` steps, graded on the validation task only — over *all*
-seeds (a paired race); the best ``ceil(n/eta)`` rates by mean validation score go on to the next
-rung with ``eta``× the steps; the last rung is the full run, graded on validation and test, and the
-method's pick is its best full run by validation. A pick at an end of the grid adds one rate past
+**Successive halving** (``race:`` in the config). Every rate of a method trains rung 0 — the first
+``max_steps / eta**(rungs-1)`` steps of the full run (its schedule, warmup and decay, stopped there
+with a checkpoint), graded on the validation task only — over *all* seeds (a paired race); the best
+``ceil(n/eta)`` rates by mean validation score *continue* their checkpoints to ``eta``× the steps;
+the last rung completes the full run, graded on validation and test, and the method's pick is its
+best full run by validation. A pick at an end of the grid adds one rate past
 it (×/÷ the grid's step), which races from rung 0, up to ``race.extend`` times; past that the
 report calls the row a bound. Every decision is a function of ``results.jsonl`` alone, so an
 interrupted race resumes at the rung it was in and the report recomputes the choices.
@@ -33,10 +34,14 @@ could not be recomputed from the rows; their rung state lives in a Study / Tune 
 training loop and its checkpoints, which the runner's cell loop (and its resume rule) owns here.
 The synchronous rule is a sort and a slice; it is all this module adds.
 
-A rung here restarts the run with a smaller budget (its own warmup and schedule) instead of
-continuing a checkpoint: each rung is an ordinary cell that the runner (or its Ray backend) runs
-independently. The risk — a short run may favour other rates than a long one — is measured, not
-assumed: :func:`replay` and the demo report it.
+A rung continues the previous rung's checkpoint (``TrainConfig.resume_from``; the rung before it
+stopped there with ``stop_at``) rather than restarting with a smaller budget of its own: so a
+finalist's last rung is bit for bit the full grid's run at that rate (the race can only lose a rate
+the grid would have picked, never score a finalist differently), and a rung costs only the steps it
+adds — with η = 3 over 5 rates, 5·⅓ + 2·⅔ = 3 full runs of 5 (0.6), where restarting paid 3.67 (0.73).
+Each rung is still an ordinary cell the runner (or its Ray backend) runs; the continuation is a file
+path in its config, checked to be a prefix of the same run. The risk — an early rung may favour
+other rates than the full run — is measured, not assumed: :func:`replay` and the demo report it.
 """
 
 from __future__ import annotations
@@ -171,10 +176,14 @@ def savings(rows: list[dict]) -> dict[str, dict[str, Any]]:
         full_steps = max((r["budget_steps"] for r in mine), default=0)
         rates = sorted({r["rate"] for r in mine if r["rung"] == 0})
         seeds = sorted({r["seed"] for r in mine})
-        steps = sum(r["budget_steps"] for r in mine)
+        steps = sum(r["budget_steps"] - r.get("start_step", 0) for r in mine)  # a rung pays the steps it adds
         grid_steps = len(rates) * len(seeds) * full_steps
         cpu = sum(r.get("cpu_s", 0.0) for r in mine)
-        full_cpu = (sum(r.get("cpu_s", 0.0) for r in full) / len(full) * len(rates) * len(seeds)) if full else math.nan
+        # a full run continued rung by rung cost its whole chain: the rungs of its rate and seed up to the last
+        # (a rate in the last rung ran every rung before it at that seed: its rows are the chain)
+        chain = [sum(x.get("cpu_s", 0.0) for x in mine if (x["rate"], x["seed"]) == (r["rate"], r["seed"]))
+                 if r.get("start_step", 0) else r.get("cpu_s", 0.0) for r in full]
+        full_cpu = (sum(chain) / len(chain) * len(rates) * len(seeds)) if chain else math.nan
         out[label] = {"rates": len(rates), "seeds": len(seeds),
                       "per_rung": [len({r["rate"] for r in mine if r["rung"] == k}) for k in range(rungs)],
                       "steps": steps, "grid_steps": grid_steps, "cpu_s": cpu, "grid_cpu_s": full_cpu}

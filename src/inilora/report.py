@@ -311,8 +311,9 @@ def race_section(rows: list[dict]) -> str:
         ratio = f"{tot[2] / tot[3]:.2f}" if tot[3] and not math.isnan(tot[3]) else "—"
         out.append(f"\nAll methods: {tot[0]} of {tot[1]} optimizer steps ({tot[0] / tot[1]:.2f}); CPU time "
                    f"{ratio} of the full grid's estimate (its full runs' mean × rates × seeds; fixed costs — model "
-                   "load, grading — do not shrink with the steps). Each rung restarts the run with its own budget; "
-                   "rung 0 is graded on validation only.\n")
+                   "load, grading — do not shrink with the steps). Each rung continues the previous rung's checkpoint of "
+                   "the same run (on the full schedule), so it pays only the steps it adds; rungs are ranked on "
+                   "validation only.\n")
     spec = next((r["tune"] for r in rows if r.get("tune")), {})
     on = spec.get("learning_rate")
     if on and not spent:
@@ -356,7 +357,7 @@ def replay_table(rows: list[dict], on: str, eta: int = 3) -> str:
     out.append("\nThe rows hold no validation score before the end of a run, so the replay's rung ranks rates by "
                "the training loss logged at that step (mean over seeds) — a continued race, each rung resuming the "
                "full run; the finalists are then ranked by validation at the end. `race:` in a config runs a real "
-               "one (rungs restart with their own budget, ranked on validation).\n")
+               "one (each rung continues the previous one's checkpoint, ranked on validation).\n")
     return "\n".join(out) if found else ""
 
 

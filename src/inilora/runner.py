@@ -460,22 +460,35 @@ def check_selection(config: CompareConfig, key: str = "learning_rate") -> str:
 
 def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[float]]],
                val_task: str) -> list[PlannedRun]:
-    """The cells of every rung reached so far: a rung before the last trains its shorter budget and is
-    graded on the validation task only (the test set is read once, at the full run)."""
+    """The cells of every rung reached so far. Rung k is the full run's first ``budgets[k]`` steps (on
+    the full schedule: ``stop_at``), continuing rung k-1's checkpoint of the same rate and seed
+    (``resume_from``), so a finalist's last rung *is* the full grid's run, and a rung costs only the
+    steps it adds. A rung before the last is graded on the validation task only (an SFT task's test
+    set is read once, at the full run; a classification run always grades its dev and test rows)."""
     rungs = config.race.rungs
     budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs)
     keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
     specs = _check_methods(config)
+    nlu = val_task == "dev"  # a classification run's own dev split (TrainConfig.dev_size)
+    folders: dict[tuple, str] = {}  # (label, rate, seed, rung) → run folder: where rung k+1 continues
     out = []
     for label, ladder in ladders.items():
         for k, rung_rates in enumerate(ladder):
             for rate in rung_rates:
                 for seed in config.seeds:
-                    last = k == rungs - 1
-                    extra = {} if last else {"max_steps": budgets[k], "eval_tasks": [val_task]}
+                    extra: dict[str, Any] = {}
+                    if k < rungs - 1:
+                        extra["stop_at"] = budgets[k]
+                        if not nlu:
+                            extra["eval_tasks"] = [val_task]
+                    if k > 0:
+                        prefix = Path(folders[label, rate, seed, k - 1])
+                        extra["resume_from"] = str(prefix / f"checkpoint-{budgets[k - 1]}")
                     run = build_run(config, label, seed, {"learning_rate": rate}, root, extra=extra,
                                     tag=f"rung={k}", specs=specs)  # a race of other rungs refuses, never reuses, a folder
-                    run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k], "sweep_keys": keys}
+                    run.extra_row = {"rung": k, "rungs": rungs, "budget_steps": budgets[k],
+                                     "start_step": budgets[k - 1] if k else 0, "sweep_keys": keys}
+                    folders[label, rate, seed, k] = run.config.output_dir
                     out.append(run)
     return out
 

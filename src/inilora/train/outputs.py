@@ -67,6 +67,36 @@ def last_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+#: what may differ between a race's rung and the prefix run it continues (the rest must be equal)
+PREFIX_FREE = ("stop_at", "resume_from", "output_dir", "eval_tasks")
+
+
+def prefix_checkpoint(config: Any, resolved: dict[str, Any]) -> Path | None:
+    """``config.resume_from`` checked to be a complete checkpoint of a *prefix of this run*: its
+    folder's config equals ``resolved`` but for :data:`PREFIX_FREE` and stops before this run ends.
+    Continuing anything else would train a hybrid silently, so it is refused."""
+    if not config.resume_from:
+        return None
+    ckpt = Path(config.resume_from)
+    if not (ckpt / TRAINER_STATE).is_file():
+        raise ConfigError(f"resume_from: {ckpt} is not a complete Trainer checkpoint (no {TRAINER_STATE}); "
+                          "its run has not reached that step yet")
+    stored_path = ckpt.parent / CONFIG
+    stored = yaml.safe_load(stored_path.read_text()) if stored_path.is_file() else None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"resume_from: {ckpt} is not in a run folder (no {CONFIG} beside it)")
+    diff = sorted(k for k in set(stored) | set(resolved)
+                  if k not in PREFIX_FREE and stored.get(k) != resolved.get(k))
+    if diff:
+        raise ConfigError(f"resume_from: {ckpt} is a checkpoint of another run (differs in: {', '.join(diff)}); "
+                          "a run continues only a prefix of itself")
+    step = int(json.loads((ckpt / TRAINER_STATE).read_text()).get("global_step", 0))
+    end = config.stop_at or config.max_steps
+    if end > 0 and step > end:
+        raise ConfigError(f"resume_from: {ckpt} is at step {step}, past this run's last step {end}")
+    return ckpt
+
+
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic, like ``atomic_write_json``, but in insertion order: the headline metric stays first."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -294,9 +294,10 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         outputs.write_config(out, resolved)
         trainable = modes.trainable_parameters(model)
         factor_rms = _factor_rms(model) if p.is_lora else {}
-        t = trainer(p, model, tokenizer, out, progress, callbacks)
-        resume = outputs.last_checkpoint(out)
-        _train(t, resume)
+        stop = [StopAt(config.stop_at)] if config.stop_at else []
+        t = trainer(p, model, tokenizer, out, progress, [*callbacks, *stop])
+        resume = outputs.last_checkpoint(out) or outputs.prefix_checkpoint(config, resolved)
+        _train(t, resume, config.stop_at)
         history = t.state.log_history
         if p.kind == "nlu":
             metrics, headline, extra, records = _nlu_results(p, t, history)
@@ -324,6 +325,7 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
         "total_params": int(sum(q.numel() for q in model.parameters())),
         "global_step": int(t.state.global_step),
         "resumed_from": resume.name if resume else None,
+        **({"continued_from": config.resume_from} if config.resume_from else {}),
         "wall_s": round(time.perf_counter() - start, 2),
         "cpu_s": round(time.process_time() - cpu_start, 2),  # all threads; on a shared machine wall_s swells
         "device": _device_name(p.device),
@@ -343,15 +345,37 @@ def run(config: TrainConfig, *, progress: bool = True, callbacks: Sequence[Train
     return result
 
 
-def _train(t: Trainer, resume: Path | None) -> None:
+class StopAt(TrainerCallback):
+    """Stop after ``step`` optimizer steps of a longer schedule, checkpointing there: a race's rung is
+    the full run's first ``step`` steps, and the next rung continues this checkpoint bit for bit."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kw):
+        # the (partial) epoch's end after the stop grades the run; a save there (save_strategy "epoch")
+        # would rewrite the checkpoint with that evaluation in its history, which the straight run lacks
+        if state.global_step >= self.step:
+            control.should_save = False
+        return control
+
+
+def _train(t: Trainer, resume: Path | None, stop_at: int = 0) -> None:
     """Train, resuming from ``resume``. A checkpoint that already holds the last step (killed during
     evaluation) only has its weights and state loaded: Trainer's own resume would fast-forward into
-    a partial epoch and could take one step too many."""
+    a partial epoch and could take one step too many. The last step is ``stop_at`` when set."""
     from transformers import TrainerState
 
     if resume is not None:
         state = TrainerState.load_from_json(str(resume / outputs.TRAINER_STATE))
-        if state.max_steps > 0 and state.global_step >= state.max_steps:
+        last = stop_at or state.max_steps
+        if last > 0 and state.global_step >= last:
             t._load_from_checkpoint(str(resume))  # the same loader Trainer's resume uses (PEFT or full)
             t.state = state
             return
