@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inilora.backends import InProcess, RayBackend, get_backend
+from inilora.backends import InProcess, Processes, RayBackend, get_backend
 from inilora.config import CompareConfig, ConfigError, TrainConfig, to_dict
 from inilora.runner import read_results, run_grid
 
@@ -157,11 +157,46 @@ def test_driver_killed_mid_grid_resumes_in_process_to_the_same_rows(local_ray, t
     assert comparable(rows) == comparable(reference)
 
 
+def test_processes_grid_gives_the_in_process_rows(reference, tmp_path):
+    """Two one-thread worker processes side by side: the rows the in-process grid gives on one thread."""
+    root = tmp_path / "grid"
+    rows = run_grid(grid(root), progress=False, backend=Processes(workers=2, threads=1))
+    assert len(rows) == 4 and comparable(rows) == comparable(reference)
+    assert {r["threads"] for r in rows} == {1}
+    assert len((root / "results.jsonl").read_text().splitlines()) == 4
+
+
+def fail_for_gaussian(config, *, progress=False):
+    """A run that fails for one method (a worker process imports it from this module)."""
+    from test_runner import fake_run
+
+    if config.method == "gaussian" and config.seed == 1:
+        raise ConfigError("gaussian seed 1 failed on purpose")
+    return fake_run(config, progress=progress)
+
+
+def test_processes_record_the_runs_in_flight_then_raise_the_failure_as_it_was(tmp_path):
+    from test_runner import grid as fake_grid
+
+    cfg = fake_grid(tmp_path, methods=["lora", "gaussian"], seeds=[0, 1], sweep={})
+    with pytest.raises(ConfigError, match="gaussian seed 1 failed on purpose"):
+        run_grid(cfg, run_fn=fail_for_gaussian, progress=False, backend=Processes(workers=2))
+    done = {json.loads(x)["run_id"] for x in (Path(cfg.output_dir) / "results.jsonl").read_text().splitlines()}
+    assert "gaussian_seed=1" not in done and {"lora_seed=0", "lora_seed=1"} <= done
+
+
+def test_processes_share_the_cores():
+    assert Processes(threads=1).workers >= 1 and Processes(workers=3, threads=2).workers == 3
+    opts = get_backend("processes", resources={"num_cpus": 2})
+    assert isinstance(opts, Processes) and opts.threads == 2
+
+
 def test_backend_names_and_ray_options_are_checked():
     with pytest.raises(ConfigError, match="unknown backend 'dask'"):
         get_backend("dask")
-    with pytest.raises(ConfigError, match="--address applies to --backend ray only"):
-        get_backend("in-process", address="auto")
+    for name in ("in-process", "processes"):
+        with pytest.raises(ConfigError, match="--address applies to --backend ray only"):
+            get_backend(name, address="auto")
     opts = RayBackend(resources={"num_gpus": 1, "num_cpus": 2, "memory": 1e9, "node:big": 0.5}).options()
     assert opts == {"num_cpus": 2, "num_gpus": 1, "memory": 1e9, "resources": {"node:big": 0.5}, "max_retries": 2}
     assert replace(grid(Path("x")), resources={}).resources == {}
@@ -171,7 +206,7 @@ def test_cli_refuses_an_unknown_backend_before_any_work(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(to_dict(grid(tmp_path / "grid"))))
     cli = Path(sys.executable).with_name("inilora")
-    for args, message in ((["--backend", "dask"], "unknown backend 'dask'; known: in-process, ray"),
+    for args, message in ((["--backend", "dask"], "unknown backend 'dask'; known: in-process, processes, ray"),
                           (["--address", "auto"], "--address applies to --backend ray only")):
         proc = subprocess.run([str(cli), "compare", str(path), *args], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

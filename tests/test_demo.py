@@ -69,6 +69,7 @@ def test_demo_flow_own_best_first_with_a_finding_in_80_columns(tmp_path, monkeyp
     from test_race import fake_nlg
     from test_runner import fake_run
 
+    from inilora.backends import InProcess
     from inilora.demo import SMOKE, run_demo, scaled
 
     def fake(config, **kw):
@@ -96,7 +97,8 @@ def test_demo_flow_own_best_first_with_a_finding_in_80_columns(tmp_path, monkeyp
 
     rich.console.Console = Wide
     try:
-        paths = run_demo(tmp_path / "demo", sizes=sizes, run_fn=fake, console=Console(file=err, width=200))
+        paths = run_demo(tmp_path / "demo", sizes=sizes, run_fn=fake, console=Console(file=err, width=200),
+                         backend=InProcess())  # the stand-in is a closure: it stays in this process
     finally:
         rich.console.Console = orig
     assert real is None and set(paths) == {"nlg", "nlu"}

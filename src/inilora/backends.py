@@ -2,9 +2,13 @@
 
 The runner owns the grid's bookkeeping (which runs are finished, the one ``results.jsonl``, the
 progress display); a backend only executes runs and hands back ``(run, result)`` pairs as they
-finish, in any order. Two implementations:
+finish, in any order. Three implementations:
 
 - :class:`InProcess` (the default): one run after another in this process.
+- :class:`Processes`: several runs at once on this machine, each in a worker process with its own
+  share of the cores. Small models on a few CPU cores use threads poorly (a decode step of a 135M
+  model is a string of small matmuls and Python): two one-thread runs side by side finish ≈ 1.5×
+  sooner than the same two runs one after another on two threads (2 Zen 3 cores, the demo's runs).
 - :class:`RayBackend`: each run is a Ray task asking for the config's ``resources`` (``num_cpus``,
   ``num_gpus``, ...), on a local Ray instance started here, or on a cluster (``address``). Only the
   driver writes ``results.jsonl``; a worker writes only its run's own folder, so a worker killed
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-BACKENDS = ("in-process", "ray")
+BACKENDS = ("in-process", "processes", "ray")
 #: where models, data and fits live, and whether to go online: the driver's settings reach the workers
 FORWARDED_ENV = ("INILORA_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 RunFn = Callable[..., dict]
@@ -74,6 +78,69 @@ class InProcess:
             if on_start:
                 on_start(cell)
             yield cell, run_cell(run_fn, cell.config, progress)
+
+
+def cores() -> int:
+    """The CPU cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _worker_init(threads: int) -> None:
+    """A pool worker's torch gets ``threads`` intra-op threads (OpenMP's too: set before torch loads)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Processes:
+    """Runs up to ``workers`` cells at once in spawned worker processes of this machine, ``threads``
+    torch threads each. Like Ray, only this process writes ``results.jsonl``; a failed run lets the
+    runs in flight finish (their rows are recorded), then its exception is raised as it was."""
+
+    name = "processes"
+
+    def __init__(self, workers: int | None = None, threads: int = 1) -> None:
+        self.threads = max(1, int(threads))
+        self.workers = max(1, workers if workers is not None else cores() // self.threads)
+
+    def run(self, cells, run_fn, *, may_start=_always, on_start=None, progress=False):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        fn = run_fn or _train_quietly
+        queue = list(cells)
+        failure: BaseException | None = None
+        # spawn, not fork: a forked child inherits this process's torch thread pools and locks
+        with cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                    initargs=(self.threads,)) as pool:
+            pending: dict[cf.Future, Cell] = {}
+            try:
+                while queue or pending:
+                    while queue and len(pending) < self.workers and failure is None and may_start():
+                        cell = queue.pop(0)
+                        if on_start:
+                            on_start(cell)
+                        pending[pool.submit(run_cell, fn, cell.config, False)] = cell
+                    if not pending:
+                        break
+                    done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        cell = pending.pop(future)
+                        try:
+                            result = future.result()
+                        except BaseException as exc:  # noqa: BLE001 - raised once the runs in flight are in
+                            failure = failure or exc
+                            continue
+                        yield cell, result
+            finally:
+                for future in pending:  # stopped early (an error, Ctrl-C): start nothing more
+                    future.cancel()
+        if failure is not None:
+            raise failure
 
 
 def _train_quietly(config: Any, *, progress: bool = False) -> dict:
@@ -172,16 +239,16 @@ class RayBackend:
 
 def get_backend(name: str, *, address: str | None = None, resources: Mapping[str, float] | None = None,
                 num_cpus: int | None = None) -> Backend:
-    """A backend by name; ``address`` only applies to Ray."""
-    if name == "in-process":
-        if address:
-            from .config import ConfigError
-
-            raise ConfigError("--address applies to --backend ray only")
-        return InProcess()
-    if name == "ray":
-        return RayBackend(address, resources, num_cpus=num_cpus)
+    """A backend by name; ``address`` only applies to Ray; ``processes`` gives each run
+    ``resources.num_cpus`` threads (default 1) and runs as many at once as the cores allow."""
     from .config import ConfigError
 
-    raise ConfigError(f"--backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-
+    if name not in BACKENDS:
+        raise ConfigError(f"--backend: unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    if address and name != "ray":
+        raise ConfigError("--address applies to --backend ray only")
+    if name == "in-process":
+        return InProcess()
+    if name == "processes":
+        return Processes(threads=int((resources or {}).get("num_cpus", 1)))
+    return RayBackend(address, resources, num_cpus=num_cpus)

@@ -394,8 +394,9 @@ def compare(
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Override the config's output_dir."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a key: base.lora.rank=16 (repeatable)."),
     old_o: list[str] | None = typer.Option(None, "-o", hidden=True),  # -o is --option everywhere else
-    backend: str = typer.Option("in-process", help="in-process | ray: each run a Ray task asking the config's "
-                                "`resources` (resume works across backends)."),
+    backend: str = typer.Option("in-process", help="in-process | processes: runs side by side on this machine, "
+                                "`resources.num_cpus` threads each (default 1) | ray: each run a Ray task asking "
+                                "the config's `resources` (resume works across backends)."),
     address: str | None = typer.Option(None, help="Ray cluster to join (auto, ray://HOST:10001); "
                                        "default: start a local Ray instance."),
 ) -> None:

@@ -67,12 +67,11 @@ class Sizes:
     nlu_min_s: float = 0.0
 
 
-# Sizes *estimated* for this project's 2-core machine, not yet measured end to end on an idle one
-# (README, "the demo"). NLG: rung 0 = 4 of 12 steps graded on 32 validation problems; the full run
-# 12 steps graded on 32 validation + 32 test problems; 2 methods × 3 rates × 3 seeds at rung 0
-# (≈ 14 s each, quiet), 1 rate per method at the full budget (≈ 30 s each), the fits (≈ 20 s per
-# seed) and the one-time model copy: ≈ 9 min quiet, from the per-run times measured for the earlier
-# NLG demo (22 s for 8 steps and 16 problems, 2 threads). No run starts past budget_s.
+# Sizes measured on this project's 2-core machine (README, "the demo": 8 min 51 s, fresh cache, the
+# whole NLG race). NLG: rung 0 = the first 4 of 12 steps graded on 32 validation problems; the best
+# third continues to 12 steps, graded on 32 validation + 32 test problems; 2 methods × 3 rates × 3
+# seeds at rung 0 (≈ 27 s each on one thread, two at a time), 1 rate per method continued (≈ 55 s
+# each), the fits (≈ 25 s per seed) and the one-time model copy (≈ 30 s). No run starts past budget_s.
 QUICK = Sizes(seeds=(0, 11, 22), nlu_methods=("lora", "inilora", "inilora-alpha"), nlu_train=512, nlu_eval=128,
               nlu_epochs=1, nlu_max_length=32, nlu_batch=16, nlg_methods=2, nlg_seeds=(0, 11, 22), nlg_train=48,
               nlg_eval=32, nlg_steps=12, nlg_max_length=96, nlg_new_tokens=32, nlg_batch=4, fit_steps=4000,
@@ -134,10 +133,25 @@ def configs(out: Path, sizes: Sizes, nlu_task: str = "offline-topic") -> tuple[C
     return nlu, nlg
 
 
+def demo_backend():
+    """Two runs side by side, half the cores each, on a CPU with ≥ 2 cores: the demo's small runs use
+    threads poorly, and two one-thread runs finish ≈ 1.5× sooner than one after another on two threads
+    (:class:`~inilora.backends.Processes`); one at a time on a GPU (it has one device)."""
+    import torch
+
+    from .backends import InProcess, Processes, cores
+
+    if torch.cuda.is_available() or cores() < 2:
+        return InProcess()
+    return Processes(workers=2, threads=cores() // 2)
+
+
 def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str = "offline-topic",
-             smoke: bool = False, console=None, sizes: Sizes | None = None, run_fn=None) -> dict[str, Path]:
+             smoke: bool = False, console=None, sizes: Sizes | None = None, run_fn=None,
+             backend=None) -> dict[str, Path]:
     """Run the fair NLG comparison (and the NLU grid as the budget allows), write their reports,
-    print the terminal summary and the one-sentence finding; returns the report paths."""
+    print the terminal summary and the one-sentence finding; returns the report paths. ``backend``:
+    where the runs execute (default :func:`demo_backend`; a ``run_fn`` given must then be picklable)."""
     from rich.console import Console
 
     from .config import ConfigError
@@ -154,6 +168,7 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecation notes, once per run
     sizes = sizes or (SMOKE if smoke else FULL if full else QUICK)
     start = time.time()
+    backend = backend or demo_backend()
     nlu, nlg = configs(out, sizes, nlu_task)
     fit = nlg.variants["inilora"].options if "inilora" in nlg.variants else nlu.variants["inilora"].options
     note = "" if fit["steps"] >= 20000 else " (the paper uses 20000; `inilora demo --full` runs them)"
@@ -165,7 +180,9 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     console.print(f"NLG: embedded:smollm2 on offline-arith, {', '.join(nlg.methods)}, each at its own best "
                   f"learning rate, up to {len(nlg.seeds)} seeds as time allows\n"
                   f"  rates ({grids}) raced on {min(sizes.nlg_eval, 100)} validation problems: every rate {rungs[0]} step{'s' * (rungs[0] != 1)}, "
-                  f"the best 1/{sizes.race_eta} the full {rungs[-1]}; graded on {sizes.nlg_eval} test problems\n"
+                  f"the best 1/{sizes.race_eta} continue to the full {rungs[-1]}; graded on {sizes.nlg_eval} test problems\n"
+                  + (f"{backend.workers} runs at a time, {backend.threads} thread{'s' * (backend.threads != 1)} each\n"
+                     if getattr(backend, "workers", 1) > 1 else "") +
                   f"inilora fit: {fit['steps']} approximation steps, engine {fit['engine']}{note}; "
                   f"cached per seed in {os.environ.get('INILORA_CACHE', '~/.cache/inilora')}", soft_wrap=True)
     paths: dict[str, Path] = {}
@@ -173,7 +190,7 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     stdout = Console(width=80)
     deadline = start + sizes.budget_s
     console.print(f"\n[bold]{nlg.title}", soft_wrap=True)
-    rows = run_grid(nlg, run_fn=run_fn, console=console, deadline=deadline)
+    rows = run_grid(nlg, run_fn=run_fn, console=console, deadline=deadline, backend=backend)
     sentence = ""
     if rows:
         paths["nlg"] = write_report(nlg.output_dir, rows, title=nlg.title, baseline=nlg.baseline)
@@ -182,7 +199,8 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     left = deadline - time.time()
     if sizes.nlu and left >= sizes.nlu_min_s:
         console.print(f"\n[bold]{nlu.title}", soft_wrap=True)
-        nrows = run_grid(nlu, run_fn=run_fn, console=console, deadline=None if math.isinf(left) else deadline)
+        nrows = run_grid(nlu, run_fn=run_fn, console=console, deadline=None if math.isinf(left) else deadline,
+                         backend=backend)
         if nrows:
             paths["nlu"] = write_report(nlu.output_dir, nrows, title=nlu.title, baseline=nlu.baseline)
             stdout.print(summary_table(nrows, baseline=nlu.baseline, title=nlu.title, per_seed=False))

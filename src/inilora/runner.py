@@ -589,7 +589,7 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
                 overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None,
                 backend: str = "in-process", address: str | None = None) -> Path | None:
     """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run on ``backend``
-    (``in-process`` or ``ray``, see :mod:`inilora.backends`), write the report."""
+    (``in-process``, ``processes`` or ``ray``, see :mod:`inilora.backends`), write the report."""
     from rich.console import Console
 
     from .backends import get_backend

@@ -256,3 +256,19 @@ def test_negative_steps_and_unknown_engine():
     with pytest.raises(inilora.InitError, match="engine") as exc:
         run(SMALL, RANKS, {n: 1.0 for n in SMALL}, steps=5, engine="warp-drive")
     assert "torch" in str(exc.value) and "reference" in str(exc.value)
+
+
+def test_factor_rms_keeps_each_fits_direction_at_the_asked_size(one_thread):
+    """The direction-vs-size control: one factor for all A, one for all B, so each family's RMS is the
+    target; every A (B) is the unscaled fit's times the same number (direction and layer ratios kept)."""
+    plain = run(SMALL, RANKS, {n: 2.0 for n in SMALL}, seed=4, steps=20)
+    small = run(SMALL, RANKS, {n: 2.0 for n in SMALL}, seed=4, steps=20, factor_rms=0.03)
+    for i, part in enumerate("AB"):
+        entries = torch.cat([small.factors[n][i].double().flatten() for n in SMALL])
+        assert entries.pow(2).mean().sqrt().item() == pytest.approx(0.03, rel=1e-6), part
+        before = torch.cat([plain.factors[n][i].double().flatten() for n in SMALL]).pow(2).mean().sqrt().item()
+        assert small.info["factor_rms"]["before"][part] == pytest.approx(before, rel=1e-9)
+        for n in SMALL:
+            torch.testing.assert_close(small.factors[n][i], plain.factors[n][i] * (0.03 / before), rtol=1e-5, atol=0)
+    with pytest.raises(inilora.InitError, match="factor_rms"):
+        run(SMALL, RANKS, {n: 1.0 for n in SMALL}, steps=5, factor_rms=-1.0)

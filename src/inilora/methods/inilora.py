@@ -178,6 +178,8 @@ def check_options(opts: Mapping[str, Any]) -> None:
         raise InitError(f"inilora option devices must be a list of device names, got {devices!r}.")
     if opts["optimum"] not in ("top-r", "exact"):
         raise InitError(f"inilora option optimum must be 'top-r' or 'exact', got {opts['optimum']!r}.")
+    if opts["factor_rms"] is not None:
+        check_positive(opts["factor_rms"], "inilora option factor_rms")
 
 
 @register("inilora", check=check_options, fitted=True, example_options={"steps": 40},
@@ -185,7 +187,7 @@ def check_options(opts: Mapping[str, Any]) -> None:
 def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="auto", round_std=3,
             std_source="weight", std_scope="module_type", mean=0.0, engine="auto",
             checkpoints: Sequence[int] = (), resume: bool | int = True, devices: Sequence[str] | None = None,
-            optimum: str = "top-r", context: InitContext | None = None) -> InitResult:
+            optimum: str = "top-r", factor_rms: float | None = None, context: InitContext | None = None) -> InitResult:
     """The registry entry.  ``engine="auto"`` picks the fastest engine available (the key
     records the one that ran); ``resume``: with a cache, the fit snapshots its state next to
     the entry (every 30 s, and every ``resume`` steps when it is a number) and a
@@ -194,11 +196,15 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
     reported Eckart–Young optimum is computed — ``"top-r"`` (top r singular values, ≤ 1e-4 off) or
     ``"exact"`` (the full float64 SVD, O(d³) per matrix).  Caching, resuming and splitting are
     :func:`~inilora.methods.fitting.cached_fit`'s; this decides what is fitted.  The engine is
-    resolved once, here, and passed down (the cache key names the engine that runs)."""
+    resolved once, here, and passed down (the cache key names the engine that runs).
+    ``factor_rms``: a study's control, not the paper's method — all A0 (and all B0) entries scaled
+    by one factor each so their RMS is this value: the fit's *direction* at another *size* (e.g.
+    LoRA's A size, 1/√(3·fan_in)); the residual follows the scaled factors, so the output at init
+    is still the pretrained one. The cache keeps the unscaled fit either way."""
     context = context or InitContext()
     check_options(dict(steps=steps, lr=lr, std=std, round_std=round_std, std_source=std_source,
                        std_scope=std_scope, mean=mean, engine=engine, checkpoints=checkpoints, resume=resume,
-                       devices=devices, optimum=optimum))
+                       devices=devices, optimum=optimum, factor_rms=factor_rms))
     dist = init_distribution(weights, std=std, round_std=round_std, std_source=std_source,
                              std_scope=std_scope, mean=mean, biases=context.biases)
     init = draw_init(weights, ranks, rng_for, dist, std_scope)
@@ -224,7 +230,25 @@ def inilora(weights, ranks, scalings, rng_for, *, steps=20000, lr=5e-4, std="aut
                                   "optimum": approx.eckart_young(weights[name], u.shape[1], exact=optimum == "exact"),
                                   "losses": []}
         fits[name] = {**known, "U": u, "P": p}
+    if factor_rms is not None:
+        factors, info["factor_rms"] = _rescaled(factors, float(factor_rms))
     return InitResult(factors=factors, fit=fits, info=info)
+
+
+def _rescaled(factors: dict[str, tuple[torch.Tensor, torch.Tensor]], target: float):
+    """Every A by one factor and every B by another, so each family's RMS over all matrices is ``target``
+    (the layers keep their relative sizes and each B·A its direction). Returns the factors and the
+    RMS they had before."""
+    def rms(i: int) -> float:
+        return math.sqrt(sum(float(f[i].double().pow(2).sum()) for f in factors.values())
+                         / sum(f[i].numel() for f in factors.values()))
+
+    before = {"A": rms(0), "B": rms(1)}
+    if min(before.values()) == 0.0:
+        raise InitError("inilora option factor_rms: a fitted factor is all zeros; it has no direction to rescale.")
+    ka, kb = target / before["A"], target / before["B"]
+    return {n: ((a * ka).contiguous(), (b * kb).contiguous()) for n, (a, b) in factors.items()}, \
+        {"target": target, "before": before}
 
 
 #: the options and their defaults, as the registry derived them from the signature above
