@@ -249,7 +249,7 @@ def claims() -> list[Claim]:
     out.append(Claim(
         "Table 1", "IniLoRA ≥ LoRA on GLUE (RoBERTa-base 85.8 vs 85.2)",
         "MiniLM, offline-topic / offline-qa-pair, 128 steps, **one untuned shared rate (2e-3)**, best epoch picked "
-        "on the reported rows; table1-nlu-long" + ("; and 64 steps, each method at its own rate of 5 and best "
+        "on the reported rows; table1-nlu-long" + ("; and the same 128 steps, each method at its own rate of 5 and best "
                                                    "epoch chosen on a 400-row dev split; nlu-dev-lr" if tuned_nlu else ""),
         [f"{t}, at 2e-3: {t1[t]['inilora'].text()}" for t in t1] + tuned_nlu,
         f"nlu-dev-lr ({_done('nlu-dev-lr', 100)}: each method at its own rate, chosen on a dev split; ≈ 2.5 CPU-h); GPU: "
