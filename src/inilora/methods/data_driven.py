@@ -21,8 +21,9 @@ do on our inputs:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,6 +59,16 @@ def _number(opts: Mapping[str, Any], key: str, method: str, lo: float, hi: float
 def _flag(opts: Mapping[str, Any], key: str, method: str) -> None:
     if not isinstance(opts[key], bool):
         raise InitError(f"{method} option {key} must be true or false, got {opts[key]!r}.")
+
+
+@contextlib.contextmanager
+def _keeping_mode(model: torch.nn.Module) -> Iterator[None]:
+    """PEFT's CorDA and LoRA-GA preprocessing switch the model's train/eval mode: give it back as it was."""
+    training = model.training
+    try:
+        yield
+    finally:
+        model.train(training)
 
 
 def _rows(batches: Sequence[Mapping[str, torch.Tensor]]):
@@ -143,11 +154,8 @@ def _corda_prepare(model, config, opts, batches):
         for row in _rows(batches):
             model(**row)
 
-    training = model.training
-    try:
+    with _keeping_mode(model):
         preprocess_corda(model, config, run_model=run)
-    finally:
-        model.train(training)
 
 
 register_peft("corda", "corda", residual=True, calibration="activations", full_precision=True,
@@ -191,11 +199,8 @@ def _ga_prepare(model, config, opts, batches):
                                 "model with a head (causal LM or sequence classifier).")
             loss.backward()
 
-    training = model.training
-    try:
+    with _keeping_mode(model):
         preprocess_loraga(model, config, train_step=step)
-    finally:
-        model.train(training)
 
 
 register_peft("lora-ga", "lora_ga", residual=True, calibration="gradients", full_precision=True,
