@@ -399,6 +399,9 @@ def compare(
                                 "the config's `resources` (resume works across backends)."),
     address: str | None = typer.Option(None, help="Ray cluster to join (auto, ray://HOST:10001); "
                                        "default: start a local Ray instance."),
+    reuse: list[Path] | None = typer.Option(None, "--reuse", help="Another comparison's output folder: its "
+                                            "finished runs that are exactly runs of this grid (same resolved "
+                                            "config) are copied in instead of trained (repeatable)."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     if old_o:
@@ -411,7 +414,7 @@ def compare(
 
     get_backend(backend, address=address)  # a typo in --backend costs nothing
     run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console,
-                backend=backend, address=address)
+                backend=backend, address=address, reuse=reuse or ())
 
 
 @app.command()

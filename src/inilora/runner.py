@@ -35,6 +35,7 @@ from .config import (
 )
 from .errors import InitError
 from .results import RESULTS, append_result, json_default, read_results  # noqa: F401 - re-exported
+from .reuse import Reusable, copy_run, reused_row
 
 RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
@@ -266,8 +267,8 @@ def _finished(run: PlannedRun) -> bool:
 # the grid
 
 
-def plan_table(runs: list[PlannedRun], done: set[str]):
-    """A rich table of the plan (``--dry-run``)."""
+def plan_table(runs: list[PlannedRun], done: set[str], reusable=None):
+    """A rich table of the plan (``--dry-run``); ``reusable``: another grid's finished runs (:mod:`inilora.reuse`)."""
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} runs ({len(done)} finished)")
@@ -275,8 +276,9 @@ def plan_table(runs: list[PlannedRun], done: set[str]):
         table.add_column(col)
     for run in runs:
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in run.settings.items()) or "—"
-        table.add_row(run.run_id, run.label, str(run.seed), run.config.task, settings,
-                      "done" if run.run_id in done else "to run")
+        found = reusable.find(to_dict(run.config)) if reusable is not None and run.run_id not in done else None
+        status = "done" if run.run_id in done else f"reuse {found['output_dir']}" if found else "to run"
+        table.add_row(run.run_id, run.label, str(run.seed), run.config.task, settings, status)
     return table
 
 
@@ -298,10 +300,12 @@ def run_grid(
     console=None,
     deadline: float | None = None,
     backend=None,
+    reuse: Iterable[str | Path] = (),
 ) -> list[dict[str, Any]]:
     """Run (or, with ``dry_run``, only print) every unfinished run of the grid; return the rows of
     ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it.
-    ``backend`` (:mod:`inilora.backends`) executes the runs: in this process unless one is given."""
+    ``backend`` (:mod:`inilora.backends`) executes the runs: in this process unless one is given.
+    ``reuse``: grid folders whose finished runs are taken where one is exactly a run of this grid."""
     from rich.console import Console
 
     from .backends import InProcess
@@ -309,6 +313,7 @@ def run_grid(
     console = console or Console(stderr=True)
     backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
+    reusable = Reusable(reuse, root) if reuse else None
     if race_mode(config):
         _check_methods(config)
         val_task = check_race(config)
@@ -319,7 +324,7 @@ def run_grid(
             save_config(config, root)
         return _removing_if_refused(root, created and not dry_run, lambda: race(
             config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
-            deadline=deadline, dry_run=dry_run, backend=backend))
+            deadline=deadline, dry_run=dry_run, backend=backend, reusable=reusable))
     _check_root(root)
     runs = expand(config, root)
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
@@ -329,14 +334,14 @@ def run_grid(
     check_grid(runs)  # every cell, before the first run and in --dry-run
     done = set(previous)
     if dry_run:
-        console.print(plan_table(runs, done))
+        console.print(plan_table(runs, done, reusable))
         return read_results(root)
     created = not root.exists()
     save_config(config, root)
 
     def execute() -> None:
         with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
-                       console=console, deadline=deadline, backend=backend) as ex:
+                       console=console, deadline=deadline, backend=backend, reusable=reusable) as ex:
             for _ in ex.run(runs):
                 pass
 
@@ -368,7 +373,7 @@ class Execution:
 
     def __init__(self, root: Path, config: CompareConfig, total: int, run_fn: RunFn | None = None, *,
                  progress: bool = True, run_progress: bool = False, console=None, deadline: float | None = None,
-                 backend=None):
+                 backend=None, reusable: Reusable | None = None):
         from rich.console import Console
 
         from .backends import InProcess
@@ -377,6 +382,7 @@ class Execution:
         self.console = console or Console(stderr=True)
         self.run_progress = run_progress
         self.backend = backend or InProcess()
+        self.reusable = reusable
         self.done = {r["run_id"] for r in read_results(root)}
         self.stopped = False  # the deadline passed: no further cell starts
         self.bar = _progress(progress, self.console)
@@ -405,6 +411,9 @@ class Execution:
         todo = [r for r in runs if r.run_id not in self.done]
         if bar:
             bar.advance(task, len(runs) - len(todo))
+        for run, row in self._reused(todo):
+            todo.remove(run)
+            yield row
         on_start = (lambda run: bar.update(task, run=run.run_id)) if bar else None
         for run, result in self.backend.run(todo, self.run_fn, may_start=self.in_time, on_start=on_start,
                                             progress=self.run_progress):
@@ -427,6 +436,27 @@ class Execution:
         if any(r.run_id not in self.done for r in todo) and not self.in_time():
             self.stopped = True
             console.print("[yellow]time budget reached: runs left not started (run again to add them)[/]")
+
+
+    def _reused(self, runs: list[PlannedRun]) -> Iterable[tuple[PlannedRun, dict[str, Any]]]:
+        """Another grid's finished runs that are exactly some of ``runs``: copied in, their rows written."""
+        if self.reusable is None:
+            return []
+        found = [(run, self.reusable.find(to_dict(run.config))) for run in runs]
+        out = []
+        for run, row in ((run, row) for run, row in found if row is not None):
+            copy_run(row, Path(run.config.output_dir))
+            new = reused_row(row, _row(run, {k: row[k] for k in KEPT if k in row}, self.config))
+            append_result(self.root / RESULTS, new)
+            self.done.add(run.run_id)
+            if self.bar:
+                self.bar.advance(self.task)
+            out.append((run, new))
+        if out:
+            self.console.print(f"reused {len(out)} finished runs of "
+                               f"{', '.join(sorted({str(Path(r['reused_from']).parent.parent) for _, r in out}))}",
+                               soft_wrap=True, highlight=False)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,7 +535,8 @@ def check_race(config: CompareConfig) -> str:
 
 
 def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
-         console=None, deadline: float | None = None, dry_run: bool = False, backend=None) -> list[dict[str, Any]]:
+         console=None, deadline: float | None = None, dry_run: bool = False, backend=None,
+         reusable: Reusable | None = None) -> list[dict[str, Any]]:
     """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
     from rich.console import Console
 
@@ -514,12 +545,12 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
     rows = read_results(root)
     if dry_run:
         ladders, _ = rates.plan(config, rows)
-        console.print(plan_table(race_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}))
+        console.print(plan_table(race_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}, reusable))
         console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
                       f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
         return rows
     with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
-                   deadline=deadline, backend=backend) as ex:
+                   deadline=deadline, backend=backend, reusable=reusable) as ex:
         while True:
             ladders, _ = rates.plan(config, rows)
             cells = race_cells(config, root, ladders, val_task)
@@ -587,7 +618,8 @@ def _progress(enabled: bool, console):
 
 def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: str | Path | None = None,
                 overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None,
-                backend: str = "in-process", address: str | None = None) -> Path | None:
+                backend: str = "in-process", address: str | None = None,
+                reuse: Iterable[str | Path] = ()) -> Path | None:
     """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run on ``backend``
     (``in-process``, ``processes`` or ``ray``, see :mod:`inilora.backends`), write the report."""
     from rich.console import Console
@@ -598,7 +630,8 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     config = load_yaml(config_path, CompareConfig, overrides)
     executor = get_backend(backend, address=address, resources=config.resources)
     root = Path(output_dir or config.output_dir)
-    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console, backend=executor)
+    rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console, backend=executor,
+                    reuse=reuse)
     if dry_run or not rows:
         return None
     from .report import own_best_table, summary_table, verdict, write_report
