@@ -35,7 +35,8 @@ DOC = ROOT / "docs" / "results.md"
 ALPHA, POWER = 0.05, 0.80
 NAME = {"lora": "LoRA", "inilora": "IniLoRA", "inilora-alpha": "IniLoRA-α", "inilora-beta-kn": "IniLoRA-β (K-N)",
         "inilora-0it": "IniLoRA at 0 iterations", "inilora-1k": "IniLoRA at 1000 iterations", "full": "full FT",
-        "bitfit": "BitFit", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer", "pissa": "PiSSA"}
+        "bitfit": "BitFit", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer", "pissa": "PiSSA",
+        "random-fit-size": "random factors at the fit's size", "inilora-lora-size": "the fit at LoRA's size"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +233,27 @@ class Claim:
     settle: str = ""
 
 
+def _at(study: str, method: str, on: str) -> str:
+    """``method`` (its own best rate on ``on``, and whether that is an end of its grid)."""
+    rate, _, edge = own_best(study, method, on)
+    return f"{NAME.get(method, method)} ({rate:g}{', the grid' + chr(39) + 's ' + edge if edge else ''})"
+
+
+def direction(study: str, planned: int, on: str) -> list[str]:
+    """Issue 26's question 3, once ``study`` is complete: the 20000-step fit against a random draw of its
+    size, one SVD (PiSSA), its own unfitted start, and itself shrunk to LoRA's size (Holm over those 4,
+    the claim's direction: the fit is better); then the fit's direction at LoRA's size against LoRA.
+    Every arm at its own rate chosen on ``on``."""
+    if not _complete(study, planned):
+        return []
+    best = {m: own_best(study, m, on)[1] for m in stats.methods_of(rows(study))}
+    controls = ("random-fit-size", "pissa", "inilora-0it", "inilora-lora-size")
+    fam = holm([Cmp(f"{_at(study, 'inilora', on)} − {_at(study, m, on)}", best["inilora"], best[m]) for m in controls],
+               "the 4 vs IniLoRA")
+    size = Cmp(f"{_at(study, 'inilora-lora-size', on)} − {_at(study, 'lora', on)}", best["inilora-lora-size"], best["lora"])
+    return [f"{study}: {c.text()}" for c in [*fam, size]]
+
+
 def claims() -> list[Claim]:
     """Every table and figure of the paper, and §3's mechanism: the claim, what we ran, the verdict."""
     out: list[Claim] = []
@@ -240,16 +262,20 @@ def claims() -> list[Claim]:
                          {"bitfit": -1, "houlsby": 0, "pfeiffer": 0}, t, "the 5 systems vs LoRA")
           for t in ("offline-topic", "offline-qa-pair")}
     tuned_nlu: list[str] = []
+    ini_pissa: list[str] = []
     if _complete("nlu-dev-lr", 115):  # a rate chosen from part of the grid would be no one's own best
         obn = {m: own_best("nlu-dev-lr", m, "dev/accuracy") for m in ("lora", "inilora", "inilora-alpha", "pissa")}
 
         def at(m: str) -> str:
-            rate, _, edge = obn[m]
-            return f"{NAME[m]} ({rate:g}{', the grid' + chr(39) + 's ' + edge if edge else ''})"
+            return _at("nlu-dev-lr", m, "dev/accuracy")
 
         tuned_nlu = ["offline-topic, each at its own rate chosen on a dev split (nlu-dev-lr): " + c.text() for c in holm(
             [Cmp(f"{at(m)} − {at('lora')}", obn[m][1], obn["lora"][1]) for m in ("inilora", "inilora-alpha", "pissa")],
             "the 3 vs LoRA")]
+        ini_pissa = ["NLU, rank 8, each at its own rate chosen on a dev split (nlu-dev-lr): "
+                     + Cmp(f"{at('inilora')} − {at('pissa')}", obn["inilora"][1], obn["pissa"][1]).text()]
+    mechanism = direction("direction-nlu", 165, "dev/accuracy") + direction("direction-nlg", 170,
+                                                                             "offline-arith-dev/accuracy")
     out.append(Claim(
         "Table 1", "IniLoRA ≥ LoRA on GLUE (RoBERTa-base 85.8 vs 85.2)",
         "MiniLM, offline-topic / offline-qa-pair, 128 steps, **one untuned shared rate (2e-3)**, best epoch picked "
@@ -289,10 +315,13 @@ def claims() -> list[Claim]:
                                                           "inilora-beta-kn"], family="the 5 vs LoRA", learning_rate=0.002)
     out.append(Claim(
         "§3 mechanism", "The fitted start (B·A ≈ W0) is a better start, not just a larger effective step",
-        "IniLoRA vs LoRA, each at its own rate (the Table 2 row); why the best rates differ: the factors' size at init (section on the learning-rate study)",
-        [tuned[0].text()],
-        "direction study (configs/embedded/direction-nlg.yaml: the fit's direction vs a random draw of the same size "
-        "and vs PiSSA's single SVD, each at its own rate)"))
+        "IniLoRA vs LoRA, each at its own rate (the Table 2 row); why the best rates differ: the factors' size at init "
+        "(section on the learning-rate study)" + ("; the direction study on NLU: the fit against a random draw of its "
+                                                  "size, one SVD, its unfitted start and itself at LoRA's size, each at its "
+                                                  "own rate on a dev split (direction-nlu, direction-nlg)" if mechanism else ""),
+        [tuned[0].text(), *mechanism],
+        f"direction-nlu ({_done('direction-nlu', 165)}), direction-nlg ({_done('direction-nlg', 170)}): the fit's direction "
+        "vs a random draw of the same size and vs PiSSA's single SVD, each at its own rate"))
     # Table 3
     a_i = Cmp("IniLoRA-α − IniLoRA, each at its own rate", ob["inilora-alpha"][1], ob["inilora"][1])
     q1 = {m: values("fit-and-lr-nlg", m, nlg, learning_rate=0.002) for m in ("inilora", "inilora-0it", "inilora-1k",
@@ -322,8 +351,9 @@ def claims() -> list[Claim]:
                      "(the fit's time is inside IniLoRA runs' wall time; bench/ measures the engines)", ["**untested** here"],
                      "bench/ on a GPU (issue 30's gpu_check); minutes, not hours"))
     out.append(Claim("Table 6 / Fig. 5", "IniLoRA ≥ PiSSA, MiLoRA, LoRA at ranks 8–32, with lower training loss",
-                     "rank 8 only: final training loss at 2e-3 (below); other ranks not run",
-                     [Cmp("NLU final train loss, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
+                     "rank 8 only: final training loss at 2e-3 (below); IniLoRA vs PiSSA at own rates on NLU; "
+                     "other ranks not run",
+                     [*ini_pissa, Cmp("NLU final train loss, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
                           _final_loss("fit-matters-nlu", "inilora"), unit="× 1e-2").text(),
                       Cmp("NLG final train loss at each own rate, LoRA − IniLoRA", _final_loss("fit-and-lr-nlg", "lora", 8e-3),
                           _final_loss("fit-and-lr-nlg", "inilora", 1e-3), unit="× 1e-2").text()],
@@ -408,9 +438,11 @@ def _complete(study: str, planned: int) -> bool:
 
 def _done(study: str, planned: int) -> str:
     """How far a started study is, by its committed rows."""
-    path = RESULTS / study / "results.jsonl"
-    n = len(rows(study)) if path.is_file() else 0
-    return f"started 2026-12-06; {n} of {planned} runs committed"
+    if not (RESULTS / study / "results.jsonl").is_file():
+        return f"0 of {planned} runs committed"
+    rs = rows(study)
+    first = min((r["finished_at"][:10] for r in rs if r.get("finished_at")), default="?")
+    return f"{len(rs)} of {planned} runs committed, the first finished {first}"
 
 
 def _flip(c: Cmp, label: str) -> str:
