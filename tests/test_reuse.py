@@ -48,7 +48,7 @@ def test_exactly_equal_runs_are_copied_in_and_the_rest_trained(tmp_path):
         old = before[row["run_id"]]
         # the measurement is the original's, the place and grid are this one's, and it says where it came from
         assert row["metrics"] == old["metrics"] and row["finished_at"] == old["finished_at"]
-        assert row["reused_from"] == old["output_dir"] and row["output_dir"] == str(tmp_path / "b" / "runs" / row["run_id"])
+        assert row["reused_from"] == str(Path(old["output_dir"]).resolve()) and row["output_dir"] == str(tmp_path / "b" / "runs" / row["run_id"])
         assert row["config"]["output_dir"] == row["output_dir"]
         assert json.loads((Path(row["output_dir"]) / "metrics.json").read_text())["metrics"] == old["metrics"]
     # a second pass reuses and trains nothing more, and duplicates no row
@@ -102,12 +102,21 @@ def test_copy_is_atomic_and_rewrites_the_runs_own_config(tmp_path):
 def test_run_key_ignores_place_only():
     a = to_dict(TrainConfig(task="offline-topic", output_dir="/x/runs/r"))
     b = to_dict(TrainConfig(task="offline-topic", output_dir="/y/runs/r"))
-    assert run_key(a, Path("/x")) == run_key(b, Path("/y"))
-    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}, Path("/x")) == \
-        run_key({**b, "resume_from": "/y/runs/p/checkpoint-8"}, Path("/y"))
-    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}, Path("/x")) != \
-        run_key({**b, "resume_from": "/y/runs/q/checkpoint-8"}, Path("/y"))
-    assert run_key(a, Path("/x")) != run_key({**b, "seed": 1}, Path("/y"))
+    assert run_key(a) == run_key(b)
+    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) == \
+        run_key({**b, "resume_from": "rel/y/runs/p/checkpoint-8"})
+    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) != run_key({**b, "resume_from": "/y/runs/q/checkpoint-8"})
+    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) != run_key({**b, "resume_from": "/y/runs/p/checkpoint-9"})
+    assert run_key(a) != run_key({**b, "seed": 1})
+
+
+def test_a_moved_source_folder_is_still_found(tmp_path):
+    first = run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    (tmp_path / "a").rename(tmp_path / "moved")  # its rows still name the old place
+    calls: list[str] = []
+    rows = run_grid(study(tmp_path, "b", ["lora"]), run_fn=counting(calls), progress=False, reuse=[tmp_path / "moved"])
+    assert not calls and len(rows) == len(first)
+    assert all(r["reused_from"].startswith(str((tmp_path / "moved").resolve())) for r in rows)
 
 
 def test_a_race_reuses_its_continued_rungs_too(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 RESULTS = "results.jsonl"
+RUNS = "runs"  # a grid folder: results.jsonl, and runs/<run id>/ for each run
 
 
 class ResultRow(TypedDict, total=False):

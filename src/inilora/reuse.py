@@ -25,21 +25,17 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .results import RESULTS, json_default, read_results
+from .results import RESULTS, RUNS, json_default, read_results
 
-#: config keys that say where a run lives, not what it is
-_PLACE = ("output_dir", "resume_from")
-
-
-def run_key(config: dict[str, Any], root: Path) -> str:
-    """A run's identity: its resolved config as JSON, with its place in the grid ``root`` made relative."""
+def run_key(config: dict[str, Any]) -> str:
+    """A run's identity: its resolved config as JSON without its place — ``output_dir`` dropped, a
+    ``resume_from`` inside a grid's ``runs/`` kept from ``runs/`` on (the prefix run and checkpoint)."""
     data = json.loads(json.dumps(config, default=json_default))
-    for key in _PLACE:
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            path = Path(value)
-            data[key] = str(path.relative_to(root)) if path.is_relative_to(root) else value
     data.pop("output_dir", None)
+    resume = data.get("resume_from")
+    if isinstance(resume, str) and RUNS in Path(resume).parts[:-1]:
+        parts = Path(resume).parts
+        data["resume_from"] = str(Path(*parts[len(parts) - 1 - parts[::-1].index(RUNS):]))
     return json.dumps(data, sort_keys=True)
 
 
@@ -56,17 +52,28 @@ class Reusable:
             if source.resolve() == root.resolve():
                 continue  # a grid's own rows are resumed anyway
             for row in read_results(source):
-                config, out = row.get("config"), row.get("output_dir")
-                if not config or not out or not (Path(out) / "metrics.json").is_file():
-                    continue  # an incomplete or foreign row: nothing to copy
-                self.index.setdefault(run_key(config, source.resolve()), {**row, "_source": source.resolve()})
+                folder = _folder(row, source)
+                if row.get("config") and folder is not None:
+                    self.index.setdefault(run_key(row["config"]), {**row, "output_dir": str(folder)})
 
     def __len__(self) -> int:
         return len(self.index)
 
     def find(self, config: dict[str, Any]) -> dict[str, Any] | None:
         """The finished row that is exactly the run ``config`` (a resolved TrainConfig of this grid)."""
-        return self.index.get(run_key(config, self.root.resolve()))
+        return self.index.get(run_key(config))
+
+
+def _folder(row: dict[str, Any], source: Path) -> Path | None:
+    """A row's complete run folder: where it says, else under ``source`` (a grid folder moved or
+    reached by another path); None when neither holds its ``metrics.json``."""
+    out = row.get("output_dir")
+    if not out:
+        return None
+    for folder in (Path(out), source / RUNS / Path(out).name):
+        if (folder / "metrics.json").is_file():
+            return folder.resolve()
+    return None
 
 
 def copy_run(row: dict[str, Any], destination: Path) -> None:

@@ -34,10 +34,9 @@ from .config import (
     to_dict,
 )
 from .errors import InitError
-from .results import RESULTS, append_result, json_default, read_results  # noqa: F401 - re-exported
+from .results import RESULTS, RUNS, append_result, json_default, read_results  # noqa: F401 - re-exported
 from .reuse import Reusable, copy_run, reused_row
 
-RUNS = "runs"
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss",
         "eval_history", "info", "harness", "device", "threads", "precision", "versions",  # the last four: where a number was measured
