@@ -274,6 +274,22 @@ def claims() -> list[Claim]:
             "the 3 vs LoRA")]
         ini_pissa = ["NLU, rank 8, each at its own rate chosen on a dev split (nlu-dev-lr): "
                      + Cmp(f"{at('inilora')} − {at('pissa')}", obn["inilora"][1], obn["pissa"][1]).text()]
+    ei = finished("every-init-nlu", ["lora", "inilora", "inilora-alpha", "inilora-beta-kn", "inilora-beta-ku", "milora"])
+    obe = {m: own_best("every-init-nlu", m, "dev/accuracy") for m in ei}
+
+    def ate(m: str) -> str:
+        return _at("every-init-nlu", m, "dev/accuracy")
+
+    def ei_cmps(pairs: list[tuple[str, str]], family: str, sign: int = 1) -> list[str]:
+        ok = [(a, b) for a, b in pairs if a in obe and b in obe]
+        return ["offline-topic, each at its own rate chosen on a dev split (every-init-nlu): " + c.text() for c in holm(
+            [Cmp(f"{ate(a)} − {ate(b)}", obe[a][1], obe[b][1], sign) for a, b in ok], family.format(n=len(ok)))]
+
+    table3_nlu = (ei_cmps([(m, "lora") for m in ("inilora-alpha", "inilora-beta-kn", "inilora-beta-ku")], "the {n} vs LoRA")
+                  + ei_cmps([(m, "inilora") for m in ("inilora-alpha", "inilora-beta-kn", "inilora-beta-ku")],
+                            "the {n} vs IniLoRA"))
+    vs_milora = ei_cmps([("inilora", "milora")], "")
+    fig4 = ei_cmps([(k, "inilora-alpha") for k in ("inilora-beta-kn", "inilora-beta-ku")], "the {n} Kaiming vs N(0, 0.5²)")
     mechanism = direction("direction-nlu", 165, "dev/accuracy") + direction("direction-nlg", 170,
                                                                              "offline-arith-dev/accuracy")
     out.append(Claim(
@@ -336,8 +352,9 @@ def claims() -> list[Claim]:
     out.append(Claim(
         "Table 3", "IniLoRA-α and IniLoRA-β beat IniLoRA and LoRA",
         "NLG: α each at its own rate (fit-and-lr-nlg); β only at the shared 2e-3. NLU: all at the shared 2e-3 "
-        "(fit-matters-nlu)",
-        [a_i.text(), tuned[1].text(),
+        "(fit-matters-nlu)" + ("; and each at its own rate on a dev split (every-init-nlu, the methods whose grid is "
+                               "complete)" if table3_nlu else ""),
+        [*table3_nlu, a_i.text(), tuned[1].text(),
          "NLG, 2e-3: " + vs_fit["inilora-alpha"].text().replace("inilora-alpha", "α − IniLoRA"),
          "NLG, 2e-3: " + vs_fit["inilora-beta-kn"].text().replace("inilora-beta-kn", "β − IniLoRA"),
          "NLU, 2e-3: " + vs_fit_nlu["inilora-alpha"].text().replace("inilora-alpha", "α − IniLoRA"),
@@ -351,9 +368,10 @@ def claims() -> list[Claim]:
                      "(the fit's time is inside IniLoRA runs' wall time; bench/ measures the engines)", ["**untested** here"],
                      "bench/ on a GPU (issue 30's gpu_check); minutes, not hours"))
     out.append(Claim("Table 6 / Fig. 5", "IniLoRA ≥ PiSSA, MiLoRA, LoRA at ranks 8–32, with lower training loss",
-                     "rank 8 only: final training loss at 2e-3 (below); IniLoRA vs PiSSA at own rates on NLU; "
-                     "other ranks not run",
-                     [*ini_pissa, Cmp("NLU final train loss, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
+                     "rank 8 only: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
+                                                                                              else "")
+                     + " at own rates on NLU; other ranks not run",
+                     [*ini_pissa, *vs_milora, Cmp("NLU final train loss, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
                           _final_loss("fit-matters-nlu", "inilora"), unit="× 1e-2").text(),
                       Cmp("NLG final train loss at each own rate, LoRA − IniLoRA", _final_loss("fit-and-lr-nlg", "lora", 8e-3),
                           _final_loss("fit-and-lr-nlg", "inilora", 1e-3), unit="× 1e-2").text()],
@@ -397,8 +415,11 @@ def claims() -> list[Claim]:
         "configs/embedded/fig3-init-std.yaml with each std at its own rate; GPU: configs/paper/fig3-init-std.yaml "
         "(21 runs; rough estimate 100–200 GPU-h)"))
     out.append(Claim("Fig. 4", "Kaiming initialisation beats the other distributions",
-                     "only IniLoRA-β (K-N) at 2e-3 (Table 3 row above); no other distribution run",
-                     ["**untested** beyond that row"],
+                     "IniLoRA-β (K-N) at 2e-3 (Table 3 row above)" + ("; Kaiming normal and uniform factors against "
+                                                                      "N(0, 0.5²) ones (IniLoRA-α), residual frozen in "
+                                                                      "all three, each at its own rate (every-init-nlu)"
+                                                                      if fig4 else "; no other distribution run"),
+                     fig4 or ["**untested** beyond that row"],
                      "configs/embedded/fig4-distribution.yaml; GPU: configs/paper/fig4-distribution.yaml (24 runs; "
                      "rough estimate 100–200 GPU-h)"))
     lr_cmps = []
@@ -434,6 +455,26 @@ def fig3_table() -> str:
 def _complete(study: str, planned: int) -> bool:
     """Every planned run of a study committed (its own-best choices are then over the whole grid)."""
     return (RESULTS / study / "results.jsonl").is_file() and len(rows(study)) >= planned
+
+
+def planned(study: str) -> Counter:
+    """Runs per method the study's committed compare.yaml plans (the grid expanded, nothing run)."""
+    from inilora.config import CompareConfig, load_yaml
+    from inilora.runner import expand
+
+    path = RESULTS / study / "compare.yaml"
+    if not path.is_file():
+        return Counter()
+    return Counter(r.label for r in expand(load_yaml(path, CompareConfig), "/nonexistent"))
+
+
+def finished(study: str, want: list[str]) -> list[str]:
+    """Those of ``want`` whose every planned run of ``study`` is committed: an own-best rate is chosen
+    over a method's whole grid or not at all (a study may run method by method)."""
+    if not (RESULTS / study / "results.jsonl").is_file():
+        return []
+    plan, have = planned(study), Counter(r["method"] for r in rows(study))
+    return [m for m in want if plan.get(m) and have[m] >= plan[m]]
 
 
 def _done(study: str, planned: int) -> str:
