@@ -238,3 +238,19 @@ def test_load_config_overrides(tmp_path):
     path.write_text("task: offline-topic\nepochs: three\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: epochs"):
         load_config(path, {"lora.rank": 16})
+
+
+def test_a_cpu_row_names_the_kernels_torch_dispatches_to_and_the_cpu_family(monkeypatch, tmp_path):
+    """A VM may name its CPU only "AMD EPYC"; Zen 3 and Zen 4 differ in the last digits (AVX2 vs AVX-512)."""
+    import builtins
+
+    import torch
+
+    from inilora.train.pipeline import _device_name
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: other\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    assert _device_name("cpu") == f"cpu (AMD EPYC, family 25 model 17, {torch.backends.cpu.get_cpu_capability()})"

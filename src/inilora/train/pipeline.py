@@ -9,6 +9,7 @@ and everything after — applying it, the trainable guard, saving — is handed 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -473,9 +474,15 @@ def _device_name(device: str) -> str:
     import platform
 
     model = platform.processor() or platform.machine()
-    try:  # Linux: the CPU's own name ("AMD EPYC 7B13"), which is what makes a wall time comparable
+    try:  # Linux: the CPU's own name ("AMD EPYC 7B13"), which is what makes a wall time comparable; a VM
+        # may show only "AMD EPYC", so family and model (Zen 3 is 25/1, Zen 4 25/17) are added when known
         with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+            fields = dict(ln.split(":", 1) for ln in itertools.takewhile(str.strip, f) if ":" in ln)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        model = fields.get("model name", model)
+        if "cpu family" in fields and "model" in fields:
+            model += f", family {fields['cpu family']} model {fields['model']}"
     except OSError:
         pass
-    return f"cpu ({model})"
+    # the kernels torch dispatches to on this CPU: what decides the last digits of a CPU number
+    return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()})"
