@@ -7,8 +7,8 @@ where it lives (``output_dir``, and a ``resume_from`` inside its own grid), the 
 applies to its own rows; a run that merely looks alike (another label, one option changed) is
 trained. Its folder must be complete (``metrics.json``).
 
-The run's folder is copied under a temporary name and renamed into place, so an interrupted copy
-leaves no half run; its ``config.yaml`` is rewritten to say where it now lives. The row keeps what
+The run's folder is built under a temporary name beside its place and moved in, so an interrupted
+copy leaves no half run; its ``config.yaml`` is rewritten to say where it now lives. The row keeps what
 was measured (metrics, per-example items, ``device``, ``threads``, ``versions``, ``finished_at``) and
 says where (``reused_from``): a reused number is the original measurement, not a rerun.
 """
@@ -16,7 +16,6 @@ says where (``reused_from``): a reused number is the original measurement, not a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +24,9 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
+from .fileio import replace_dir, temp_dir
 from .results import RESULTS, RUNS, json_default, read_results
+
 
 def run_key(config: dict[str, Any]) -> str:
     """A run's identity: its resolved config as JSON without its place — ``output_dir`` dropped, a
@@ -77,19 +78,21 @@ def _folder(row: dict[str, Any], source: Path) -> Path | None:
 
 
 def copy_run(row: dict[str, Any], destination: Path) -> None:
-    """Copy a finished run's folder to ``destination`` atomically; its config.yaml names the new place."""
-    if destination.exists():
-        shutil.rmtree(destination)  # an unfinished run of this grid (no row): it restarts as a copy
-    tmp = destination.with_name(f".{destination.name}.reusing")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(row["output_dir"], tmp, symlinks=True)
-    config_file = tmp / "config.yaml"
-    if config_file.is_file():
-        data = yaml.safe_load(config_file.read_text()) or {}
-        data["output_dir"] = str(destination)
-        config_file.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, destination)
+    """Copy a finished run's folder to ``destination`` (built beside it, then moved into place, so a
+    kill leaves no half run); its config.yaml names the new place. An unfinished run of this grid
+    there (no row) is replaced: it restarts as the copy."""
+    tmp = temp_dir(destination.parent, destination.name)
+    try:
+        shutil.copytree(row["output_dir"], tmp, symlinks=True, dirs_exist_ok=True)
+        config_file = tmp / "config.yaml"
+        if config_file.is_file():
+            data = yaml.safe_load(config_file.read_text()) or {}
+            data["output_dir"] = str(destination)
+            config_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        replace_dir(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def reused_row(row: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
