@@ -263,6 +263,16 @@ def test_provenance_names_the_machine_and_threads_of_each_run(tmp_path):
     assert "Measured on cpu (AMD EPYC) (1 thread, fp32), cpu (AMD EPYC) (2 threads, fp32);" in text
 
 
+def test_provenance_says_when_versions_differ_and_which_runs_were_taken_from_another_grid(tmp_path):
+    old = {"transformers": "5.24.0", "peft": "0.21.2"}
+    rows = [_row("lora", s, 0.6, versions=old, reused_from=f"/studies/first/runs/lora_seed={s}") for s in (0, 1)]
+    rows += [_row("inilora", s, 0.7, versions={**old, "transformers": "5.25.0"}) for s in (0, 1)]
+    text = write_report(tmp_path, rows, plots=False).read_text()
+    assert ("library versions differ between runs: transformers 5.24.0, peft 0.21.2 | transformers 5.25.0, "
+            "peft 0.21.2") in text
+    assert "2 of 4 runs were taken from /studies/first (`compare --reuse`), as measured there" in text
+
+
 # ------------------------------------------------------------------------------------------------
 # the fair view first (issue 28) and the report cosmetics of issue 24
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -378,9 +379,17 @@ def _provenance(rows: list[dict]) -> str:
                                       for r in rows if r.get("device"))) or "not recorded"
     stamps = sorted(r["finished_at"] for r in rows if r.get("finished_at"))
     when = f"{stamps[0][:16]} – {stamps[-1][:16]} UTC" if stamps else "not recorded"
-    versions = next((r["versions"] for r in rows if r.get("versions")), {})
-    libs = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else ""
-    return f"Measured on {devices}; runs finished {when}" + (f"; {libs}" if libs else "") + ".\n"
+    libs = list(dict.fromkeys(", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                              for r in rows if isinstance(r.get("versions"), dict)))
+    text = f"Measured on {devices}; runs finished {when}"
+    if len(libs) == 1:
+        text += f"; {libs[0]}"
+    elif libs:
+        text += "; library versions differ between runs: " + " | ".join(libs)
+    taken = Counter(str(Path(r["reused_from"]).parent.parent) for r in rows if r.get("reused_from"))
+    for source, n in taken.items():
+        text += f". {n} of {len(rows)} runs were taken from {source} (`compare --reuse`), as measured there"
+    return text + ".\n"
 
 
 # keys that differ between methods by construction, not by a variant's ``settings``

@@ -48,6 +48,7 @@ class ResultRow(TypedDict, total=False):
     config: dict[str, Any]  # the run's whole resolved TrainConfig: a rerun of another config is refused
     output_dir: str
     finished_at: str  # ISO time, UTC
+    reused_from: str  # taken from another grid (``compare --reuse``): the run folder it was measured in
 
 
 def json_default(value: Any) -> Any:
