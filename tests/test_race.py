@@ -207,3 +207,13 @@ def test_a_single_finalist_is_still_each_methods_own_best(tmp_path):
     found = {t.method: t for t in tuned(rows, "learning_rate", VAL)}
     assert {m: t.choice for m, t in found.items()} == {"lora": 8e-3, "inilora": 1e-3}
     assert found["lora"].tried == [2e-3, 8e-3, 3.2e-2] and not found["lora"].edge
+
+
+def test_a_race_of_some_methods_now_and_the_rest_later_equals_one_race(tmp_path):
+    part = run_grid(tuned_grid(tmp_path), run_fn=fake_nlg, progress=False, only_methods=["inilora"])
+    assert {r["method"] for r in part} == {"inilora"} and {r["rung"] for r in part} == {0, 1}
+    rest = run_grid(tuned_grid(tmp_path), run_fn=fake_nlg, progress=False)
+    whole = tuned_grid(tmp_path)
+    whole.output_dir = str(tmp_path / "whole")
+    once = run_grid(whole, run_fn=fake_nlg, progress=False)
+    assert sorted((r["run_id"], r["metrics"].get(VAL)) for r in rest) == sorted((r["run_id"], r["metrics"].get(VAL)) for r in once)

@@ -396,3 +396,30 @@ def test_a_refusal_inside_the_first_run_leaves_no_folder_behind(tmp_path):
     with pytest.raises(InitError):
         run_grid(grid(tmp_path), run_fn=refusing, progress=False)
     assert (tmp_path / "grid" / "compare.yaml").is_file()
+
+
+def test_methods_option_runs_only_those_cells_and_the_grid_stays_whole(tmp_path):
+    import yaml
+
+    cfg = grid(tmp_path, methods=["lora", "inilora", "pissa"])
+    calls: list[str] = []
+
+    def counting(config, **kw):
+        calls.append(config.method)
+        return fake_run(config, **kw)
+
+    rows = run_grid(cfg, run_fn=counting, progress=False, only_methods=["pissa", " lora"])
+    assert sorted(set(calls)) == ["lora", "pissa"] and len(rows) == 8
+    saved = yaml.safe_load((tmp_path / "grid" / "compare.yaml").read_text())
+    assert saved["methods"] == ["lora", "inilora", "pissa"]  # the grid is the config's, not the selection
+    calls.clear()
+    again = run_grid(cfg, run_fn=counting, progress=False)
+    assert set(calls) == {"inilora"} and len(calls) == 4 and len(again) == 12
+    assert _comparable(again) == _comparable(run_grid(grid(tmp_path / "whole", methods=["lora", "inilora", "pissa"]),
+                                                      run_fn=fake_run, progress=False))
+
+
+def test_methods_option_refuses_a_name_the_grid_lacks_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"--methods: 'inilroa' is not one of this grid's methods; did you mean 'inilora'"):
+        run_grid(grid(tmp_path), run_fn=fake_run, progress=False, only_methods=["inilroa"])
+    assert not (tmp_path / "grid").exists()

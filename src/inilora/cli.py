@@ -402,6 +402,9 @@ def compare(
     reuse: list[Path] | None = typer.Option(None, "--reuse", help="Another comparison's output folder: its "
                                             "finished runs that are exactly runs of this grid (same resolved "
                                             "config) are copied in instead of trained (repeatable)."),
+    methods: str | None = typer.Option(None, "--methods", help="Run only these of the grid's methods now, "
+                                       "comma-separated (the grid stays the config's; run again without it "
+                                       "for the rest)."),
 ) -> None:
     """Run a grid of methods × seeds × swept settings; resumable; writes results.jsonl and report.md."""
     if old_o:
@@ -414,7 +417,7 @@ def compare(
 
     get_backend(backend, address=address)  # a typo in --backend costs nothing
     run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console,
-                backend=backend, address=address, reuse=reuse or ())
+                backend=backend, address=address, reuse=reuse or (), only_methods=(methods or "").split(","))
 
 
 @app.command()

@@ -300,11 +300,14 @@ def run_grid(
     deadline: float | None = None,
     backend=None,
     reuse: Iterable[str | Path] = (),
+    only_methods: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Run (or, with ``dry_run``, only print) every unfinished run of the grid; return the rows of
     ``results.jsonl``. ``deadline`` (a ``time.time()``) stops before starting a run past it.
     ``backend`` (:mod:`inilora.backends`) executes the runs: in this process unless one is given.
-    ``reuse``: grid folders whose finished runs are taken where one is exactly a run of this grid."""
+    ``reuse``: grid folders whose finished runs are taken where one is exactly a run of this grid.
+    ``only_methods``: run only these methods' cells now (the grid, its folder and rows stay the whole
+    config's; a later run without it adds the rest)."""
     from rich.console import Console
 
     from .backends import InProcess
@@ -313,6 +316,7 @@ def run_grid(
     backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
     reusable = Reusable(reuse, root) if reuse else None
+    chosen = _chosen_methods(config, only_methods)
     if race_mode(config):
         _check_methods(config)
         val_task = check_race(config)
@@ -323,9 +327,9 @@ def run_grid(
             save_config(config, root)
         return _removing_if_refused(root, created and not dry_run, lambda: race(
             config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
-            deadline=deadline, dry_run=dry_run, backend=backend, reusable=reusable))
+            deadline=deadline, dry_run=dry_run, backend=backend, reusable=reusable, chosen=chosen))
     _check_root(root)
-    runs = expand(config, root)
+    runs = [r for r in expand(config, root) if chosen is None or r.label in chosen]
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
         check_selection(config, key)
     previous = {r["run_id"]: r for r in read_results(root)}
@@ -346,6 +350,23 @@ def run_grid(
 
     _removing_if_refused(root, created, execute)
     return read_results(root)
+
+
+def _chosen_methods(config: CompareConfig, names: Iterable[str]) -> set[str] | None:
+    """``compare --methods``: the labels to run now, each one of the config's methods (a typo is refused
+    with the close name), or None for all."""
+    import difflib
+
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        return None
+    for name in names:
+        if name not in config.methods:
+            close = difflib.get_close_matches(name, config.methods, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"--methods: {name!r} is not one of this grid's methods; {hint}"
+                              f"it has {', '.join(config.methods)}")
+    return set(names)
 
 
 def _removing_if_refused(root: Path, created: bool, work: Callable[[], Any]) -> Any:
@@ -535,8 +556,9 @@ def check_race(config: CompareConfig) -> str:
 
 def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = True, run_progress: bool = False,
          console=None, deadline: float | None = None, dry_run: bool = False, backend=None,
-         reusable: Reusable | None = None) -> list[dict[str, Any]]:
-    """Run the race rung by rung (resuming from ``results.jsonl``); return the rows."""
+         reusable: Reusable | None = None, chosen: set[str] | None = None) -> list[dict[str, Any]]:
+    """Run the race rung by rung (resuming from ``results.jsonl``); return the rows. ``chosen``: race
+    only these methods now."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
@@ -544,7 +566,8 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
     rows = read_results(root)
     if dry_run:
         ladders, _ = rates.plan(config, rows)
-        console.print(plan_table(race_cells(config, root, ladders, val_task), {r["run_id"] for r in rows}, reusable))
+        cells = [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
+        console.print(plan_table(cells, {r["run_id"] for r in rows}, reusable))
         console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
                       f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
         return rows
@@ -552,7 +575,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
                    deadline=deadline, backend=backend, reusable=reusable) as ex:
         while True:
             ladders, _ = rates.plan(config, rows)
-            cells = race_cells(config, root, ladders, val_task)
+            cells = [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
             _check_same_configs(cells, {r["run_id"]: r for r in rows}, root)
             ex.grow(len(cells))
             todo = [c for c in cells if c.run_id not in ex.done]
@@ -618,7 +641,7 @@ def _progress(enabled: bool, console):
 def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: str | Path | None = None,
                 overrides: dict[str, Any] | None = None, run_fn: RunFn | None = None, console=None,
                 backend: str = "in-process", address: str | None = None,
-                reuse: Iterable[str | Path] = ()) -> Path | None:
+                reuse: Iterable[str | Path] = (), only_methods: Iterable[str] = ()) -> Path | None:
     """``inilora compare``: load the YAML strictly, apply ``--set`` overrides, run on ``backend``
     (``in-process``, ``processes`` or ``ray``, see :mod:`inilora.backends`), write the report."""
     from rich.console import Console
@@ -630,7 +653,7 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     executor = get_backend(backend, address=address, resources=config.resources)
     root = Path(output_dir or config.output_dir)
     rows = run_grid(config, run_fn=run_fn, dry_run=dry_run, output_dir=root, console=console, backend=executor,
-                    reuse=reuse)
+                    reuse=reuse, only_methods=only_methods)
     if dry_run or not rows:
         return None
     from .report import own_best_table, summary_table, verdict, write_report
