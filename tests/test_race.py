@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig
+from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig, to_dict
 from inilora.rates import default_grid, grids, plan, replay, rung_steps, savings, survivors
 from inilora.runner import read_results, run_grid
 
@@ -41,6 +42,7 @@ def fake_nlg(config: TrainConfig, *, progress: bool = True) -> dict:
         assert (ckpt / "trainer_state.json").is_file(), f"continued a missing checkpoint {ckpt}"
         start = json.loads((ckpt / "trainer_state.json").read_text())["global_step"]
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))  # as train.run writes it
     time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")))
     end = config.stop_at or config.max_steps
     (out / f"checkpoint-{end}").mkdir(exist_ok=True)

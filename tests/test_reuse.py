@@ -14,7 +14,7 @@ import yaml
 
 from inilora.config import CompareConfig, TrainConfig, Variant, to_dict
 from inilora.reuse import copy_run, run_key
-from inilora.runner import expand, run_grid
+from inilora.runner import expand, run_grid, save_config
 from test_race import fake_nlg, tuned_grid
 from test_runner import fake_run
 
@@ -83,7 +83,7 @@ def test_an_unfinished_run_of_the_source_is_not_taken(tmp_path):
     assert [Path(c).name for c in calls] == [victim.run_id]
 
 
-def test_copy_is_atomic_and_rewrites_the_runs_own_config(tmp_path):
+def test_copy_is_atomic_writes_this_grids_config_and_a_marker(tmp_path):
     src = tmp_path / "src" / "runs" / "r"
     (src / "adapter").mkdir(parents=True)
     (src / "adapter" / "w.bin").write_bytes(b"\x00\x01")
@@ -91,22 +91,92 @@ def test_copy_is_atomic_and_rewrites_the_runs_own_config(tmp_path):
     dest = tmp_path / "dst" / "runs" / "r"
     dest.mkdir(parents=True)
     (dest / "partial.txt").write_text("an unfinished run of this grid")
-    copy_run({"output_dir": str(src)}, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["adapter", "config.yaml"]
-    assert yaml.safe_load((dest / "config.yaml").read_text()) == {"method": "lora", "output_dir": str(dest)}
+    (dest.parent / ".r.tmp-killed").mkdir()  # an earlier copy, killed midway
+    planned = {"method": "lora", "output_dir": str(dest), "resume_from": str(dest.parent / "p" / "checkpoint-8")}
+    copy_run({"_folder": str(src), "output_dir": str(src), "metrics": {"accuracy": 0.5}}, dest, planned)
+    assert sorted(p.name for p in dest.iterdir()) == ["adapter", "config.yaml", "reused.json"]
+    assert yaml.safe_load((dest / "config.yaml").read_text()) == planned
+    assert json.loads((dest / "reused.json").read_text()) == {"output_dir": str(src), "metrics": {"accuracy": 0.5},
+                                                              "reused_from": str(src)}
     assert (dest / "adapter" / "w.bin").read_bytes() == b"\x00\x01"
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
     assert yaml.safe_load((src / "config.yaml").read_text())["output_dir"] == str(src)  # the source untouched
+
+
+def test_a_row_whose_folder_is_another_run_is_not_taken(tmp_path):
+    run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    victim = expand(study(tmp_path, "a", ["lora"]))[0]
+    config_file = Path(victim.config.output_dir) / "config.yaml"
+    config_file.write_text(yaml.safe_dump({**yaml.safe_load(config_file.read_text()), "learning_rate": 5e-3}))
+    calls: list[str] = []
+    run_grid(study(tmp_path, "b", ["lora"]), run_fn=counting(calls), progress=False, reuse=[tmp_path / "a"])
+    assert [Path(c).name for c in calls] == [victim.run_id]
+
+
+def test_a_copy_killed_before_its_row_is_recorded_as_reused_on_the_next_run(tmp_path):
+    run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    first = run_grid(study(tmp_path, "b", ["lora"]), run_fn=fake_run, progress=False, reuse=[tmp_path / "a"])
+    results = tmp_path / "b" / "results.jsonl"
+    results.write_text("\n".join(results.read_text().splitlines()[:1]) + "\n")  # killed after the copies
+    again = run_grid(study(tmp_path, "b", ["lora"]), run_fn=lambda c, **k: pytest.fail("trained a copied run"),
+                     progress=False)  # without --reuse: the marker says what the folder is
+    assert sorted((r["run_id"], r["reused_from"], r["finished_at"]) for r in again) == \
+        sorted((r["run_id"], r["reused_from"], r["finished_at"]) for r in first)
+
+
+def test_this_grids_own_finished_run_is_kept_not_replaced_by_a_copy(tmp_path):
+    run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    mine = expand(study(tmp_path, "b", ["lora"]))[0]
+    out = Path(mine.config.output_dir)
+    save_config(study(tmp_path, "b", ["lora"]), tmp_path / "b")  # a grid killed after its first run, before the row
+    fake_run(mine.config)
+    result = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps({**result, "metrics": {"accuracy": 0.123}}))
+    rows = run_grid(study(tmp_path, "b", ["lora"]), run_fn=fake_run, progress=False, reuse=[tmp_path / "a"])
+    own = next(r for r in rows if r["run_id"] == mine.run_id)
+    assert own["metrics"] == {"accuracy": 0.123} and "reused_from" not in own
+
+
+def test_a_chain_of_reuses_names_the_original_measurement(tmp_path):
+    first = run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    run_grid(study(tmp_path, "b", ["lora"]), run_fn=fake_run, progress=False, reuse=[tmp_path / "a"])
+    rows = run_grid(study(tmp_path, "c", ["lora"]), run_fn=lambda c, **k: pytest.fail("trained"), progress=False,
+                    reuse=[tmp_path / "b"])
+    assert {r["reused_from"] for r in rows} == {str(Path(r["output_dir"]).resolve()) for r in first}
+
+
+def test_runs_measured_on_another_kind_of_device_are_left_out(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import inilora.runner as runner
+
+    run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    results = tmp_path / "a" / "results.jsonl"
+    results.write_text("".join(json.dumps({**json.loads(line), "device": "NVIDIA H100 80GB HBM3"}) + "\n"
+                               for line in results.read_text().splitlines()))
+    monkeypatch.setattr(runner, "_device_kind", lambda config: "cpu")  # this grid runs on a CPU, whatever is here
+    calls: list[str] = []
+    console = Console(record=True, width=200)
+    run_grid(study(tmp_path, "b", ["lora"]), run_fn=counting(calls), progress=False, reuse=[tmp_path / "a"],
+             console=console)
+    assert len(calls) == 4  # bf16 GPU numbers do not pass for this CPU grid's fp32 runs
+    assert "not reused: 4 rows measured on cuda, this grid runs on cpu" in console.export_text()
+    monkeypatch.setattr(runner, "_device_kind", lambda config: "cuda")
+    rows = run_grid(study(tmp_path, "c", ["lora"]), run_fn=lambda c, **k: pytest.fail("trained"), progress=False,
+                    reuse=[tmp_path / "a"])
+    assert len(rows) == 4  # on a GPU grid they are the same runs
 
 
 def test_run_key_ignores_place_only():
     a = to_dict(TrainConfig(task="offline-topic", output_dir="/x/runs/r"))
     b = to_dict(TrainConfig(task="offline-topic", output_dir="/y/runs/r"))
     assert run_key(a) == run_key(b)
-    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) == \
-        run_key({**b, "resume_from": "rel/y/runs/p/checkpoint-8"})
+    # a prefix checkpoint inside the run's own grid is compared from the grid on
+    assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) == run_key({**b, "resume_from": "/y/runs/p/checkpoint-8"})
     assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) != run_key({**b, "resume_from": "/y/runs/q/checkpoint-8"})
     assert run_key({**a, "resume_from": "/x/runs/p/checkpoint-8"}) != run_key({**b, "resume_from": "/y/runs/p/checkpoint-9"})
+    # one outside it (set by hand) is a different file for each: compared as it is
+    assert run_key({**a, "resume_from": "/a/runs/p/checkpoint-8"}) != run_key({**b, "resume_from": "/b/runs/p/checkpoint-8"})
     assert run_key(a) != run_key({**b, "seed": 1})
 
 
@@ -126,7 +196,9 @@ def test_a_race_reuses_its_continued_rungs_too(tmp_path):
     rows = run_grid(again, run_fn=lambda c, **k: pytest.fail(f"trained {c.output_dir}"), progress=False,
                     reuse=[tmp_path / "race"])
     assert len(rows) == len(first) and all(r["reused_from"] for r in rows)
-    for r in rows:  # a continued rung's prefix is this grid's copy
+    for r in rows:  # a continued rung's prefix is this grid's copy, in its row and in its folder's config.yaml
+        stored = yaml.safe_load((Path(r["output_dir"]) / "config.yaml").read_text())
+        assert stored == r["config"]
         if r["config"].get("resume_from"):
             assert r["config"]["resume_from"].startswith(str(tmp_path / "race2"))
 

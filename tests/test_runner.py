@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from inilora.config import (
     CompareConfig,
@@ -20,6 +21,7 @@ from inilora.config import (
     Variant,
     from_dict,
     load_yaml,
+    to_dict,
 )
 from inilora.runner import expand, read_results, run_grid
 
@@ -43,6 +45,7 @@ def fake_run(config: TrainConfig, *, progress: bool = True, sleep: float | None 
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))  # as train.run writes it
     (out / "partial.txt").write_text("training…")
     time.sleep(float(os.environ.get("FAKE_RUN_SLEEP", "0")) if sleep is None else sleep)
     metrics = fake_metrics(config.method, config.seed, config.lora.rank)
@@ -422,4 +425,6 @@ def test_methods_option_runs_only_those_cells_and_the_grid_stays_whole(tmp_path)
 def test_methods_option_refuses_a_name_the_grid_lacks_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"--methods: 'inilroa' is not one of this grid's methods; did you mean 'inilora'"):
         run_grid(grid(tmp_path), run_fn=fake_run, progress=False, only_methods=["inilroa"])
+    with pytest.raises(ConfigError, match=r"--methods: no method named; give one or more of lora, inilora"):
+        run_grid(grid(tmp_path), run_fn=fake_run, progress=False, only_methods=["", " "])
     assert not (tmp_path / "grid").exists()

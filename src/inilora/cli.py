@@ -417,7 +417,8 @@ def compare(
 
     get_backend(backend, address=address)  # a typo in --backend costs nothing
     run_compare(config, dry_run=dry_run, output_dir=output_dir, overrides=overrides, console=console,
-                backend=backend, address=address, reuse=reuse or (), only_methods=(methods or "").split(","))
+                backend=backend, address=address, reuse=reuse or (),
+                only_methods=methods.split(",") if methods is not None else ())
 
 
 @app.command()

@@ -35,7 +35,7 @@ from .config import (
 )
 from .errors import InitError
 from .results import RESULTS, RUNS, append_result, json_default, read_results  # noqa: F401 - re-exported
-from .reuse import Reusable, copy_run, reused_row
+from .reuse import Reusable, copy_run, marker, reused_row
 
 #: keys of a run result kept in results.jsonl (the rest stays in the run's own folder)
 KEPT = ("metrics", "eval_examples", "headline", "train_loss", "trainable_params", "wall_s", "cpu_s", "approx_loss",
@@ -270,13 +270,13 @@ def plan_table(runs: list[PlannedRun], done: set[str], reusable=None):
     """A rich table of the plan (``--dry-run``); ``reusable``: another grid's finished runs (:mod:`inilora.reuse`)."""
     from rich.table import Table
 
-    table = Table(title=f"{len(runs)} runs ({len(done)} finished)")
+    table = Table(title=f"{len(runs)} runs ({sum(r.run_id in done for r in runs)} finished)")
     for col in ("run id", "method", "seed", "task", "settings", "status"):
         table.add_column(col)
     for run in runs:
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in run.settings.items()) or "—"
         found = reusable.find(to_dict(run.config)) if reusable is not None and run.run_id not in done else None
-        status = "done" if run.run_id in done else f"reuse {found['output_dir']}" if found else "to run"
+        status = "done" if run.run_id in done else f"reuse {found['_folder']}" if found else "to run"
         table.add_row(run.run_id, run.label, str(run.seed), run.config.task, settings, status)
     return table
 
@@ -315,7 +315,7 @@ def run_grid(
     console = console or Console(stderr=True)
     backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
-    reusable = Reusable(reuse, root) if reuse else None
+    reusable = Reusable(reuse, root, _device_kind(config)) if reuse else None
     chosen = _chosen_methods(config, only_methods)
     if race_mode(config):
         _check_methods(config)
@@ -329,12 +329,13 @@ def run_grid(
             config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
             deadline=deadline, dry_run=dry_run, backend=backend, reusable=reusable, chosen=chosen))
     _check_root(root)
-    runs = [r for r in expand(config, root) if chosen is None or r.label in chosen]
+    whole = expand(config, root)
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
         check_selection(config, key)
     previous = {r["run_id"]: r for r in read_results(root)}
-    _check_same_configs(runs, previous, root)
-    check_grid(runs)  # every cell, before the first run and in --dry-run
+    _check_same_configs(whole, previous, root)
+    check_grid(whole)  # every cell, before the first run and in --dry-run (with --methods too)
+    runs = [r for r in whole if chosen is None or r.label in chosen]
     done = set(previous)
     if dry_run:
         console.print(plan_table(runs, done, reusable))
@@ -352,14 +353,30 @@ def run_grid(
     return read_results(root)
 
 
+def _device_kind(config: CompareConfig) -> str:
+    """Where this grid's runs will run, "cuda" or "cpu": the config's device, else a GPU when one is
+    asked for (``resources.num_gpus``, Ray) or present here."""
+    device = config.base.device
+    if device != "auto":
+        return "cuda" if device.startswith("cuda") else "cpu"
+    if config.resources.get("num_gpus", 0) > 0:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _chosen_methods(config: CompareConfig, names: Iterable[str]) -> set[str] | None:
     """``compare --methods``: the labels to run now, each one of the config's methods (a typo is refused
     with the close name), or None for all."""
     import difflib
 
-    names = [n.strip() for n in names if n.strip()]
+    names = list(names)
     if not names:
         return None
+    if not any(n.strip() for n in names):
+        raise ConfigError("--methods: no method named; give one or more of " + ", ".join(config.methods))
+    names = [n.strip() for n in names if n.strip()]
     for name in names:
         if name not in config.methods:
             close = difflib.get_close_matches(name, config.methods, n=1, cutoff=0.6)
@@ -403,6 +420,7 @@ class Execution:
         self.run_progress = run_progress
         self.backend = backend or InProcess()
         self.reusable = reusable
+        self.said_left_out = False
         self.done = {r["run_id"] for r in read_results(root)}
         self.stopped = False  # the deadline passed: no further cell starts
         self.bar = _progress(progress, self.console)
@@ -459,14 +477,20 @@ class Execution:
 
 
     def _reused(self, runs: list[PlannedRun]) -> Iterable[tuple[PlannedRun, dict[str, Any]]]:
-        """Another grid's finished runs that are exactly some of ``runs``: copied in, their rows written."""
-        if self.reusable is None:
-            return []
-        found = [(run, self.reusable.find(to_dict(run.config))) for run in runs]
+        """Runs of ``runs`` taken from another grid (:mod:`inilora.reuse`): copied in now, or copied by an
+        earlier pass killed before their row; their rows written. This grid's own finished runs are left
+        to the backend, which returns them as they are."""
         out = []
-        for run, row in ((run, row) for run, row in found if row is not None):
-            copy_run(row, Path(run.config.output_dir))
-            new = reused_row(row, _row(run, {k: row[k] for k in KEPT if k in row}, self.config))
+        for run in runs:
+            folder = Path(run.config.output_dir)
+            original = marker(folder) if _finished(run) else None
+            if original is None:
+                found = None if self.reusable is None or _finished(run) else self.reusable.find(to_dict(run.config))
+                if found is None:
+                    continue
+                copy_run(found, folder, to_dict(run.config))
+                original = marker(folder)
+            new = reused_row(original, _row(run, {k: original[k] for k in KEPT if k in original}, self.config))
             append_result(self.root / RESULTS, new)
             self.done.add(run.run_id)
             if self.bar:
@@ -475,6 +499,10 @@ class Execution:
         if out:
             self.console.print(f"reused {len(out)} finished runs of "
                                f"{', '.join(sorted({str(Path(r['reused_from']).parent.parent) for _, r in out}))}",
+                               soft_wrap=True, highlight=False)
+        if self.reusable is not None and self.reusable.left_out and not self.said_left_out:
+            self.said_left_out = True
+            self.console.print("not reused: " + "; ".join(f"{n} rows {why}" for why, n in self.reusable.left_out.items()),
                                soft_wrap=True, highlight=False)
         return out
 
@@ -665,4 +693,10 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     else:
         Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
     (console or Console(stderr=True)).print(f"[bold green]wrote[/] {path}")
+    ran = {r["method"] for r in rows}
+    left = [m for m in config.methods if m not in ran]
+    if left:
+        (console or Console(stderr=True)).print(f"no rows yet for {', '.join(left)}: the report covers the methods "
+                                                 "that ran; run again without --methods for the rest",
+                                                 soft_wrap=True, highlight=False)
     return path

@@ -116,7 +116,7 @@ def environment() -> dict[str, str]:
     import torch
     import transformers
 
-    from ..version import __version__
+    from ..version import __version__, source_digest
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "inilora": __version__}
+            "peft": peft.__version__, "inilora": __version__, "inilora_source": source_digest()}
