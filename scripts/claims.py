@@ -463,6 +463,8 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "fig5": "<br>".join(losses),
         "pissa": "<br>".join(ini_pissa) or "**untested**",
         "direction": "<br>".join(mechanism) or "**untested** (the direction studies are not complete)",
+        "t3-own": "<br>".join(table3_nlu) or "**untested** (every-init-nlu's α/β grids are not complete)",
+        "fig4-own": "<br>".join(fig4) or "**untested** (every-init-nlu's β grids are not complete)",
         "t7-own": "<br>".join("NLU, " + line for line in zero_vs_lora("direction-nlu", 165, "dev/accuracy"))
         or "**untested** (direction-nlu is not complete)",
     })
@@ -585,6 +587,9 @@ def changes_table() -> str:
         ("IniLoRA ≥ PiSSA (Tables 2, 6)", "(not tested)", named["pissa"]),
         ("0 iterations competitive with LoRA, and the fit adds to it (Table 7), each at its own rate", "(not tested)",
          named["t7-own"]),
+        ("IniLoRA-α and -β beat IniLoRA and LoRA (Table 3), each at its own rate", "(NLU: only at the shared 2e-3)",
+         named["t3-own"]),
+        ("Kaiming beats the other distributions (Fig. 4)", "untested beyond one β (K-N) row", named["fig4-own"]),
         ("IniLoRA beats IniLoRA-α, each at its own rate", "does not hold", named["a-vs-ini"]),
         ("IniLoRA-α at its own rate", "“≥ 45.8”, a bound", "**not a bound**: its best rate was the grid's lowest, "
          "chosen on validation — a lower rate could score worse on test; nlg-long-lr extends the grid to 6.25e-5"),
