@@ -316,6 +316,9 @@ def run_grid(
     backend = backend or InProcess()
     root = Path(output_dir or config.output_dir)
     reusable = Reusable(reuse, root, _device_kind(config)) if reuse else None
+    if reusable is not None and reusable.left_out:  # said once, before anything runs (and in --dry-run)
+        console.print("not reused: " + "; ".join(f"{n} rows {why}" for why, n in reusable.left_out.items()),
+                      soft_wrap=True, highlight=False)
     chosen = _chosen_methods(config, only_methods)
     if race_mode(config):
         _check_methods(config)
@@ -420,7 +423,6 @@ class Execution:
         self.run_progress = run_progress
         self.backend = backend or InProcess()
         self.reusable = reusable
-        self.said_left_out = False
         self.done = {r["run_id"] for r in read_results(root)}
         self.stopped = False  # the deadline passed: no further cell starts
         self.bar = _progress(progress, self.console)
@@ -482,13 +484,14 @@ class Execution:
         to the backend, which returns them as they are."""
         out = []
         for run in runs:
-            folder = Path(run.config.output_dir)
-            original = marker(folder) if _finished(run) else None
+            folder, finished = Path(run.config.output_dir), _finished(run)
+            original = marker(folder) if finished else None
             if original is None:
-                found = None if self.reusable is None or _finished(run) else self.reusable.find(to_dict(run.config))
+                planned = to_dict(run.config)
+                found = None if self.reusable is None or finished else self.reusable.find(planned)
                 if found is None:
                     continue
-                copy_run(found, folder, to_dict(run.config))
+                copy_run(found, folder, planned)
                 original = marker(folder)
             new = reused_row(original, _row(run, {k: original[k] for k in KEPT if k in original}, self.config))
             append_result(self.root / RESULTS, new)
@@ -499,10 +502,6 @@ class Execution:
         if out:
             self.console.print(f"reused {len(out)} finished runs of "
                                f"{', '.join(sorted({str(Path(r['reused_from']).parent.parent) for _, r in out}))}",
-                               soft_wrap=True, highlight=False)
-        if self.reusable is not None and self.reusable.left_out and not self.said_left_out:
-            self.said_left_out = True
-            self.console.print("not reused: " + "; ".join(f"{n} rows {why}" for why, n in self.reusable.left_out.items()),
                                soft_wrap=True, highlight=False)
         return out
 
