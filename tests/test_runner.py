@@ -428,3 +428,22 @@ def test_methods_option_refuses_a_name_the_grid_lacks_before_anything_is_written
     with pytest.raises(ConfigError, match=r"--methods: no method named; give one or more of lora, inilora"):
         run_grid(grid(tmp_path), run_fn=fake_run, progress=False, only_methods=["", " "])
     assert not (tmp_path / "grid").exists()
+
+
+def test_compare_names_methods_without_rows_and_why(tmp_path):
+    from io import StringIO
+
+    import yaml
+    from rich.console import Console
+
+    from inilora.config import to_dict
+    from inilora.runner import run_compare
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(to_dict(grid(tmp_path, sweep={}))))
+    out = StringIO()
+    run_compare(path, run_fn=fake_run, console=Console(file=out, width=200), only_methods=["lora"])
+    assert "no rows yet for inilora" in out.getvalue() and "without --methods" in out.getvalue()
+    out = StringIO()
+    run_compare(path, run_fn=fake_run, console=Console(file=out, width=200))
+    assert "no rows yet" not in out.getvalue()  # every method has rows: nothing to say

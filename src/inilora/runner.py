@@ -591,9 +591,12 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
     console = console or Console(stderr=True)
     val_task = check_race(config)
     rows = read_results(root)
-    if dry_run:
+    def cells_now(rows: list[dict[str, Any]]) -> list[PlannedRun]:
         ladders, _ = rates.plan(config, rows)
-        cells = [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
+        return [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
+
+    if dry_run:
+        cells = cells_now(rows)
         console.print(plan_table(cells, {r["run_id"] for r in rows}, reusable))
         console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
                       f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
@@ -601,8 +604,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
     with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
                    deadline=deadline, backend=backend, reusable=reusable) as ex:
         while True:
-            ladders, _ = rates.plan(config, rows)
-            cells = [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
+            cells = cells_now(rows)
             _check_same_configs(cells, {r["run_id"]: r for r in rows}, root)
             ex.grow(len(cells))
             todo = [c for c in cells if c.run_id not in ex.done]
@@ -692,9 +694,8 @@ def run_compare(config_path: str | Path, *, dry_run: bool = False, output_dir: s
     else:
         Console().print(summary_table(rows, baseline=config.baseline, title=config.title))
     (console or Console(stderr=True)).print(f"[bold green]wrote[/] {path}")
-    ran = {r["method"] for r in rows}
-    left = [m for m in config.methods if m not in ran]
-    if left:
+    left = [m for m in config.methods if m not in {r["method"] for r in rows}]
+    if left and only_methods:  # without --methods every run finished or the grid raised
         (console or Console(stderr=True)).print(f"no rows yet for {', '.join(left)}: the report covers the methods "
                                                  "that ran; run again without --methods for the rest",
                                                  soft_wrap=True, highlight=False)
