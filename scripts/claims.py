@@ -638,6 +638,82 @@ def replay_table(study: str, on: str, ladders: list[list[int]]) -> str:
     return "\n".join(lines)
 
 
+#: nlu-dev-lr's grid stopped early on its full schedule (configs/embedded/race-stop*-nlu.yaml): step → study
+RACE_STOPS = {22: "race-stop22-nlu", 43: "race-stop43-nlu"}
+
+
+def _rate_means(rs: list[dict], method: str, on: str) -> dict[float, float]:
+    by: dict[float, list[float]] = {}
+    for r in rs:
+        if r["method"] == method:
+            by.setdefault(r["settings"]["learning_rate"], []).append(r["metrics"][on])
+    return {rate: sum(v) / len(v) for rate, v in by.items()}
+
+
+def race_curves_table(full: str, early: dict[int, str], on: str) -> str:
+    """Each method's mean ``on`` by rate after each early stop (rows of runs stopped there on the full
+    schedule) and at the end of the full grid's runs."""
+    total = max(s for r in rows(full) for s, _ in r["train_loss"])
+    methods = list(dict.fromkeys(r["method"] for r in rows(early[min(early)])))
+    stops = sorted(early)
+    lines = ["| method | rate | " + " | ".join(f"step {s}" for s in stops) + f" | end (step {total}) |",
+             "|---|---|" + "---|" * (len(stops) + 1)]
+    for m in methods:
+        curves = [_rate_means(rows(early[s]), m, on) for s in stops] + [_rate_means(rows(full), m, on)]
+        for rate in sorted(curves[-1]):
+            lines.append(f"| {NAME.get(m, m)} | {rate:g} | " + " | ".join(
+                f"{100 * c[rate]:.1f}" if rate in c else "—" for c in curves) + " |")
+    return "\n".join(lines)
+
+
+def race_check_table(full: str, early: dict[int, str], on: str, test: str,
+                     schedules: list[tuple[tuple[int, ...], int]]) -> str:
+    """Validation-ranked races replayed exactly: ``early`` maps a step to a study whose rows are every
+    (method, rate, seed) of ``full`` stopped at that step on the full schedule and graded on ``on``.
+    A rung continues its predecessor bit for bit (tests/train/test_prefix_runs.py; the prefix check
+    below), so a survivor's score after a later rung is the stopped run's, and a finalist's is the
+    grid's full run. Each schedule (rung steps, eta) keeps the best ``ceil(n/eta)`` rates per rung."""
+    from inilora import rates as rates_
+
+    whole = rows(full)
+    total = max(s for r in whole for s, _ in r["train_loss"])
+    methods = list(dict.fromkeys(r["method"] for r in rows(early[min(early)])))
+    seeds = {m: len({r["seed"] for r in whole if r["method"] == m}) for m in methods}
+    lines = ["| rungs (steps), keep 1/η | " + " | ".join(f"{NAME.get(m, m)} pick (grid's)" for m in methods)
+             + " | same picks | a miss costs, points on validation / test | steps vs the full grid"
+             " | CPU vs the full grid (≤) |", "|---|" + "---|" * (len(methods) + 4)]
+    for stops, eta in schedules:
+        picks, same, steps, grid_steps, cpu, grid_cpu, lost = [], 0, 0, 0, 0.0, 0.0, []
+        for m in methods:
+            alive = sorted(_rate_means(whole, m, on))
+            grid_steps += len(alive) * total * seeds[m]
+            grid_cpu += sum(r["cpu_s"] for r in whole if r["method"] == m)
+            last = 0
+            for stop in stops:
+                steps += len(alive) * (stop - last) * seeds[m]
+                cpu += sum(r["cpu_s"] for r in rows(early[stop]) if r["method"] == m and r["settings"]["learning_rate"] in alive)
+                last = stop
+                alive = rates_.survivors({k: v for k, v in _rate_means(rows(early[stop]), m, on).items() if k in alive}, eta)
+            steps += len(alive) * (total - last) * seeds[m]
+            cpu += sum(r["cpu_s"] for r in whole if r["method"] == m and r["settings"]["learning_rate"] in alive)
+            late = _rate_means(whole, m, on)
+            pick, best = max(alive, key=lambda r: (late[r], -r)), max(late, key=lambda r: (late[r], -r))
+            same += pick == best
+            picks.append(f"{pick:g} ({best:g})" if pick == best else f"**{pick:g}** ({best:g})")
+            if pick != best:
+                scored = _rate_means(whole, m, test)
+                lost.append(f"{NAME.get(m, m)} {100 * (late[best] - late[pick]):.1f} / {100 * (scored[best] - scored[pick]):+.1f}")
+        lines.append(f"| {', '.join(map(str, stops))} of {total}, η = {eta} | " + " | ".join(picks)
+                     + f" | {same}/{len(methods)} | {'; '.join(lost) or '—'} | {steps / grid_steps:.2f} | {cpu / grid_cpu:.2f} |")
+    key = {(r["method"], r["settings"]["learning_rate"], r["seed"]): r for r in whole}
+    checks = [(r, key[r["method"], r["settings"]["learning_rate"], r["seed"]], stop)
+              for stop, study in early.items() for r in rows(study)]
+    equal = sum(r["train_loss"] == [p for p in g["train_loss"] if p[0] <= stop] for r, g, stop in checks)
+    lines.append(f"\nPrefix check: in {equal} of {len(checks)} stopped runs the training losses logged up to the "
+                 "stop equal the full grid's run of the same method, rate and seed exactly.")
+    return "\n".join(lines)
+
+
 def claims_table() -> str:
     lines = ["| paper | claim | what we measured | verdict (A − B, paired by seed) | what would settle it |",
              "|---|---|---|---|---|"]
@@ -658,7 +734,10 @@ def blocks() -> dict[str, str]:
            "table1-qa": study_table("table1-nlu-long", acc, "offline-qa-pair"),
            "fig3": fig3_table(), "changes": changes_table(),
            "fit-and-lr-nlg-sensitivity": sensitivity_table("fit-and-lr-nlg", val),
-           "fit-and-lr-nlg-replay": replay_table("fit-and-lr-nlg", val, [[4], [8], [8, 16]])}
+           "fit-and-lr-nlg-replay": replay_table("fit-and-lr-nlg", val, [[4], [8], [8, 16]]),
+           "race-check-nlu-curves": race_curves_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy"),
+           "race-check-nlu": race_check_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy", acc,
+                                              [((22,), 3), ((43,), 3), ((22,), 2), ((43,), 2), ((22, 43), 2)])}
     for study in ("nlu-dev-lr", "nlg-long-lr", "direction-nlu", "direction-nlg", "every-init-nlu", "every-init-nlg"):
         out[study] = f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
         if (RESULTS / study / "results.jsonl").is_file():

@@ -77,6 +77,10 @@ def test_default_grids_centre_per_family_and_span_16x():
 
 def test_rungs_and_survivors():
     assert rung_steps(24, 3, 2) == [8, 24] and rung_steps(24, 3, 3) == [3, 8, 24]
+    # rung 0 at a chosen share, the rungs between geometric; exact shares are not rounded up a step
+    assert rung_steps(24, 3, 2, first=1 / 6) == [4, 24] and rung_steps(128, 3, 2, first=1 / 6) == [22, 128]
+    assert rung_steps(36, 3, 3, first=1 / 9) == [4, 12, 36] == rung_steps(36, 3, 3)
+    assert rung_steps(96, 3, 2, first=0.1666666667) == [16, 96] and rung_steps(96, 3, 2, first=0.17) == [17, 96]
     assert survivors({1: 0.1, 2: 0.3, 3: 0.3, 4: 0.2, 5: 0.0}, 3) == [2, 3]
     assert survivors({1: 0.5, 2: 0.5}, 3) == [1]  # ties go to the lower rate
 
@@ -89,20 +93,20 @@ def test_race_picks_each_optimum_records_rung_rate_split_and_saves_compute(tmp_p
         assert r["rate"] == r["settings"]["learning_rate"] == r["config"]["learning_rate"]
         assert r["scored_on"] == {m: "validation" if m == VAL else "test" for m in r["metrics"]}
         assert (TEST in r["metrics"]) == (r["rung"] == 1)  # early rungs never read the test set
-        # every rung is the full run's schedule; rung 0 stops at 8 steps, rung 1 continues its checkpoint
-        assert r["config"]["max_steps"] == 24 and r["config"].get("stop_at", 0) == (0 if r["rung"] == 1 else 8)
+        # every rung is the full run's schedule; rung 0 stops at ⅙ (4 steps), rung 1 continues its checkpoint
+        assert r["config"]["max_steps"] == 24 and r["config"].get("stop_at", 0) == (0 if r["rung"] == 1 else 4)
         if r["rung"] == 1:
             prefix = Path(r["config"]["resume_from"])
-            assert prefix.name == "checkpoint-8" and prefix.parent.name == r["run_id"].replace("rung=1", "rung=0")
+            assert prefix.name == "checkpoint-4" and prefix.parent.name == r["run_id"].replace("rung=1", "rung=0")
         else:
             assert "resume_from" not in r["config"]
     finals = {r["method"]: r["rate"] for r in rows if r["rung"] == 1}
     assert finals == {"lora": 8e-3, "inilora": 1e-3}
-    # 5 rates × 8 steps at rung 0, 2 survivors continue 16 more: 5*8 + 2*16 = 72 of 5*24 = 120 steps per seed
+    # 5 rates × 4 steps at rung 0, 2 survivors continue 20 more: 5*4 + 2*20 = 60 of 5*24 = 120 steps per seed (½)
     s = savings(rows)
-    assert s["lora"]["per_rung"] == [5, 2] and s["lora"]["steps"] == 72 * 3 and s["lora"]["grid_steps"] == 120 * 3
+    assert s["lora"]["per_rung"] == [5, 2] and s["lora"]["steps"] == 60 * 3 and s["lora"]["grid_steps"] == 120 * 3
     # the fake's CPU seconds are the steps it trained: a finalist's full run cost its whole chain of rungs
-    assert s["lora"]["cpu_s"] == 72 * 3 and s["lora"]["grid_cpu_s"] == 120 * 3
+    assert s["lora"]["cpu_s"] == 60 * 3 and s["lora"]["grid_cpu_s"] == 120 * 3
     # no duplicated rows, and the same rows a second time (everything finished)
     assert len((tmp_path / "race" / "results.jsonl").read_text().splitlines()) == len(rows) == 2 * 3 * 7
     again = run_grid(cfg, run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)
@@ -219,3 +223,36 @@ def test_a_race_of_some_methods_now_and_the_rest_later_equals_one_race(tmp_path)
     whole.output_dir = str(tmp_path / "whole")
     once = run_grid(whole, run_fn=fake_nlg, progress=False)
     assert sorted((r["run_id"], r["metrics"].get(VAL)) for r in rest) == sorted((r["run_id"], r["metrics"].get(VAL)) for r in once)
+
+
+def test_a_race_with_a_short_first_rung_trains_that_share_and_half_the_grid(tmp_path):
+    from inilora.config import RaceSettings
+
+    cfg = tuned_grid(tmp_path, race=RaceSettings(first=1 / 6, extend=0), sweep={"learning_rate": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]})
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    assert {r["budget_steps"] for r in rows if r["rung"] == 0} == {4}
+    assert {r["start_step"] for r in rows if r["rung"] == 1} == {4}  # the finalists continue rung 0's checkpoint
+    for label, s in savings(rows).items():
+        assert s["per_rung"] == [5, 2] and s["steps"] / s["grid_steps"] == pytest.approx((5 * 4 + 2 * 20) / (5 * 24))
+
+
+def test_race_first_out_of_range_is_refused():
+    from inilora.config import RaceSettings
+
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=r"race\.first: must be between 0 and 1"):
+            RaceSettings(first=bad)
+
+
+def test_a_race_begun_at_another_first_rung_is_refused_with_the_share_that_continues_it(tmp_path):
+    from inilora.config import RaceSettings
+
+    run_grid(tuned_grid(tmp_path, race=RaceSettings(first=None)), run_fn=fake_nlg, progress=False)  # rung 0: 8 of 24
+    before = (tmp_path / "race" / "results.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match=r"differs in: stop_at.*set race.first: 0.3333333333") as err:
+        run_grid(tuned_grid(tmp_path), run_fn=fake_nlg, progress=False)  # the default: rung 0 at 4 of 24
+    assert (tmp_path / "race" / "results.jsonl").read_bytes() == before
+    share = float(str(err.value).rsplit(": ", 1)[1].rstrip("."))
+    again = run_grid(tuned_grid(tmp_path, race=RaceSettings(first=share)),
+                     run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)
+    assert len(again) == len(before.splitlines())  # the hint's share continues the same race

@@ -212,13 +212,17 @@ class Variant:
 class RaceSettings:
     """How ``tune: {learning_rate: ...}`` pays for each method's own best rate (see :mod:`inilora.rates`).
 
-    Successive halving: every rate of a method trains rung 0 (``max_steps / eta**(rungs-1)`` steps),
-    the best ``1/eta`` by the validation metric go on to the next rung (``eta``× the steps), the last
-    rung is the full run, scored on test. ``rungs: 1`` trains the full grid. ``extend``: how many
-    steps the grid grows past an edge when a method's pick sits on it (then the table says "bound")."""
+    Successive halving: every rate of a method trains rung 0 (``first`` of the full run's steps), the
+    best ``1/eta`` by the validation metric continue to the next rung (the rungs between grow
+    geometrically), the last rung is the full run, scored on test. ``rungs: 1`` trains the full grid.
+    ``extend``: how many steps the grid grows past an edge when a method's pick sits on it (then the
+    table says "bound"). The defaults — rung 0 at ⅙, the best third continues — train ≈ ½ of the
+    grid's steps and were the cheapest that kept the grid's picks in docs/results.md's replays
+    ("A validation-ranked race"); ``eta: 2`` kept every pick there, at 0.6."""
 
     eta: int = 3
     rungs: int = 2
+    first: float | None = 1 / 6  # rung 0's share of the full run's steps; None: 1 / eta**(rungs - 1)
     extend: int = 1
     points: int = 5  # default grids (no sweep.learning_rate): rates per method,
     step: float = 2.0  # this factor apart (5 × 2: a 16× span; inilora.race.default_grid)
@@ -228,6 +232,7 @@ class RaceSettings:
         _check(self.step > 1, "race.step", f"must be > 1, got {self.step}")
         _check(self.eta >= 2, "race.eta", f"must be ≥ 2, got {self.eta}")
         _check(self.rungs >= 1, "race.rungs", f"must be ≥ 1, got {self.rungs}")
+        _check(self.first is None or 0 < self.first < 1, "race.first", f"must be between 0 and 1, got {self.first}")
         _check(self.extend >= 0, "race.extend", f"must be ≥ 0, got {self.extend}")
 
 

@@ -62,6 +62,7 @@ class Sizes:
     rate_step: float = 4.0
     race_eta: int = 3
     race_rungs: int = 2
+    race_first: float = 1 / 3  # rung 0 = the first third: at the quick demo's 12 steps, ⅙ would be 2 steps
     race_extend: int = 0  # the quick demo calls an edge pick a bound instead of spending ~2 min past it
     nlu: bool = True  # run the shared-rate NLU grid (as the budget allows)
     nlu_min_s: float = 0.0
@@ -127,7 +128,7 @@ def configs(out: Path, sizes: Sizes, nlu_task: str = "offline-topic") -> tuple[C
         variants=({"inilora": Variant(method="inilora", options=_fit_options("inilora", sizes, engine))}
                   if "inilora" in nlg_methods else {}),
         tune={"learning_rate": "offline-arith-val/accuracy"},
-        race=RaceSettings(eta=sizes.race_eta, rungs=sizes.race_rungs, extend=sizes.race_extend,
+        race=RaceSettings(eta=sizes.race_eta, rungs=sizes.race_rungs, first=sizes.race_first, extend=sizes.race_extend,
                           points=sizes.rate_points, step=sizes.rate_step),
         title="inilora demo — NLG: SmolLM2-135M-Instruct on offline-arith, each method at its own best rate")
     return nlu, nlg
@@ -172,7 +173,7 @@ def run_demo(out: str | Path | None = None, *, full: bool = False, nlu_task: str
     nlu, nlg = configs(out, sizes, nlu_task)
     fit = nlg.variants["inilora"].options if "inilora" in nlg.variants else nlu.variants["inilora"].options
     note = "" if fit["steps"] >= 20000 else " (the paper uses 20000; `inilora demo --full` runs them)"
-    rungs = rung_steps(sizes.nlg_steps, sizes.race_eta, sizes.race_rungs)
+    rungs = rung_steps(sizes.nlg_steps, sizes.race_eta, sizes.race_rungs, sizes.race_first)
     grids = "; ".join(f"{m} " + ", ".join(f"{r:g}" for r in default_grid(method_of(nlg, m), sizes.nlg_lr,
                                                                          sizes.rate_points, sizes.rate_step))
                       for m in nlg.methods)

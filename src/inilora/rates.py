@@ -17,11 +17,11 @@ were 8× (IniLoRA) and ≥ 32× (IniLoRA-α) below LoRA's (question 2). Methods 
 take the factor of the family they belong to, said so beside them; an unknown one LoRA's.
 
 **Successive halving** (``race:`` in the config). Every rate of a method trains rung 0 — the first
-``max_steps / eta**(rungs-1)`` steps of the full run (its schedule, warmup and decay, stopped there
-with a checkpoint), graded on the validation task only — over *all* seeds (a paired race); the best
-``ceil(n/eta)`` rates by mean validation score *continue* their checkpoints to ``eta``× the steps;
-the last rung completes the full run, graded on validation and test, and the method's pick is its
-best full run by validation. A pick at an end of the grid adds one rate past
+``race.first`` (⅙) of the full run's steps (its schedule, warmup and decay, stopped there with a
+checkpoint), graded on the validation task only — over *all* seeds (a paired race); the best
+``ceil(n/eta)`` rates by mean validation score *continue* their checkpoints (rungs between grow
+geometrically); the last rung completes the full run, graded on validation and test, and the
+method's pick is its best full run by validation. A pick at an end of the grid adds one rate past
 it (×/÷ the grid's step), which races from rung 0, up to ``race.extend`` times; past that the
 report calls the row a bound. Every decision is a function of ``results.jsonl`` alone, so an
 interrupted race resumes at the rung it was in and the report recomputes the choices.
@@ -38,7 +38,10 @@ A rung continues the previous rung's checkpoint (``TrainConfig.resume_from``; th
 stopped there with ``stop_at``) rather than restarting with a smaller budget of its own: so a
 finalist's last rung is bit for bit the full grid's run at that rate (the race can only lose a rate
 the grid would have picked, never score a finalist differently), and a rung costs only the steps it
-adds — with η = 3 over 5 rates, 5·⅓ + 2·⅔ = 3 full runs of 5 (0.6), where restarting paid 3.67 (0.73).
+adds — with η = 3 over 5 rates, 5·⅙ + 2·⅚ = 2.5 full runs of 5 (½); the classic rung 0 at 1/η paid
+5·⅓ + 2·⅔ = 3 (0.6), restarting each rung 3.67 (0.73). Rung 0 at ⅙ is the measured choice: replayed
+exactly on a validation-ranked NLU grid it kept more of the grid's picks than ⅓ did (3 of 4 vs 2 of 4;
+docs/results.md, "A validation-ranked race").
 Each rung is still an ordinary cell the runner (or its Ray backend) runs; the continuation is a file
 path in its config, checked to be a prefix of the same run. The risk — an early rung may favour
 other rates than the full run — is measured, not assumed: :func:`replay` and the demo report it.
@@ -107,9 +110,17 @@ def grid_step(grid: list[float]) -> float:
 # the race
 
 
-def rung_steps(full: int, eta: int, rungs: int) -> list[int]:
-    """Training steps of each rung: the last is the full run, each earlier one ``eta``× shorter."""
-    return [max(1, math.ceil(full / eta ** (rungs - 1 - k))) for k in range(rungs)]
+def rung_steps(full: int, eta: int, rungs: int, first: float | None = None) -> list[int]:
+    """Training steps of each rung: the last is the full run. ``first`` is rung 0's share of it, the
+    rungs between growing geometrically; None: each rung ``eta``× shorter than the next (classic
+    successive halving, where the steps grow by the factor the survivors shrink by)."""
+    def steps(exact: float) -> int:  # up to a whole step, but a share written with a few digits (⅙ as
+        # 0.1666666667) that lands within a millionth of a step of a whole one means that step
+        return max(1, round(exact) if abs(exact - round(exact)) < 1e-6 else math.ceil(exact))
+
+    if first is None or rungs == 1:
+        return [steps(full / eta ** (rungs - 1 - k)) for k in range(rungs)]
+    return [steps(full * first ** ((rungs - 1 - k) / (rungs - 1))) for k in range(rungs)]
 
 
 def survivors(means: dict[float, float], eta: int) -> list[float]:

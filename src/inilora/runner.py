@@ -247,8 +247,13 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
         if stored is not None and stored != json.loads(json.dumps(to_dict(run.config), default=json_default)):
             diff = sorted(k for k in set(stored) | set(to_dict(run.config))
                           if stored.get(k) != to_dict(run.config).get(k))
+            hint = ""
+            if "stop_at" in diff and stored.get("stop_at") and run.config.max_steps > 0:  # a race's rung moved
+                hint = (f" Its rung stopped at step {stored['stop_at']} of {run.config.max_steps} (race.first "
+                        f"decides where; ⅙ by default since 2026-12-07): to continue that race, set race.first: "
+                        f"{stored['stop_at'] / run.config.max_steps:.10g}.")
             raise ConfigError(f"{root} holds a finished run {run.run_id} of another configuration (differs in: "
-                              f"{', '.join(diff)}); choose another output_dir, or delete it to start over.")
+                              f"{', '.join(diff)}); choose another output_dir, or delete it to start over.{hint}")
 
 
 def _check_root(root: Path) -> None:
@@ -543,7 +548,7 @@ def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[f
     steps it adds. A rung before the last is graded on the validation task only (an SFT task's test
     set is read once, at the full run; a classification run always grades its dev and test rows)."""
     rungs = config.race.rungs
-    budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs)
+    budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs, config.race.first)
     keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
     specs = _check_methods(config)
     nlu = val_task == "dev"  # a classification run's own dev split (TrainConfig.dev_size)
@@ -599,7 +604,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
         cells = cells_now(rows)
         console.print(plan_table(cells, {r["run_id"] for r in rows}, reusable))
         console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
-                      f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs)})")
+                      f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs, config.race.first)})")
         return rows
     with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
                    deadline=deadline, backend=backend, reusable=reusable) as ex:
