@@ -37,7 +37,11 @@ NAME = {"lora": "LoRA", "inilora": "IniLoRA", "inilora-alpha": "IniLoRA-α", "in
         "inilora-0it": "IniLoRA at 0 iterations", "inilora-1k": "IniLoRA at 1000 iterations", "full": "full FT",
         "bitfit": "BitFit", "houlsby": "Houlsby", "pfeiffer": "Pfeiffer", "pissa": "PiSSA",
         "random-fit-size": "random factors at the fit's size", "inilora-lora-size": "the fit at LoRA's size",
-        "inilora-beta-ku": "IniLoRA-β (K-U)", "milora": "MiLoRA"}
+        "inilora-beta-ku": "IniLoRA-β (K-U)", "milora": "MiLoRA", "gaussian": "Gaussian (PEFT)",
+        "peft-orthogonal": "orthogonal (PEFT)", "olora": "OLoRA", "eva": "EVA", "corda": "CorDA (ipm)",
+        "corda-kpm": "CorDA (kpm)", "lora-ga": "LoRA-GA", "loftq": "LoftQ", "mica": "MiCA"}
+#: the registry's inits no claim of the paper names, in every-init studies: each against LoRA at own rates
+OTHER_INITS = ["gaussian", "peft-orthogonal", "olora", "eva", "corda", "corda-kpm", "lora-ga", "loftq", "mica"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -714,6 +718,27 @@ def race_check_table(full: str, early: dict[int, str], on: str, test: str,
     return "\n".join(lines)
 
 
+def other_inits(study: str, on: str) -> str:
+    """Each finished init of OTHER_INITS − LoRA, both at their own rate chosen on ``on`` (paired by
+    seed, Holm over those finished so far: the family grows as methods land). No paper claim names
+    them, so no verdict word: the statistics, and whether the difference is significant."""
+    done = finished(study, ["lora", *OTHER_INITS])
+    if "lora" not in done or len(done) < 2:
+        return "_None of these inits has its whole grid committed yet._"
+    best = {m: own_best(study, m, on) for m in done}
+    cmps = holm([Cmp(f"{_at(study, m, on)} − {_at(study, 'lora', on)}", best[m][1], best["lora"][1])
+                 for m in done if m != "lora"], f"the {len(done) - 1} finished")
+    lines = []
+    for c in cmps:
+        word = "significant" if c.p_adj < ALPHA else f"not significant, MDE ≈ {c.mde:.1f}"
+        lines.append(f"- {c.label}: {c.diff:+.1f} points, 95 % CI [{c.lo:+.1f}, {c.hi:+.1f}], {_eq(c.p_adj)} "
+                     f"(Holm over {c.family}), n = {c.n}: {word}")
+    missing = [NAME.get(m, m) for m in OTHER_INITS if m not in done]
+    if missing:
+        lines.append(f"- not yet committed: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
 def claims_table() -> str:
     lines = ["| paper | claim | what we measured | verdict (A − B, paired by seed) | what would settle it |",
              "|---|---|---|---|---|"]
@@ -735,6 +760,7 @@ def blocks() -> dict[str, str]:
            "fig3": fig3_table(), "changes": changes_table(),
            "fit-and-lr-nlg-sensitivity": sensitivity_table("fit-and-lr-nlg", val),
            "fit-and-lr-nlg-replay": replay_table("fit-and-lr-nlg", val, [[4], [8], [8, 16]]),
+           "every-init-nlu-others": other_inits("every-init-nlu", "dev/accuracy"),
            "race-check-nlu-curves": race_curves_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy"),
            "race-check-nlu": race_check_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy", acc,
                                               [((22,), 3), ((43,), 3), ((22,), 2), ((43,), 2), ((22, 43), 2)])}
