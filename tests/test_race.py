@@ -236,12 +236,18 @@ def test_a_race_with_a_short_first_rung_trains_that_share_and_half_the_grid(tmp_
         assert s["per_rung"] == [5, 2] and s["steps"] / s["grid_steps"] == pytest.approx((5 * 4 + 2 * 20) / (5 * 24))
 
 
-def test_race_first_out_of_range_is_refused():
-    from inilora.config import RaceSettings
+def test_race_settings_out_of_range_are_refused_naming_the_key_once(tmp_path):
+    import yaml
 
-    for bad in (0, 1, 1.5, -0.2):
-        with pytest.raises(ConfigError, match=r"race\.first: must be between 0 and 1"):
-            RaceSettings(first=bad)
+    from inilora.config import load_yaml, to_dict
+
+    for key, bad, says in [("first", 0, "must be between 0 and 1"), ("first", 1.5, "must be between 0 and 1"),
+                           ("eta", 1, "must be ≥ 2"), ("rungs", 0, "must be ≥ 1")]:
+        data = to_dict(tuned_grid(tmp_path))
+        data["race"][key] = bad
+        (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=rf"g\.yaml: race\.{key}: {says}"):
+            load_yaml(tmp_path / "g.yaml", CompareConfig)
 
 
 def test_a_race_begun_at_another_first_rung_is_refused_with_the_share_that_continues_it(tmp_path):

@@ -81,7 +81,7 @@ class CalibrationSettings:
     examples: int = 32
 
     def __post_init__(self) -> None:
-        _check(self.examples >= 1, "calibration.examples", "must be ≥ 1")
+        _check(self.examples >= 1, "examples", "must be ≥ 1")
 
     @property
     def spec(self) -> str | None:
@@ -228,11 +228,11 @@ class RaceSettings:
     step: float = 2.0  # this factor apart (5 × 2: a 16× span; inilora.race.default_grid)
 
     def __post_init__(self) -> None:
-        _check(self.points >= 2, "race.points", f"must be ≥ 2, got {self.points}")
-        _check(self.step > 1, "race.step", f"must be > 1, got {self.step}")
-        _check(self.eta >= 2, "race.eta", f"must be ≥ 2, got {self.eta}")
-        _check(self.rungs >= 1, "race.rungs", f"must be ≥ 1, got {self.rungs}")
-        _check(self.first is None or 0 < self.first < 1, "race.first", f"must be between 0 and 1, got {self.first}")
+        _check(self.points >= 2, "points", f"must be ≥ 2, got {self.points}")
+        _check(self.step > 1, "step", f"must be > 1, got {self.step}")
+        _check(self.eta >= 2, "eta", f"must be ≥ 2, got {self.eta}")
+        _check(self.rungs >= 1, "rungs", f"must be ≥ 1, got {self.rungs}")
+        _check(self.first is None or 0 < self.first < 1, "first", f"must be between 0 and 1, got {self.first}")
         _check(self.extend >= 0, "race.extend", f"must be ≥ 0, got {self.extend}")
 
 
