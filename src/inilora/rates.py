@@ -123,6 +123,11 @@ def rung_steps(full: int, eta: int, rungs: int, first: float | None = None) -> l
     return [steps(full * first ** ((rungs - 1 - k) / (rungs - 1))) for k in range(rungs)]
 
 
+def race_steps(config: CompareConfig) -> list[int]:
+    """The training steps of each rung of ``config``'s race."""
+    return rung_steps(config.base.max_steps, config.race.eta, config.race.rungs, config.race.first)
+
+
 def survivors(means: dict[float, float], eta: int) -> list[float]:
     """The best ``ceil(n/eta)`` rates by mean validation score (ties: the lower rate)."""
     keep = math.ceil(len(means) / eta)
@@ -239,4 +244,4 @@ def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> d
 
 
 __all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_step", "grids", "method_of", "plan",
-           "rate_factor", "replay", "rung_steps", "savings", "survivors"]
+           "race_steps", "rate_factor", "replay", "rung_steps", "savings", "survivors"]

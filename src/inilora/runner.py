@@ -548,7 +548,7 @@ def race_cells(config: CompareConfig, root: Path, ladders: dict[str, list[list[f
     steps it adds. A rung before the last is graded on the validation task only (an SFT task's test
     set is read once, at the full run; a classification run always grades its dev and test rows)."""
     rungs = config.race.rungs
-    budgets = rates.rung_steps(config.base.max_steps, config.race.eta, rungs, config.race.first)
+    budgets = rates.race_steps(config)
     keys = ["learning_rate"] + [k for k in config.sweep if k != "learning_rate"]
     specs = _check_methods(config)
     nlu = val_task == "dev"  # a classification run's own dev split (TrainConfig.dev_size)
@@ -596,6 +596,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
     console = console or Console(stderr=True)
     val_task = check_race(config)
     rows = read_results(root)
+
     def cells_now(rows: list[dict[str, Any]]) -> list[PlannedRun]:
         ladders, _ = rates.plan(config, rows)
         return [c for c in race_cells(config, root, ladders, val_task) if chosen is None or c.label in chosen]
@@ -604,7 +605,7 @@ def race(config: CompareConfig, root: Path, *, run_fn=None, progress: bool = Tru
         cells = cells_now(rows)
         console.print(plan_table(cells, {r["run_id"] for r in rows}, reusable))
         console.print(f"(successive halving: later rungs are decided by the rows of rung 0; "
-                      f"steps per rung {rates.rung_steps(config.base.max_steps, config.race.eta, config.race.rungs, config.race.first)})")
+                      f"steps per rung {rates.race_steps(config)})")
         return rows
     with Execution(root, config, 0, run_fn, progress=progress, run_progress=run_progress, console=console,
                    deadline=deadline, backend=backend, reusable=reusable) as ex:
