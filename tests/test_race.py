@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 import yaml
 
 from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig, to_dict
-from inilora.rates import default_grid, grids, plan, replay, rung_steps, savings, survivors
+from inilora.rates import default_grid, grid_extensions, grids, plan, replay, rung_steps, savings, survivors
+from inilora.stats import tuned
 from inilora.runner import read_results, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +126,66 @@ def test_pick_at_an_edge_extends_the_grid_once(tmp_path):
     # inilora's grid (centre 1.25e-4, best 1e-3) grew upward once too, and no further: the limit
     assert final["inilora"] == default_grid("inilora", 1e-3) + [1e-3]
     assert {r["rate"] for r in rows if r["rung"] == 1 and r["method"] == "lora"} >= {8e-3}
+
+
+def test_a_tuned_full_grid_extends_an_edge_pick_like_the_race(tmp_path):
+    # race: {rungs: 1} with a sweep trains every cell; LoRA's optimum (8e-3) lies above the grid and
+    # IniLoRA's (1e-3) at its lowest rate: each grows one step past its edge, every seed, then stops
+    sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}
+    cfg = tuned_grid(tmp_path, sweep=sweep, race=RaceSettings(rungs=1, extend=1))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    rates_of = {m: sorted({r["rate"] for r in rows if r["method"] == m}) for m in ("lora", "inilora")}
+    assert rates_of == {"lora": [1e-3, 2e-3, 4e-3, 8e-3], "inilora": [5e-4, 1e-3, 2e-3, 4e-3]}
+    assert len(rows) == 2 * 4 * 3 and all(r["settings"]["learning_rate"] == r["config"]["learning_rate"] for r in rows)
+    picks = {t.method: (t.choice, t.edge) for t in tuned(rows, "learning_rate", VAL)}
+    # LoRA's new pick is again the top edge, but extend: 1 is spent — a bound the report names
+    assert picks == {"lora": (8e-3, "highest"), "inilora": (1e-3, "")}
+    assert grid_extensions(cfg, rows) == []
+    again = run_grid(cfg, run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)
+    assert len(again) == len(rows)
+    # extend: 2 goes one step further for LoRA alone, and only now (the grid's rows are kept)
+    wider = tuned_grid(tmp_path, sweep=sweep, race=RaceSettings(rungs=1, extend=2))
+    assert grid_extensions(wider, rows) == [("lora", {"learning_rate": 1.6e-2})]
+    rows = run_grid(wider, run_fn=fake_nlg, progress=False)
+    assert {t.method: t.choice for t in tuned(rows, "learning_rate", VAL)} == {"lora": 8e-3, "inilora": 1e-3}
+    assert len(rows) == 2 * 4 * 3 + 3
+
+
+def test_a_full_grid_extends_only_when_its_grid_is_whole_and_only_chosen_methods(tmp_path):
+    sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}
+    plain = run_grid(tuned_grid(tmp_path, sweep=sweep, race=RaceSettings(rungs=1, extend=0)), run_fn=fake_nlg,
+                     progress=False)
+    assert len(plain) == 2 * 3 * 3  # extend: 0, a full grid is exactly its sweep
+    cfg = tuned_grid(tmp_path, sweep=sweep, race=RaceSettings(rungs=1, extend=1))
+    assert grid_extensions(cfg, plain) == [("lora", {"learning_rate": 8e-3}), ("inilora", {"learning_rate": 5e-4})]
+    # a seed missing at one rate: the pick may still move, nothing is added for that method
+    assert grid_extensions(cfg, [r for r in plain if (r["method"], r["rate"], r["seed"]) != ("lora", 2e-3, 0)]) \
+        == [("inilora", {"learning_rate": 5e-4})]
+    assert grid_extensions(tuned_grid(tmp_path, sweep=sweep, tune={}, race=RaceSettings(rungs=1)), plain) == []
+    # --methods inilora: its edge pick adds 5e-4 for it alone; LoRA's waits for a run that names it
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False, only_methods=["inilora"])
+    assert {(r["method"], r["rate"]) for r in rows} - {(r["method"], r["rate"]) for r in plain} == {("inilora", 5e-4)}
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False, only_methods=["lora"])
+    assert sorted({r["rate"] for r in rows if r["method"] == "lora"}) == [1e-3, 2e-3, 4e-3, 8e-3]
+    assert len(rows) == 2 * 4 * 3
+
+
+def test_dry_run_lists_the_rates_an_edge_pick_adds(tmp_path, capsys):
+    sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}
+    cfg = tuned_grid(tmp_path, methods=["lora", "inilora"], sweep=sweep, race=RaceSettings(rungs=1, extend=1))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    root = tmp_path / "race"
+    for r in rows:  # forget the extension runs: the grid is whole, its edge picks ask for them again
+        if r["rate"] in (8e-3, 5e-4):
+            shutil.rmtree(r["output_dir"])
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["rate"] not in (8e-3, 5e-4)))
+    from rich.console import Console
+
+    console = Console(file=None, width=300, record=True)
+    run_grid(cfg, run_fn=lambda c, **k: pytest.fail("ran"), dry_run=True, progress=False, console=console)
+    text = console.export_text()
+    assert "lora_learning_rate=0.008_seed=2" in text and "inilora_learning_rate=0.0005_seed=0" in text
+    assert "24 runs (18 finished)" in text
 
 
 @pytest.mark.parametrize("tune, eval_tasks, match", [

@@ -177,6 +177,43 @@ def plan(config: CompareConfig, rows: list[dict]) -> tuple[dict[str, list[list[f
     return out, final_grids
 
 
+def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, dict[str, Any]]]:
+    """A tuned *full* grid (``race: {rungs: 1}`` with a ``sweep.learning_rate``) grows past an edge as
+    the race does: once a method's grid has finished at every rate and seed, a pick (the best mean of
+    ``tune.learning_rate``, :func:`inilora.stats.tuned`) at an end of the rates tried adds the rate one
+    grid step past it, up to ``race.extend`` rates beyond the method's grid — otherwise its row would
+    be a bound, not its own best. Returns (label, swept cell) for each rate to add, over every seed."""
+    from .stats import _key, tuned
+
+    if "learning_rate" not in config.tune or "learning_rate" not in config.sweep or config.race.extend < 1:
+        return []
+    on, seeds = config.tune["learning_rate"], set(config.seeds)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for t in tuned(rows, "learning_rate", on, config.baseline):
+        if t.method not in config.methods or not t.edge:
+            continue
+        variant = config.variants.get(t.method)
+        grid = sorted(variant.only.get("learning_rate", config.sweep["learning_rate"]) if variant
+                      else config.sweep["learning_rate"])
+        rest = dict(t.rest)
+        mine = [r for r in rows if r["method"] == t.method and r["task"] == t.task and on in r.get("metrics", {})
+                and all(_key(r["settings"].get(k)) == v for k, v in rest.items())]
+        tried = sorted({r["settings"]["learning_rate"] for r in mine})
+        if any({r["seed"] for r in mine if r["settings"]["learning_rate"] == rate} < seeds for rate in tried + grid):
+            continue  # a rate still running (or stopped by a deadline): the pick may move
+        if sum(rate not in grid for rate in tried) >= config.race.extend:
+            continue  # the limit: the report calls the row a bound
+        step = grid_step(grid)
+        rate = _clean(t.choice / step if t.edge == "lowest" else t.choice * step)
+        swept = {k: [v for v in config.sweep[k] if _key(v) == rest.get(k)] for k in config.sweep if k != "learning_rate"}
+        if not all(swept.values()):
+            continue  # rows of a setting this config no longer sweeps
+        cell = {k: rate if k == "learning_rate" else swept[k][0] for k in config.sweep}
+        if (t.method, cell) not in out:  # several evaluation tasks may ask for the same rate
+            out.append((t.method, cell))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # what it cost, and what the full grid would have picked
 
@@ -243,5 +280,5 @@ def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> d
     return out
 
 
-__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_step", "grids", "method_of", "plan",
+__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_extensions", "grid_step", "grids", "method_of", "plan",
            "race_steps", "rate_factor", "replay", "rung_steps", "savings", "survivors"]

@@ -344,6 +344,7 @@ def run_grid(
     _check_same_configs(whole, previous, root)
     check_grid(whole)  # every cell, before the first run and in --dry-run (with --methods too)
     runs = [r for r in whole if chosen is None or r.label in chosen]
+    runs += extensions(config, root, list(previous.values()), chosen)
     done = set(previous)
     if dry_run:
         console.print(plan_table(runs, done, reusable))
@@ -352,13 +353,30 @@ def run_grid(
     save_config(config, root)
 
     def execute() -> None:
-        with Execution(root, config, len(runs), run_fn, progress=progress, run_progress=run_progress,
-                       console=console, deadline=deadline, backend=backend, reusable=reusable) as ex:
-            for _ in ex.run(runs):
-                pass
+        todo, seen = runs, set()
+        while todo:  # the grid, then any rate an edge pick adds past it (rates.grid_extensions)
+            with Execution(root, config, len(todo), run_fn, progress=progress, run_progress=run_progress,
+                           console=console, deadline=deadline, backend=backend, reusable=reusable) as ex:
+                for _ in ex.run(todo):
+                    pass
+            seen |= {r.run_id for r in todo}
+            todo = [r for r in extensions(config, root, read_results(root), chosen) if r.run_id not in seen]
 
     _removing_if_refused(root, created, execute)
     return read_results(root)
+
+
+def extensions(config: CompareConfig, root: Path, rows: list[dict[str, Any]],
+               chosen: set[str] | None = None) -> list[PlannedRun]:
+    """The runs a tuned full grid adds past an edge pick (:func:`inilora.rates.grid_extensions`),
+    every seed, unfinished ones only; a finished run of that id but another configuration is refused."""
+    done = {r["run_id"]: r for r in rows}
+    specs = _check_methods(config)
+    out = [build_run(config, label, seed, cell, root, specs=specs)
+           for label, cell in rates.grid_extensions(config, rows) if chosen is None or label in chosen
+           for seed in config.seeds]
+    _check_same_configs(out, done, root)
+    return [r for r in out if r.run_id not in done]
 
 
 def _device_kind(config: CompareConfig) -> str:
