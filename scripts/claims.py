@@ -356,7 +356,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "SmolLM2-135M, offline-arith, 24 steps, each method at its own rate chosen on offline-arith-val, "
         "read on the 200 test problems; fit-and-lr-nlg. PiSSA and MiLoRA: not run on NLG",
         [tuned[0].text()],
-        f"nlg-long-lr ({_done('nlg-long-lr', 95)}: 96 steps, validation drawn like the test set; ≈ 10–12 CPU-h); GPU: "
+        f"nlg-long-lr ({_done('nlg-long-lr', 75)}: 96 steps, validation drawn like the test set; ≈ 9 CPU-h); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
                                                           "inilora-beta-kn"], family="the 5 vs LoRA", learning_rate=0.002)
@@ -367,7 +367,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                                                   "size, one SVD, its unfitted start and itself at LoRA's size, each at its "
                                                   "own rate on a dev split (direction-nlu, direction-nlg)" if mechanism else ""),
         [f"NLG (fit-and-lr-nlg): {tuned[0].text()}", *tuned_nlu[:1], *mechanism],
-        f"direction-nlu ({_done('direction-nlu', 165)}), direction-nlg ({_done('direction-nlg', 170)}): the fit's direction "
+        f"direction-nlu ({_done('direction-nlu', 165)}), direction-nlg ({_done('direction-nlg', 150)}): the fit's direction "
         "vs a random draw of the same size and vs PiSSA's single SVD, each at its own rate"))
     # Table 3
     a_i = Cmp("IniLoRA-α − IniLoRA, each at its own rate", ob["inilora-alpha"][1], ob["inilora"][1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig, to_dict
+from inilora.config import CompareConfig, ConfigError, RaceSettings, TrainConfig, Variant, to_dict
 from inilora.rates import default_grid, grid_extensions, grids, plan, replay, rung_steps, savings, survivors
 from inilora.stats import tuned
 from inilora.runner import read_results, run_grid
@@ -75,6 +75,16 @@ def test_default_grids_centre_per_family_and_span_16x():
     for g in (lora, ini, alpha):
         assert len(g) == 5 and g == sorted(g) and g[-1] / g[0] == pytest.approx(16, rel=0.01)
     assert lora[2] == 8e-3 and ini[2] == 1e-3 and alpha[2] == 2.5e-4  # the measured ratios: 8× and 32×
+
+
+def test_every_rate_factor_names_a_registry_init_and_families_share_a_centre():
+    from inilora.methods.registry import available_methods
+    from inilora.rates import RATE_FACTOR, rate_factor
+
+    assert set(RATE_FACTOR) <= set(available_methods())  # a misspelt name would silently get LoRA's
+    # one factor zero (or both small): LoRA's centre; both large with the residual frozen: IniLoRA's
+    assert {rate_factor(m) for m in ("gaussian", "eva", "mica", "milora", "loftq")} == {rate_factor("lora")}
+    assert {rate_factor(m) for m in ("pissa", "olora", "peft-orthogonal", "corda", "lora-ga")} == {rate_factor("inilora")}
 
 
 def test_rungs_and_survivors():
@@ -168,6 +178,26 @@ def test_a_full_grid_extends_only_when_its_grid_is_whole_and_only_chosen_methods
     rows = run_grid(cfg, run_fn=fake_nlg, progress=False, only_methods=["lora"])
     assert sorted({r["rate"] for r in rows if r["method"] == "lora"}) == [1e-3, 2e-3, 4e-3, 8e-3]
     assert len(rows) == 2 * 4 * 3
+
+
+def test_baseline_may_skip_rates_of_a_tuned_key_and_is_paired_at_its_own_best(tmp_path):
+    # compared at its own best rate, the baseline need not run at rates far from it: `only` along a
+    # tuned key is allowed for it too, and every method is still tested against it at its pick
+    cfg = tuned_grid(tmp_path, sweep={"learning_rate": [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]},
+                     variants={"lora": Variant(method="lora", only={"learning_rate": [4e-3, 8e-3, 1.6e-2]}),
+                               "inilora": Variant(method="inilora", only={"learning_rate": [5e-4, 1e-3, 2e-3]})},
+                     race=RaceSettings(rungs=1, extend=1))
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    assert sorted({r["rate"] for r in rows if r["method"] == "lora"}) == [4e-3, 8e-3, 1.6e-2]
+    assert len(rows) == 3 * (3 + 3)  # both picks inside their rates: nothing added
+    found = {t.method: t for t in tuned(rows, "learning_rate", VAL)}
+    assert (found["lora"].choice, found["inilora"].choice) == (8e-3, 1e-3)
+    assert found["inilora"].stat.n_pairs == 3  # paired with LoRA's runs at LoRA's pick, seed by seed
+    # along a key that is not tuned the baseline still runs every cell
+    untuned = tuned_grid(tmp_path, sweep={"learning_rate": [1e-3, 2e-3], "lora.rank": [4, 8]},
+                         variants={"lora": Variant(method="lora", only={"lora.rank": [8]})})
+    with pytest.raises(ConfigError, match=r"variants.lora.only.lora.rank: the baseline runs in every cell"):
+        run_grid(untuned, run_fn=lambda c, **k: pytest.fail("ran"), progress=False)
 
 
 def test_dry_run_lists_the_rates_an_edge_pick_adds(tmp_path, capsys):

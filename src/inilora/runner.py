@@ -122,8 +122,11 @@ def _check_methods(config: CompareConfig) -> dict[str, Any]:
             if not values or missing:
                 raise ConfigError(f"variants.{label}.only.{key}: {missing or 'nothing'} not among the swept values "
                                   f"{config.sweep[key]}")
-        if variant.only and label == config.baseline:
-            raise ConfigError(f"variants.{label}.only: the baseline runs in every cell of the sweep")
+        untuned = [k for k in variant.only if k not in config.tune]
+        if untuned and label == config.baseline:  # along a tuned key each method is compared at its own best:
+            # the baseline need not run where it is not (a shared-value table there has no baseline row)
+            raise ConfigError(f"variants.{label}.only.{untuned[0]}: the baseline runs in every cell of the sweep "
+                              f"(except along a tuned key: tune.{untuned[0]} would allow it)")
         for key in variant.settings:
             if key in config.sweep:
                 raise ConfigError(f"variants.{label}.settings.{key}: swept (sweep.{key}); a variant cannot override it")
