@@ -192,7 +192,7 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
     ``tune.learning_rate``, :func:`inilora.stats.tuned`) at an end of the rates tried adds the rate one
     grid step past it, up to ``race.extend`` rates beyond the method's grid — otherwise its row would
     be a bound, not its own best. Returns (label, swept cell) for each rate to add, over every seed."""
-    from .stats import _key, tuned
+    from .stats import matches, tuned
 
     if "learning_rate" not in config.tune or "learning_rate" not in config.sweep or config.race.extend < 1:
         return []
@@ -204,9 +204,8 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
         variant = config.variants.get(t.method)
         grid = sorted(variant.only.get("learning_rate", config.sweep["learning_rate"]) if variant
                       else config.sweep["learning_rate"])
-        rest = dict(t.rest)
         mine = [r for r in rows if r["method"] == t.method and r["task"] == t.task and on in r.get("metrics", {})
-                and all(_key(r["settings"].get(k)) == v for k, v in rest.items())]
+                and matches(r, t.rest)]
         tried = sorted({r["settings"]["learning_rate"] for r in mine})
         if any({r["seed"] for r in mine if r["settings"]["learning_rate"] == rate} < seeds for rate in tried + grid):
             continue  # a rate still running (or stopped by a deadline): the pick may move
@@ -214,7 +213,8 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
             continue  # the limit: the report calls the row a bound
         step = grid_step(grid)
         rate = _clean(t.choice / step if t.edge == "lowest" else t.choice * step)
-        swept = {k: [v for v in config.sweep[k] if _key(v) == rest.get(k)] for k in config.sweep if k != "learning_rate"}
+        swept = {k: [v for v in config.sweep[k] if matches({"settings": {k: v}}, t.rest)]
+                 for k in config.sweep if k != "learning_rate"}
         if not all(swept.values()):
             continue  # rows of a setting this config no longer sweeps
         cell = {k: rate if k == "learning_rate" else swept[k][0] for k in config.sweep}
