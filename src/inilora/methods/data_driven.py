@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -199,7 +200,10 @@ def _ga_prepare(model, config, opts, batches):
                                 "model with a head (causal LM or sequence classifier).")
             loss.backward()
 
-    with _keeping_mode(model):
+    with _keeping_mode(model), warnings.catch_warnings():
+        # PEFT counts backward passes with a full backward hook on each target; only the weights need
+        # gradients, so torch warns that the hook sees module outputs — harmless for a counter, noise for users
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         preprocess_loraga(model, config, train_step=step)
 
 
