@@ -216,9 +216,10 @@ class RaceSettings:
     best ``1/eta`` by the validation metric continue to the next rung (the rungs between grow
     geometrically), the last rung is the full run, scored on test. ``rungs: 1`` trains the full grid.
     ``extend``: how many steps the grid grows past an edge when a method's pick sits on it (then the
-    table says "bound"; a full grid too, once its rates have finished). The defaults — rung 0 at ⅙, the best third continues — train ≈ ½ of the
-    grid's steps and kept 6 of the full grids' 7 picks in docs/results.md's replays ("A
-    validation-ranked race"; rung 0 at ⅓ kept fewer); ``eta: 2`` kept all 7, at 0.6."""
+    table says "bound"; a full grid too, once its rates have finished). The defaults — rung 0 at ⅙,
+    the best third continues — train ≈ ½ of the grid's steps and kept 6 of the full grids' 7 picks in
+    docs/results.md's replays ("A validation-ranked race"; rung 0 at ⅓ kept fewer); ``eta: 2`` kept
+    all 7, at 0.6."""
 
     eta: int = 3
     rungs: int = 2

@@ -289,5 +289,5 @@ def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> d
     return out
 
 
-__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_extensions", "grid_step", "grids", "method_of", "plan",
-           "race_steps", "rate_factor", "replay", "rung_steps", "savings", "survivors"]
+__all__ = ["GRID_POINTS", "GRID_STEP", "RATE_FACTOR", "default_grid", "grid_extensions", "grid_step", "grids",
+           "method_of", "plan", "race_steps", "rate_factor", "replay", "rung_steps", "savings", "survivors"]
