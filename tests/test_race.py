@@ -342,6 +342,23 @@ def test_race_settings_out_of_range_are_refused_naming_the_key_once(tmp_path):
             load_yaml(tmp_path / "g.yaml", CompareConfig)
 
 
+def test_a_share_may_be_written_as_a_fraction_in_the_file_and_in_set(tmp_path):
+    import yaml
+
+    from inilora.config import load_yaml, to_dict
+
+    data = to_dict(tuned_grid(tmp_path))
+    data["race"]["first"] = "1/6"  # as the README writes it
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+    assert load_yaml(tmp_path / "g.yaml", CompareConfig).race.first == 1 / 6
+    data["race"]["first"] = 0.5
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(data))
+    assert load_yaml(tmp_path / "g.yaml", CompareConfig, {"race.first": "1/3"}).race.first == 1 / 3
+    for bad in ("1/0", "a/6", "1/6/2"):
+        with pytest.raises(ConfigError, match=r"race\.first.*expected a number"):
+            load_yaml(tmp_path / "g.yaml", CompareConfig, {"race.first": bad})
+
+
 def test_a_race_begun_at_another_first_rung_is_refused_with_the_share_that_continues_it(tmp_path):
     from inilora.config import RaceSettings
 

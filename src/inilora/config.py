@@ -349,6 +349,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _fraction(value) is not None:  # `first: 1/6`, as the docs write shares
+            value = _fraction(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
         try:
@@ -516,13 +518,21 @@ def load_yaml(path: str | Path, cls: type, overrides: dict[str, Any] | None = No
 
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
+_FRACTION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*/\s*([0-9]+(?:\.[0-9]*)?)")
+
+
+def _fraction(text: str) -> float | None:
+    """``1/6`` as a number (a share is easier to read as a fraction); None if ``text`` is not one."""
+    m = _FRACTION.fullmatch(text.strip())
+    return float(m[1]) / float(m[2]) if m and float(m[2]) != 0 else None
 _NULLS = ("null", "none", "~")
 
 
 def parse_set(text: str, tp: Any) -> Any:
     """A ``--set`` value read as the type ``tp`` of the field it sets (None: unknown, read generically).
 
-    An int field takes decimal digits only (``011`` is 11); a float field any Python float (``1e-3``);
+    An int field takes decimal digits only (``011`` is 11); a float field any Python float (``1e-3``)
+    or a fraction (``1/6``);
     a bool field true/false/yes/no; a list field ``[a, b]`` or ``a,b`` with each item read as the item
     type; an optional field also ``null``.  An empty value is refused: it is never "the default"."""
     text = str(text).strip()
@@ -542,7 +552,9 @@ def parse_set(text: str, tp: Any) -> Any:
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f"expected a number, got {text!r}") from None
+            if _fraction(text) is not None:
+                return _fraction(text)
+            raise ConfigError(f"expected a number (0.25, 1e-3 or 1/6), got {text!r}") from None
     if tp is bool:
         low = text.lower()
         if low not in ("true", "false", "yes", "no"):
