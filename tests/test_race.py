@@ -257,7 +257,8 @@ def test_killed_at_a_rung_resumes_without_losing_or_duplicating_rows(tmp_path, s
     cfg = tuned_grid(tmp_path)
     path = tmp_path / "race.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
-    env = {**os.environ, "FAKE_RUN_SLEEP": "0.15", "PYTHONPATH": str(ROOT / "src")}
+    # 0.4 s a run leaves the watcher 4 s after row 31 to land the kill inside the race, on a loaded machine too
+    env = {**os.environ, "FAKE_RUN_SLEEP": "0.4", "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-c", RACE_SCRIPT.format(tests=str(ROOT / "tests")), str(path)]
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.time() + 60
