@@ -349,8 +349,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
         return value
     if tp is float:
-        if isinstance(value, str) and _fraction(value) is not None:  # `first: 1/6`, as the docs write shares
-            value = _fraction(value)
+        if isinstance(value, str) and (share := _fraction(value)) is not None:  # `first: 1/6`, as docs write it
+            value = share
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
         try:
@@ -525,6 +525,8 @@ def _fraction(text: str) -> float | None:
     """``1/6`` as a number (a share is easier to read as a fraction); None if ``text`` is not one."""
     m = _FRACTION.fullmatch(text.strip())
     return float(m[1]) / float(m[2]) if m and float(m[2]) != 0 else None
+
+
 _NULLS = ("null", "none", "~")
 
 
@@ -552,8 +554,8 @@ def parse_set(text: str, tp: Any) -> Any:
         try:
             return float(text)
         except ValueError:
-            if _fraction(text) is not None:
-                return _fraction(text)
+            if (share := _fraction(text)) is not None:
+                return share
             raise ConfigError(f"expected a number (0.25, 1e-3 or 1/6), got {text!r}") from None
     if tp is bool:
         low = text.lower()
