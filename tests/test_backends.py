@@ -185,6 +185,89 @@ def test_processes_record_the_runs_in_flight_then_raise_the_failure_as_it_was(tm
     assert "gaussian_seed=1" not in done and {"lora_seed=0", "lora_seed=1"} <= done
 
 
+def pid_then_wait(config, *, progress=False):
+    """A run that records its worker's pid, then outlasts any test (a worker process imports it from here)."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "worker.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+    raise AssertionError("the worker outlived its driver")
+
+
+PROCESSES_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_backends import pid_then_wait
+from inilora.backends import Processes
+from inilora.config import load_yaml, CompareConfig
+from inilora.runner import run_grid
+run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=pid_then_wait, progress=False,
+         backend=Processes(workers=2))
+"""
+
+
+def _pids(cfg: CompareConfig) -> dict[str, int]:
+    """The worker pid each started run recorded (a file still being written is skipped)."""
+    found = {}
+    for f in Path(cfg.output_dir).rglob("worker.pid"):
+        text = f.read_text()
+        if text:
+            found[f.parent.name] = int(text)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a non-reaping init counts as gone)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            return "\nState:\tZ" not in status.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_processes_workers_die_with_their_driver(tmp_path):
+    """A driver stopped by `kill` (not Ctrl-C: that reaches the whole process group) leaves no worker
+    training on into run folders that a restarted driver would start again. SIGTERM, as `kill PID` and
+    job schedulers send it; SIGKILL ends the driver the same way (no handler runs for either)."""
+    from test_runner import grid as fake_grid
+
+    cfg = fake_grid(tmp_path, methods=["lora", "gaussian"], seeds=[0], sweep={})
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    driver = subprocess.Popen([sys.executable, "-c", PROCESSES_DRIVER.format(tests=str(Path(__file__).parent)),
+                               str(path)], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 180  # a wait, not a timing: the driver first checks every cell
+        while time.time() < deadline and len(pid_files := _pids(cfg)) < 2:
+            assert driver.poll() is None, "the driver ended before its workers started"
+            time.sleep(0.05)
+        workers = list(pid_files.values())
+        assert len(set(workers)) == 2, f"two runs, two workers: {pid_files}"
+        assert all(_alive(w) for w in workers)
+        driver.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` or a job scheduler sends it
+        driver.wait()
+        deadline = time.time() + 30  # the watch polls every 0.5 s; the margin is for a loaded machine
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "a worker outlived its driver"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        for pid in _pids(cfg).values():  # never leave a 600 s sleeper behind
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_processes_share_the_cores():
     assert Processes(threads=1).workers >= 1 and Processes(workers=3, threads=2).workers == 3
     opts = get_backend("processes", resources={"num_cpus": 2})

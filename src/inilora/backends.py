@@ -88,18 +88,38 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _worker_init(threads: int) -> None:
-    """A pool worker's torch gets ``threads`` intra-op threads (OpenMP's too: set before torch loads)."""
+def _worker_init(threads: int, driver: int | None = None) -> None:
+    """A pool worker's torch gets ``threads`` intra-op threads (OpenMP's too: set before torch loads).
+
+    With ``driver`` (the pool owner's pid), the worker also exits once that process is gone: a driver
+    stopped by SIGTERM or SIGKILL runs no cleanup, and its orphaned workers would otherwise train on for
+    minutes, racing a restarted driver for the same run folders."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    if driver is not None:
+        import threading
+
+        threading.Thread(target=_exit_with, args=(driver,), name="inilora-driver-watch", daemon=True).start()
     import torch
 
     torch.set_num_threads(threads)
 
 
+def _exit_with(driver: int, every_s: float = 0.5) -> None:
+    """Ends this process once its parent is no longer ``driver`` (an orphan is re-parented). The run in
+    flight stops mid-step; that is safe: a folder without ``metrics.json`` resumes from its last complete
+    checkpoint or starts again (:func:`run_cell`)."""
+    import time
+
+    while os.getppid() == driver:
+        time.sleep(every_s)
+    os._exit(1)
+
+
 class Processes:
     """Runs up to ``workers`` cells at once in spawned worker processes of this machine, ``threads``
     torch threads each. Like Ray, only this process writes ``results.jsonl``; a failed run lets the
-    runs in flight finish (their rows are recorded), then its exception is raised as it was."""
+    runs in flight finish (their rows are recorded), then its exception is raised as it was. A driver
+    killed outright (SIGTERM, SIGKILL) takes its workers with it within a second (:func:`_exit_with`)."""
 
     name = "processes"
 
@@ -116,7 +136,7 @@ class Processes:
         failure: BaseException | None = None
         # spawn, not fork: a forked child inherits this process's torch thread pools and locks
         with cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                    initargs=(self.threads,)) as pool:
+                                    initargs=(self.threads, os.getpid())) as pool:
             pending: dict[cf.Future, Cell] = {}
             try:
                 while queue or pending:
