@@ -16,6 +16,7 @@ differences); *untested* — no committed rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import sys
@@ -48,11 +49,21 @@ OTHER_INITS = ["gaussian", "peft-orthogonal", "olora", "eva", "corda", "corda-kp
 # rows and paired comparisons
 
 
-def rows(study: str) -> list[dict]:
+def committed(study: str) -> list[dict]:
+    """Every committed row of ``study``, a method's unfinished grid included (for counting progress)."""
     found = read_results(RESULTS / study)
     if not found:
         raise SystemExit(f"{RESULTS / study}/results.jsonl: no rows")
     return [dict(r) for r in found]
+
+
+def rows(study: str) -> list[dict]:
+    """The rows every number is computed from: a method's only once its whole planned grid is committed
+    (a study may run, and be committed, method by method; an own-best rate chosen over part of a grid,
+    or a mean over some of its seeds, would be no one's result). Empty while no method is whole."""
+    plan, found = planned(study), committed(study)
+    have = Counter(r["method"] for r in found)
+    return [r for r in found if have[r["method"]] >= plan.get(r["method"], 0)]
 
 
 def values(study: str, method: str, metric: str, task: str | None = None, **settings) -> dict[int, float]:
@@ -170,7 +181,7 @@ def provenance() -> str:
     lines = ["| study (docs/results/…) | runs | CPU-hours | threads per run | machine | transformers, peft | finished |",
              "|---|---|---|---|---|---|---|"]
     for d in sorted(p for p in RESULTS.iterdir() if (p / "results.jsonl").is_file()):
-        rs = rows(d.name)
+        rs = committed(d.name)
         threads = Counter(r.get("threads") for r in rs)
         th = ", ".join(f"{k} ({v} run{'s' if v > 1 else ''})" if len(threads) > 1 else f"{k}" for k, v in sorted(threads.items(), key=str))
         if len(threads) > 1:  # name the few runs at the minority thread count
@@ -351,11 +362,14 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
     tuned = holm([Cmp(f"IniLoRA ({ob['inilora'][0]:g}) − LoRA ({ob['lora'][0]:g})", ob["inilora"][1], ob["lora"][1]),
                   Cmp(f"IniLoRA-α ({ob['inilora-alpha'][0]:g}, the grid's {ob['inilora-alpha'][2]} rate) − LoRA",
                       ob["inilora-alpha"][1], ob["lora"][1])], "the 2 vs LoRA")
+    long_ = nlg_long(named)
     out.append(Claim(
         "Table 2", "IniLoRA beats LoRA (and PiSSA, MiLoRA) on NLG",
         "SmolLM2-135M, offline-arith, 24 steps, each method at its own rate chosen on offline-arith-val, "
-        "read on the 200 test problems; fit-and-lr-nlg. PiSSA and MiLoRA: not run on NLG",
-        [tuned[0].text()],
+        "read on the 200 test problems; fit-and-lr-nlg" + ("; and 96 steps, each at its own rate chosen on "
+                                                            "offline-arith-dev (drawn like the test set): nlg-long-lr"
+                                                            if long_["ini"] else "") + ". PiSSA and MiLoRA: not run on NLG",
+        [tuned[0].text(), *long_["ini"]],
         f"nlg-long-lr ({_done('nlg-long-lr', 75)}: 96 steps, validation drawn like the test set; ≈ 9 CPU-h); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
@@ -366,7 +380,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "rates differ: the factors' size at init (section on the learning-rate study)" + ("; the direction study on NLU: the fit against a random draw of its "
                                                   "size, one SVD, its unfitted start and itself at LoRA's size, each at its "
                                                   "own rate on a dev split (direction-nlu, direction-nlg)" if mechanism else ""),
-        [f"NLG (fit-and-lr-nlg): {tuned[0].text()}", *tuned_nlu[:1], *mechanism],
+        [f"NLG (fit-and-lr-nlg): {tuned[0].text()}", *long_["ini"][:1], *tuned_nlu[:1], *mechanism],
         f"direction-nlu ({_done('direction-nlu', 165)}), direction-nlg ({_done('direction-nlg', 150)}): the fit's direction "
         "vs a random draw of the same size and vs PiSSA's single SVD, each at its own rate"))
     # Table 3
@@ -385,7 +399,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "NLG: α each at its own rate (fit-and-lr-nlg); β (K-N) only at the shared 2e-3. NLU: all at the shared 2e-3 "
         "(fit-matters-nlu; best epoch picked on the reported rows). β (K-U): not run at 2e-3" + (". NLU, each at its own rate and best epoch chosen on a dev split: every-init-nlu (a method "
                                "once its whole grid is committed)" if table3_nlu else ""),
-        [*table3_nlu, a_i.text(), tuned[1].text(),
+        [*table3_nlu, *long_["alpha"], a_i.text(), tuned[1].text(),
          "NLG, 2e-3: " + vs_fit["inilora-alpha"].text().replace("inilora-alpha", "α − IniLoRA"),
          "NLG, 2e-3: " + vs_fit["inilora-beta-kn"].text().replace("inilora-beta-kn", "β − IniLoRA"),
          "NLU, 2e-3: " + vs_fit_nlu["inilora-alpha"].text().replace("inilora-alpha", "α − IniLoRA"),
@@ -461,7 +475,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "t7-nlu": _flip(vs_fit_nlu["inilora-0it"], "20000 − 0 iterations") + " (best epoch picked on the reported rows)",
         "t1-adapters": "<br>".join(f"{t}: {t1[t][m].text()}" for t in t1 for m in ("houlsby", "pfeiffer")),
         "t1-ini": "<br>".join([f"{t}, at 2e-3: {t1[t]['inilora'].text()}" for t in t1] + tuned_nlu),
-        "s3": "<br>".join([f"NLG (fit-and-lr-nlg): {tuned[0].text()}", *tuned_nlu[:1]]),
+        "s3": "<br>".join([f"NLG (fit-and-lr-nlg): {tuned[0].text()}", *long_["ini"][:1], *tuned_nlu[:1]]),
         "a-vs-ini": a_i.text(),
         "fig3": "<br>".join([f3c[0].text(), rise.text(), drop.text(), out[-1].verdicts[-1]]),
         "fig5": "<br>".join(losses),
@@ -490,7 +504,9 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         lr_cmps.append(c.text())
     out.append(Claim(
         "Fig. 6", "IniLoRA beats LoRA at most learning rates, especially high ones",
-        "IniLoRA − LoRA at each shared rate, NLG 24 steps (fit-and-lr-nlg)", lr_cmps,
+        "IniLoRA − LoRA at each shared rate, NLG 24 steps (fit-and-lr-nlg)"
+        + ("; and at 96 steps at the rates both grids hold (nlg-long-lr)" if long_["rates"] else ""),
+        lr_cmps + long_["rates"],
         "nlg-long-lr (96 steps); GPU: configs/paper/fig6-lr.yaml (72 runs; rough estimate 300–500 GPU-h)"))
     return out
 
@@ -512,15 +528,19 @@ def fig3_table() -> str:
 
 def _complete(study: str, planned: int) -> bool:
     """Every planned run of a study committed (its own-best choices are then over the whole grid)."""
-    return (RESULTS / study / "results.jsonl").is_file() and len(rows(study)) >= planned
+    return (RESULTS / study / "results.jsonl").is_file() and len(committed(study)) >= planned
 
 
 def planned(study: str) -> Counter:
     """Runs per method the study's committed compare.yaml plans (the grid expanded, nothing run)."""
+    return _planned(RESULTS / study / "compare.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def _planned(path: Path) -> Counter:
     from inilora.config import CompareConfig, load_yaml
     from inilora.runner import expand
 
-    path = RESULTS / study / "compare.yaml"
     if not path.is_file():
         return Counter()
     return Counter(r.label for r in expand(load_yaml(path, CompareConfig), "/nonexistent"))
@@ -531,7 +551,7 @@ def finished(study: str, want: list[str]) -> list[str]:
     over a method's whole grid or not at all (a study may run method by method)."""
     if not (RESULTS / study / "results.jsonl").is_file():
         return []
-    plan, have = planned(study), Counter(r["method"] for r in rows(study))
+    plan, have = planned(study), Counter(r["method"] for r in committed(study))
     return [m for m in want if plan.get(m) and have[m] >= plan[m]]
 
 
@@ -539,9 +559,51 @@ def _done(study: str, planned: int) -> str:
     """How far a started study is, by its committed rows."""
     if not (RESULTS / study / "results.jsonl").is_file():
         return f"0 of {planned} runs committed"
-    rs = rows(study)
+    rs = committed(study)
     first = min((r["finished_at"][:10] for r in rs if r.get("finished_at")), default="?")
     return f"{len(rs)} of {planned} runs committed, the first finished {first}"
+
+
+def nlg_long(named: dict[str, str]) -> dict[str, list[str]]:
+    """nlg-long-lr's lines, each from whole grids only (a method appears once all its runs are committed):
+    ``ini`` IniLoRA − LoRA and ``alpha`` IniLoRA-α − LoRA / − IniLoRA, each at its own rate chosen on
+    offline-arith-dev (Holm over the comparisons made), with the item-level test; ``rates`` IniLoRA −
+    LoRA at each rate both grids hold (Holm over those rates). Sets ``named["alpha-own"]``."""
+    study, dev, test = "nlg-long-lr", "offline-arith-dev/accuracy", "offline-arith-test/accuracy"
+    out: dict[str, list[str]] = {"ini": [], "alpha": [], "rates": []}
+    whole = finished(study, ["lora", "inilora", "inilora-alpha"])
+    if "lora" not in whole:
+        return out
+    best = {m: own_best(study, m, dev) for m in whole}
+    where = "NLG, 96 steps, each at its own rate chosen on offline-arith-dev (nlg-long-lr): "
+
+    def cmp(a: str, b: str) -> Cmp:
+        return Cmp(f"{_at(study, a, dev)} − {_at(study, b, dev)}", best[a][1], best[b][1])
+
+    def items(a: str, b: str) -> str:
+        return where + item_test(study, "offline-arith-test", a, {"learning_rate": best[a][0]}, b,
+                                 {"learning_rate": best[b][0]})
+
+    others = [m for m in ("inilora", "inilora-alpha") if m in whole]
+    by = dict(zip(others, holm([cmp(m, "lora") for m in others], f"the {len(others)} vs LoRA" if others[1:] else "")))
+    if "inilora" in by:
+        out["ini"] = [where + by["inilora"].text(), items("inilora", "lora")]
+        grid = {m: {r["settings"]["learning_rate"] for r in rows(study) if r["method"] == m} for m in ("lora", "inilora")}
+        common = sorted(grid["lora"] & grid["inilora"])
+        at_rate = holm([Cmp(f"NLG, 96 steps, lr {v:g}: IniLoRA − LoRA", values(study, "inilora", test, learning_rate=v),
+                            values(study, "lora", test, learning_rate=v)) for v in common],
+                       f"the {len(common)} rates both grids hold")
+        out["rates"] = [c.text() for c in at_rate]
+    if "inilora-alpha" in by:
+        out["alpha"] = [where + by["inilora-alpha"].text(), items("inilora-alpha", "lora")]
+        if "inilora" in best:
+            out["alpha"].append(where + cmp("inilora-alpha", "inilora").text())
+        rate, _, edge = best["inilora-alpha"]
+        named["alpha-own"] = (f"**{'a bound still' if edge else 'measured'}**: at 96 steps its best rate on "
+                              f"offline-arith-dev is {rate:g}" + (f", the grid's {edge} after the extensions"
+                                                                  if edge else ", inside its grid") + "; "
+                              + by["inilora-alpha"].text())
+    return out
 
 
 def _flip(c: Cmp, label: str) -> str:
@@ -595,8 +657,9 @@ def changes_table() -> str:
          named["t3-own"]),
         ("Kaiming beats the other distributions (Fig. 4)", "untested beyond one β (K-N) row", named["fig4-own"]),
         ("IniLoRA beats IniLoRA-α, each at its own rate", "does not hold", named["a-vs-ini"]),
-        ("IniLoRA-α at its own rate", "“≥ 45.8”, a bound", "**not a bound**: its best rate was the grid's lowest, "
-         "chosen on validation — a lower rate could score worse on test; nlg-long-lr extends the grid to 6.25e-5"),
+        ("IniLoRA-α at its own rate", "“≥ 45.8”, a bound", named.get(
+            "alpha-own", "**not a bound**: its best rate was the grid's lowest, chosen on validation — a lower rate "
+            "could score worse on test; nlg-long-lr extends the grid to 6.25e-5")),
         ("Fig. 3: only std 1e-4 differs from LoRA; the rise, then the drop", "significant at 5 % (unadjusted); "
          "“the collapse at 1.0”", named["fig3"]),
         ("Lower training loss than LoRA (Fig. 5)", "(not stated)", named["fig5"]),
@@ -766,7 +829,11 @@ def blocks() -> dict[str, str]:
                                               [((22,), 3), ((43,), 3), ((22,), 2), ((43,), 2), ((22, 43), 2)])}
     for study in ("nlu-dev-lr", "nlg-long-lr", "direction-nlu", "direction-nlg", "every-init-nlu", "every-init-nlg"):
         out[study] = f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
-        if (RESULTS / study / "results.jsonl").is_file():
+        if (RESULTS / study / "results.jsonl").is_file() and not rows(study):
+            n = len(committed(study))
+            out[study] = (f"_{n} row{'s' if n > 1 else ''} committed; no method's grid is whole yet, so nothing is "
+                          "computed from them._")
+        elif (RESULTS / study / "results.jsonl").is_file():
             nlu = "nlu" in study.split("-")  # nlu-dev-lr, direction-nlu, every-init-nlu
             metric, v = (acc, "dev/accuracy") if nlu else (nlg, "offline-arith-dev/accuracy")
             methods = stats.methods_of(rows(study))

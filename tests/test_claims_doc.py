@@ -82,3 +82,38 @@ def test_item_level_test_pairs_examples_over_seeds(tmp_path, monkeypatch):
     line = c.item_test("s", "test", "a", {"learning_rate": 1e-3}, "b", {"learning_rate": 2e-3})
     assert "+60.0 points over 10 examples × 2 seeds" in line  # 8/10 right vs 2/10, every gain on its own example
     assert c.item_test("s", "test", "a", {"learning_rate": 9.0}, "b", {}) == "no per-example rows"
+
+
+def test_numbers_come_from_whole_grids_only(tmp_path, monkeypatch):
+    """A study committed method by method: a method's rows count once its whole planned grid is in (an
+    own-best rate over part of a grid, or a mean over some seeds, would be no one's result)."""
+    import json
+
+    import yaml
+
+    from inilora.config import CompareConfig, TrainConfig, to_dict
+
+    c = _claims()
+    study = tmp_path / "s"
+    study.mkdir()
+    cfg = CompareConfig(base=TrainConfig(task="offline-topic"), methods=["lora", "gaussian"], seeds=[0, 1],
+                        sweep={"learning_rate": [1e-3, 2e-3]}, output_dir=str(tmp_path / "out"))
+    (study / "compare.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    cells = [(m, lr, seed) for m in ("lora", "gaussian") for lr in (1e-3, 2e-3) for seed in (0, 1)]
+
+    def commit(kept):
+        (study / "results.jsonl").write_text("".join(json.dumps(
+            {"run_id": f"{m}_{lr}_{seed}", "method": m, "seed": seed, "task": "offline-topic", "baseline": "lora",
+             "headline": "accuracy", "settings": {"learning_rate": lr},
+             "metrics": {"accuracy": 0.5 + lr + seed / 100, "dev": 0.5 + lr}})
+            + "\n" for m, lr, seed in kept))
+
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    commit(cells[:-1])  # gaussian lacks one seed at one rate
+    assert len(c.committed("s")) == 7 and {r["method"] for r in c.rows("s")} == {"lora"}
+    assert c.finished("s", ["lora", "gaussian"]) == ["lora"]
+    assert c.own_best("s", "lora", "dev")[0] == 2e-3
+    commit(cells[:3] + cells[4:-1])  # neither whole: every number waits
+    assert c.rows("s") == [] and c.finished("s", ["lora", "gaussian"]) == []
+    commit(cells)
+    assert len(c.rows("s")) == 8 and c.finished("s", ["lora", "gaussian"]) == ["lora", "gaussian"]
