@@ -600,7 +600,7 @@ def nlg_long(named: dict[str, str]) -> dict[str, list[str]]:
             out["alpha"].append(where + cmp("inilora-alpha", "inilora").text())
         rate, _, edge = best["inilora-alpha"]
         named["alpha-own"] = (f"**{'a bound still' if edge else 'measured'}**: at 96 steps its best rate on "
-                              f"offline-arith-dev is {rate:g}" + (f", the grid's {edge} after the extensions"
+                              f"offline-arith-dev is {rate:g}" + (f", the grid's {edge} (a bound)"
                                                                   if edge else ", inside its grid") + "; "
                               + by["inilora-alpha"].text())
     return out
