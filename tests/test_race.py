@@ -372,3 +372,21 @@ def test_a_race_begun_at_another_first_rung_is_refused_with_the_share_that_conti
     again = run_grid(tuned_grid(tmp_path, race=RaceSettings(first=share)),
                      run_fn=lambda c, **k: pytest.fail("re-ran a finished cell"), progress=False)
     assert len(again) == len(before.splitlines())  # the hint's share continues the same race
+
+
+def test_a_variants_only_is_that_methods_own_grid_in_a_race(tmp_path):
+    """Optima 8× apart: each method races the rates it alone runs (``only``), not the whole sweep."""
+    sweep = [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    cfg = tuned_grid(tmp_path, sweep={"learning_rate": sweep}, race=RaceSettings(extend=1),
+                     variants={"inilora": Variant(method="inilora", only={"learning_rate": [5e-4, 1e-3, 2e-3]})})
+    rows = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    first = {m: sorted({r["rate"] for r in rows if r["method"] == m and r["rung"] == 0}) for m in cfg.methods}
+    assert first == {"lora": sweep, "inilora": [5e-4, 1e-3, 2e-3]}
+    assert {r["method"]: r["rate"] for r in rows if r["rung"] == 1 and r["rate"] in (8e-3, 1e-3)} == \
+        {"lora": 8e-3, "inilora": 1e-3}
+    # a rate outside the sweep is refused before any run, naming the variant
+    bad = tuned_grid(tmp_path / "bad", sweep={"learning_rate": sweep},
+                     variants={"inilora": Variant(method="inilora", only={"learning_rate": [3e-3]})})
+    with pytest.raises(ConfigError, match=r"variants\.inilora\.only\.learning_rate: \[0\.003\]"):
+        run_grid(bad, run_fn=lambda c, **k: pytest.fail("ran a cell"), progress=False)
+    assert not (tmp_path / "bad" / "race" / "results.jsonl").exists()

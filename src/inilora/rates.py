@@ -96,11 +96,20 @@ def default_grid(method: str, centre: float, points: int = GRID_POINTS, step: fl
 
 
 def grids(config: CompareConfig) -> dict[str, list[float]]:
-    """Each method's starting grid: the config's ``sweep.learning_rate`` for all, else the defaults."""
-    if "learning_rate" in config.sweep:
-        return {label: sorted(config.sweep["learning_rate"]) for label in config.methods}
-    return {label: default_grid(method_of(config, label), config.base.learning_rate, config.race.points,
-                                config.race.step) for label in config.methods}
+    """Each method's starting grid: its variant's ``only.learning_rate`` (rates of the sweep it alone
+    runs: methods whose optima lie far apart each get their own), else the config's
+    ``sweep.learning_rate``, else its family's default."""
+    out = {}
+    for label in config.methods:
+        variant = config.variants.get(label)
+        if variant and "learning_rate" in variant.only:
+            out[label] = sorted(variant.only["learning_rate"])
+        elif "learning_rate" in config.sweep:
+            out[label] = sorted(config.sweep["learning_rate"])
+        else:
+            out[label] = default_grid(method_of(config, label), config.base.learning_rate, config.race.points,
+                                      config.race.step)
+    return out
 
 
 def method_of(config: CompareConfig, label: str) -> str:
@@ -201,9 +210,7 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
     for t in tuned(rows, "learning_rate", on, config.baseline):
         if t.method not in config.methods or not t.edge:
             continue
-        variant = config.variants.get(t.method)
-        grid = sorted(variant.only.get("learning_rate", config.sweep["learning_rate"]) if variant
-                      else config.sweep["learning_rate"])
+        grid = grids(config)[t.method]
         mine = [r for r in rows if r["method"] == t.method and r["task"] == t.task and on in r.get("metrics", {})
                 and matches(r, t.rest)]
         tried = sorted({r["settings"]["learning_rate"] for r in mine})

@@ -602,8 +602,6 @@ def check_race(config: CompareConfig) -> str:
         raise ConfigError("base.max_steps: a learning-rate race counts its rungs in optimizer steps; set max_steps")
     if any(k != "learning_rate" for k in config.sweep):
         raise ConfigError(f"sweep: a learning-rate race sweeps learning_rate only (also: {', '.join(config.sweep)})")
-    if any(v.only for v in config.variants.values()):
-        raise ConfigError("variants.*.only: a learning-rate race gives every method its own grid; drop `only`")
     return check_selection(config)
 
 
