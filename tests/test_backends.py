@@ -195,14 +195,20 @@ def pid_then_wait(config, *, progress=False):
 
 
 PROCESSES_DRIVER = """
+import contextlib
 import sys
 sys.path.insert(0, {tests!r})
 from test_backends import pid_then_wait
 from inilora.backends import Processes
 from inilora.config import load_yaml, CompareConfig
+from inilora.errors import Terminated, sigterm_as_interrupt
 from inilora.runner import run_grid
-run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=pid_then_wait, progress=False,
-         backend=Processes(workers=2))
+try:
+    with sigterm_as_interrupt() if sys.argv[2] == "cli" else contextlib.nullcontext():  # as the CLI's main, or none
+        run_grid(load_yaml(sys.argv[1], CompareConfig), run_fn=pid_then_wait, progress=False,
+                 backend=Processes(workers=2))
+except Terminated:
+    sys.exit(143)
 """
 
 
@@ -234,38 +240,48 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_processes_workers_die_with_their_driver(tmp_path):
     """A driver stopped by `kill` (not Ctrl-C: that reaches the whole process group) leaves no worker
-    training on into run folders that a restarted driver would start again. SIGTERM, as `kill PID` and
-    job schedulers send it; SIGKILL ends the driver the same way (no handler runs for either)."""
+    training on into run folders that a restarted driver would start again. Two drivers at once:
+    SIGTERM to one that raises it as the CLI does (it ends its workers and shuts its pool down: exit
+    143, no leaked semaphores); SIGKILL to one that runs no handler (its workers see their parent go)."""
     from test_runner import grid as fake_grid
 
-    cfg = fake_grid(tmp_path, methods=["lora", "gaussian"], seeds=[0], sweep={})
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(to_dict(cfg)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    driver = subprocess.Popen([sys.executable, "-c", PROCESSES_DRIVER.format(tests=str(Path(__file__).parent)),
-                               str(path)], env=env, start_new_session=True)
+    drivers, cfgs = {}, {}
+    for sig, mode in ((signal.SIGTERM, "cli"), (signal.SIGKILL, "bare")):
+        cfgs[sig] = cfg = fake_grid(tmp_path / mode, methods=["lora", "gaussian"], seeds=[0], sweep={})
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(to_dict(cfg)))
+        drivers[sig] = subprocess.Popen([sys.executable, "-c", PROCESSES_DRIVER.format(tests=str(Path(__file__).parent)),
+                                         str(path), mode], env=env, start_new_session=True, stderr=subprocess.PIPE,
+                                        text=True)
     try:
-        deadline = time.time() + 180  # a wait, not a timing: the driver first checks every cell
-        while time.time() < deadline and len(pid_files := _pids(cfg)) < 2:
-            assert driver.poll() is None, "the driver ended before its workers started"
+        deadline = time.time() + 240  # a wait, not a timing: each driver first checks every cell
+        while time.time() < deadline and any(len(_pids(c)) < 2 for c in cfgs.values()):
+            assert all(d.poll() is None for d in drivers.values()), "a driver ended before its workers started"
             time.sleep(0.05)
-        workers = list(pid_files.values())
-        assert len(set(workers)) == 2, f"two runs, two workers: {pid_files}"
-        assert all(_alive(w) for w in workers)
-        driver.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` or a job scheduler sends it
-        driver.wait()
+        workers = {sig: list(_pids(c).values()) for sig, c in cfgs.items()}
+        assert all(len(set(w)) == 2 for w in workers.values()), f"two runs, two workers each: {workers}"
+        assert all(_alive(w) for ws in workers.values() for w in ws)
+        for sig, driver in drivers.items():
+            driver.send_signal(sig)  # the driver alone, as `kill PID` or a job scheduler sends it
+        _, err = drivers[signal.SIGTERM].communicate(timeout=120)  # the pool's tracker too has closed stderr
+        assert drivers[signal.SIGTERM].returncode == 143, err
+        assert "leaked" not in err and "Traceback" not in err, err
+        drivers[signal.SIGKILL].wait(timeout=30)
         deadline = time.time() + 30  # the watch polls every 0.5 s; the margin is for a loaded machine
-        while time.time() < deadline and any(_alive(w) for w in workers):
+        while time.time() < deadline and any(_alive(w) for ws in workers.values() for w in ws):
             time.sleep(0.1)
-        assert not any(_alive(w) for w in workers), "a worker outlived its driver"
+        assert not any(_alive(w) for ws in workers.values() for w in ws), "a worker outlived its driver"
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        for pid in _pids(cfg).values():  # never leave a 600 s sleeper behind
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for driver in drivers.values():
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        for cfg in cfgs.values():
+            for pid in _pids(cfg).values():  # never leave a 600 s sleeper behind
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def test_processes_share_the_cores():

@@ -324,8 +324,10 @@ def test_an_export_replaces_only_its_own_kind(world, tmp_path):
     assert (out / "serving-notes.md").read_text() == "mine"
 
 
-def test_ctrl_c_during_a_fit_saves_and_says_how_to_resume(world):
-    """Repro 5: Ctrl-C saved nothing before the first periodic snapshot and said nothing."""
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_during_a_fit_saves_and_says_how_to_resume(world, sig, code):
+    """Repro 5: Ctrl-C saved nothing before the first periodic snapshot and said nothing. SIGTERM (a
+    job's time limit, `kill PID`) ended the process with nothing saved either; now it is taken alike."""
     import threading
 
     args = [str(CLI), "approximate", "--model", "tiny", "--rank", "4", "--steps", "10000000", "--engine", "torch"]
@@ -340,13 +342,13 @@ def test_ctrl_c_during_a_fit_saves_and_says_how_to_resume(world):
             if "IniLoRA fit: step" in line:
                 break
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, rest = proc.communicate(timeout=120)
     finally:
         guard.cancel()
         proc.kill()
     err = "".join(seen) + rest
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Run the same command again to resume" in err and "Traceback" not in err, err
     assert list((world["cache"] / "fits").glob("*.resume.pt")), "no snapshot was written"
 

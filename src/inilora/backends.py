@@ -119,7 +119,10 @@ class Processes:
     """Runs up to ``workers`` cells at once in spawned worker processes of this machine, ``threads``
     torch threads each. Like Ray, only this process writes ``results.jsonl``; a failed run lets the
     runs in flight finish (their rows are recorded), then its exception is raised as it was. A driver
-    killed outright (SIGTERM, SIGKILL) takes its workers with it within a second (:func:`_exit_with`)."""
+    stopped (Ctrl-C; SIGTERM, which the CLI raises as :class:`~inilora.errors.Terminated`) ends its
+    workers' runs and shuts the pool down; one killed outright (SIGKILL, or SIGTERM without that
+    handler) takes its workers with it within a second (:func:`_exit_with`). A run stopped mid-step
+    resumes from its last complete checkpoint."""
 
     name = "processes"
 
@@ -156,6 +159,12 @@ class Processes:
                             failure = failure or exc
                             continue
                         yield cell, result
+            except BaseException:  # stopped (Ctrl-C, SIGTERM as Terminated, the caller's error): end the
+                # runs in flight, as the driver's death would (:func:`_exit_with`) — a signal to the driver
+                # alone reaches no worker, and the pool's exit would otherwise wait for their runs to finish
+                for process in mp.active_children():
+                    process.terminate()
+                raise
             finally:
                 for future in pending:  # stopped early (an error, Ctrl-C): start nothing more
                     future.cancel()

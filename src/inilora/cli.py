@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checks import check_model_name, check_positive
-from .errors import InitError
+from .errors import InitError, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Better starting points for LoRA: IniLoRA and friends on top of PEFT.")
@@ -85,11 +86,20 @@ def _guarded(fn):
         except KeyboardInterrupt as exc:
             from .approx import FitInterrupted
 
+            code = _stop_code(exc)
             if isinstance(exc, FitInterrupted):
-                _fail(f"{exc}. Run the same command again to resume from there.", 130)
-            _fail("interrupted (a finished output is never replaced by a partial one)", 130)
+                _fail(f"{exc}. Run the same command again to resume from there.", code)
+            _fail(f"{'terminated (SIGTERM)' if code == 143 else 'interrupted'} "
+                  "(a finished output is never replaced by a partial one)", code)
 
     return run
+
+
+def _stop_code(exc: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM (128 + the signal), as a shell reports a process they ended."""
+    from .errors import Terminated
+
+    return 143 if isinstance(exc, Terminated) or getattr(exc, "signum", None) == signal.SIGTERM else 130
 
 
 def _check_method(method: str, opts: dict[str, Any]) -> None:
@@ -570,7 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     A usage mistake (a bad option value, an unknown option) ends in one line naming the
     option, exit code 2; a refusal of the input (``InitError``: bad rank, a folder it may not
     replace, a damaged adapter) one line, exit 2; a failure while working (disk full, a model
-    that cannot be found) one line, exit 1; Ctrl-C during a fit says how to resume, exit 130.
+    that cannot be found) one line, exit 1; Ctrl-C during a fit says how to resume, exit 130 —
+    SIGTERM (a job's time limit) the same way, exit 143.
     A traceback only with ``--debug`` (anywhere on the line).
     """
     try:  # typer ≥ 0.2x vendors click; its exceptions are what the parser raises
@@ -586,16 +597,17 @@ def main(argv: list[str] | None = None) -> None:
     if not debug:
         warnings.formatwarning = _plain_warning  # a real warning: one line, without our source line
     try:
-        code = app(args=args, prog_name="inilora", standalone_mode=False)
+        with sigterm_as_interrupt():  # a job's time limit stops the work through its cleanup, like Ctrl-C
+            code = app(args=args, prog_name="inilora", standalone_mode=False)
     except click_exc.UsageError as exc:
         if debug:
             raise
         command = exc.ctx.command_path if exc.ctx is not None else "inilora"
         _say_error(f"{exc.format_message()} (see `{command} --help`)")
         code = 2
-    except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C outside a fit into Abort
-        _say_error("interrupted")
-        code = 130
+    except (typer.Abort, KeyboardInterrupt) as exc:  # click turns Ctrl-C outside a fit into Abort
+        code = _stop_code(exc) if isinstance(exc, KeyboardInterrupt) else 130
+        _say_error("terminated (SIGTERM)" if code == 143 else "interrupted")
     except Exception as exc:  # noqa: BLE001 - a genuine bug: short, with how to get the details
         if debug:
             raise

@@ -15,7 +15,8 @@ one, so a kill at any point leaves either the old or the new snapshot, never hal
 snapshot whose fingerprint differs (other weights, init, steps, engine, ...) or that cannot be
 read is ignored with a warning.  The caller removes the file once the final result is safe.
 
-Model-agnostic: torch and the stdlib only (the cache decides where the file lives).
+Model-agnostic: torch, the stdlib and the package's own exception types (the cache decides where the file
+lives).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -33,45 +35,51 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import Terminated
+
 FORMAT = 1
 
-#: Ctrl-C during a fit that snapshots: the first press asks the running engine to save at its
-#: next iteration boundary and stop (:class:`FitInterrupted`); a second press stops at once.
-_interrupt = {"asked": False, "last_due": -1e9, "gap": 0.0}
+#: Ctrl-C or SIGTERM during a fit that snapshots: the first asks the running engine to save at its
+#: next iteration boundary and stop (:class:`FitInterrupted`); a second stops at once. ``asked``: the
+#: signal's number, 0 until one came.
+_interrupt = {"asked": 0, "last_due": -1e9, "gap": 0.0}
 
 
 class FitInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a fit after its state was saved; rerunning the same call resumes it."""
+    """Ctrl-C (or SIGTERM: ``signum``) stopped a fit after its state was saved; rerunning the same
+    call resumes it."""
 
-    def __init__(self, t: int, path: Path) -> None:
+    def __init__(self, t: int, path: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted after iteration {t}; state saved in {path}")
-        self.t, self.path = t, path
+        self.t, self.path, self.signum = t, path, signum
 
 
-def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _on_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     # a fit that snapshots asks `due` at every event (log point); none asked for a while (twice the
     # last gap, and 2 s): no such fit is running
     if _interrupt["asked"] or time.monotonic() - _interrupt["last_due"] > 2.0 + 2 * _interrupt["gap"]:
-        raise KeyboardInterrupt  # no snapshotting fit is running, or asked twice: stop now
-    _interrupt["asked"] = True
+        # no snapshotting fit is running, or asked twice: stop now
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    _interrupt["asked"] = signum
 
 
 @contextlib.contextmanager
 def snapshot_on_interrupt() -> Iterator[None]:
-    """Within this block (main thread), Ctrl-C during a resumable fit saves its state at once."""
-    import signal
+    """Within this block (main thread), Ctrl-C or SIGTERM (a job's time limit) during a resumable fit
+    saves its state at once."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    _interrupt["asked"] = False
+    previous = {sig: signal.signal(sig, _on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _interrupt["asked"] = 0
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        _interrupt["asked"] = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _interrupt["asked"] = 0
 
 
 class Resume:
@@ -152,7 +160,7 @@ class Resume:
         self._note(saves=self.saves + 1)
         self.start(t)
         if _interrupt["asked"]:
-            raise FitInterrupted(int(t), self.path)
+            raise FitInterrupted(int(t), self.path, _interrupt["asked"])
 
     def load(self) -> dict[str, Any] | None:
         """The saved state of this run, or None (none, unreadable, or another run's)."""
