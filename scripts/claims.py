@@ -260,19 +260,19 @@ def _at(study: str, method: str, on: str) -> str:
     return f"{NAME.get(method, method)} ({rate:g}{', the grid' + chr(39) + 's ' + edge if edge else ''})"
 
 
-def direction(study: str, planned: int, on: str) -> list[str]:
+def direction(study: str, on: str) -> list[str]:
     """Issue 26's question 3, once ``study`` is complete: the 20000-step fit against a random draw of its
     size, one SVD (PiSSA), its own unfitted start, and itself shrunk to LoRA's size (Holm over those 4,
     the claim's direction: the fit is better); then the fit's direction at LoRA's size against LoRA.
     Every arm at its own rate chosen on ``on``."""
-    found = direction_cmps(study, planned, on)
+    found = direction_cmps(study, on)
     return [f"{study}: {c.text()}" for c in found.values()]
 
 
-def direction_cmps(study: str, planned: int, on: str) -> dict[str, Cmp]:
+def direction_cmps(study: str, on: str) -> dict[str, Cmp]:
     """:func:`direction`'s comparisons by the arm IniLoRA is set against ("lora-size": the fit at
     LoRA's size − LoRA); empty until ``study`` is complete."""
-    if not _complete(study, planned):
+    if not _complete(study):
         return {}
     best = {m: own_best(study, m, on)[1] for m in stats.methods_of(rows(study))}
     controls = ("random-fit-size", "pissa", "inilora-0it", "inilora-lora-size")
@@ -282,10 +282,10 @@ def direction_cmps(study: str, planned: int, on: str) -> dict[str, Cmp]:
     return {**dict(zip(controls, fam)), "lora-size": size}
 
 
-def zero_vs_lora(study: str, planned: int, on: str) -> list[str]:
+def zero_vs_lora(study: str, on: str) -> list[str]:
     """Table 7 at own rates, once ``study`` (a direction study, which has both arms) is complete: the
     0-iteration start − LoRA, and the fit − its 0-iteration start (from the direction family)."""
-    found = direction_cmps(study, planned, on)
+    found = direction_cmps(study, on)
     if not found:
         return []
     best = {m: own_best(study, m, on)[1] for m in ("inilora-0it", "lora")}
@@ -306,7 +306,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
           for t in ("offline-topic", "offline-qa-pair")}
     tuned_nlu: list[str] = []
     ini_pissa: list[str] = []
-    if _complete("nlu-dev-lr", 115):  # a rate chosen from part of the grid would be no one's own best
+    if _complete("nlu-dev-lr"):  # a rate chosen from part of the grid would be no one's own best
         obn = {m: own_best("nlu-dev-lr", m, "dev/accuracy") for m in ("lora", "inilora", "inilora-alpha", "pissa")}
 
         def at(m: str) -> str:
@@ -333,8 +333,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                             "the {n} vs IniLoRA"))
     vs_milora = ei_cmps([("inilora", "milora")], "")
     fig4 = ei_cmps([(k, "inilora-alpha") for k in ("inilora-beta-kn", "inilora-beta-ku")], "the {n} Kaiming vs N(0, 0.5²)")
-    mechanism = direction("direction-nlu", 165, "dev/accuracy") + direction("direction-nlg", 170,
-                                                                             "offline-arith-dev/accuracy")
+    mechanism = direction("direction-nlu", "dev/accuracy") + direction("direction-nlg", "offline-arith-dev/accuracy")
     out.append(Claim(
         "Table 1", "IniLoRA ≥ LoRA on GLUE (RoBERTa-base 85.8 vs 85.2)",
         "MiniLM, offline-topic / offline-qa-pair, 128 steps, **one untuned shared rate (2e-3)**, best epoch picked "
@@ -433,7 +432,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
          "NLG: " + shared["inilora-0it"].text(),
          "NLU: " + _flip(vs_fit_nlu["inilora-0it"], "20000 − 0 iterations"),
          "NLG: " + _flip(vs_fit["inilora-0it"], "20000 − 0 iterations"),
-         *("NLU, " + line for line in zero_vs_lora("direction-nlu", 165, "dev/accuracy"))],
+         *("NLU, " + line for line in zero_vs_lora("direction-nlu", "dev/accuracy"))],
         "GPU: configs/paper/table7-iterations0.yaml (27 runs; rough estimate 150–300 GPU-h)"))
     fit = {k: v for k, v in _approx("fit-and-lr-nlg").items()}
     out.append(Claim(
@@ -482,7 +481,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "direction": "<br>".join(mechanism) or "**untested** (the direction studies are not complete)",
         "t3-own": "<br>".join(table3_nlu) or "**untested** (every-init-nlu's α/β grids are not complete)",
         "fig4-own": "<br>".join(fig4) or "**untested** (every-init-nlu's β grids are not complete)",
-        "t7-own": "<br>".join("NLU, " + line for line in zero_vs_lora("direction-nlu", 165, "dev/accuracy"))
+        "t7-own": "<br>".join("NLU, " + line for line in zero_vs_lora("direction-nlu", "dev/accuracy"))
         or "**untested** (direction-nlu is not complete)",
     })
     out.append(Claim("Fig. 4", "Kaiming initialisation beats the other distributions",
@@ -525,9 +524,20 @@ def fig3_table() -> str:
     return "\n".join(lines)
 
 
-def _complete(study: str, planned: int) -> bool:
-    """Every planned run of a study committed (its own-best choices are then over the whole grid)."""
-    return (RESULTS / study / "results.jsonl").is_file() and len(committed(study)) >= planned
+def _complete(study: str) -> bool:
+    """Every run of the study committed: each method's planned grid (its committed compare.yaml) and
+    every rate an edge pick added past it — none is still to add (its own-best choices are then over
+    the whole grid)."""
+    from inilora.config import CompareConfig, load_yaml
+    from inilora.rates import grid_extensions
+
+    path = RESULTS / study / "compare.yaml"
+    if not (RESULTS / study / "results.jsonl").is_file() or not path.is_file():
+        return False
+    plan = planned(study)
+    if finished(study, list(plan)) != list(plan):
+        return False
+    return not grid_extensions(load_yaml(path, CompareConfig), committed(study))
 
 
 def planned(study: str) -> Counter:

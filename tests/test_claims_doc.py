@@ -115,8 +115,17 @@ def test_numbers_come_from_whole_grids_only(tmp_path, monkeypatch):
     assert c.own_best("s", "lora", "dev")[0] == 2e-3
     commit(cells[:3] + cells[4:-1])  # neither whole: every number waits
     assert c.rows("s") == [] and c.finished("s", ["lora", "gaussian"]) == []
+    assert not c._complete("s")
     commit(cells)
     assert len(c.rows("s")) == 8 and c.finished("s", ["lora", "gaussian"]) == ["lora", "gaussian"]
+    assert c._complete("s")
+    # tuned on "dev", whose best is the grid's top rate: the study asks for the rate past it first
+    cfg.tune, cfg.race.rungs = {"learning_rate": "dev"}, 1
+    (study / "compare.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    c._planned.cache_clear()
+    assert c.finished("s", ["lora", "gaussian"]) == ["lora", "gaussian"] and not c._complete("s")
+    commit(cells + [(m, 4e-3, seed) for m in ("lora", "gaussian") for seed in (0, 1)])
+    assert c._complete("s")  # 4e-3 is the best again, but race.extend (1) allows one step: that row is a bound
 
 
 def test_table_5_reads_the_fit_cost_rows_and_words_a_cost(tmp_path, monkeypatch):
