@@ -310,3 +310,42 @@ def test_cli_refuses_an_unknown_backend_before_any_work(tmp_path):
         proc = subprocess.run([str(cli), "compare", str(path), *args], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "grid").exists()
+
+
+LEAK_SCRIPT = """
+import multiprocessing as mp, sys, time
+sys.path.insert(0, {tests!r})
+from test_backends import bar_then_wait
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=bar_then_wait, args=(sys.argv[1] == "worker",))
+    p.start()
+    time.sleep(3)  # the bar is drawn within a second of the start
+    p.terminate()
+    p.join()
+"""
+
+
+def bar_then_wait(as_worker: bool) -> None:
+    """A process that draws a tqdm bar, as the libraries do while training, then is ended mid-run."""
+    from tqdm import tqdm
+
+    from inilora.backends import _worker_init
+
+    if as_worker:
+        _worker_init(1)
+    list(tqdm(range(3)))
+    time.sleep(60)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_worker_ended_mid_run_leaks_no_semaphore():
+    """tqdm's default lock is a multiprocessing semaphore: a pool worker terminated after drawing a bar
+    left it to Python's resource tracker, which warned of it as leaked when the driver exited (once per
+    worker, after SIGTERM to `inilora compare --backend processes`). A worker's bars get a thread lock."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    script = LEAK_SCRIPT.format(tests=str(Path(__file__).parent))
+    runs = {mode: subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                                 timeout=120) for mode in ("worker", "bare")}
+    assert all("3/3" in r.stderr and "Traceback" not in r.stderr for r in runs.values()), runs  # each drew its bar
+    assert "leaked semaphore" in runs["bare"].stderr  # the check can see a leak
+    assert "leaked semaphore" not in runs["worker"].stderr, runs["worker"].stderr

@@ -94,10 +94,16 @@ def _worker_init(threads: int, driver: int | None = None) -> None:
     With ``driver`` (the pool owner's pid), the worker also exits once that process is gone: a driver
     stopped by SIGTERM or SIGKILL runs no cleanup, and its orphaned workers would otherwise train on for
     minutes, racing a restarted driver for the same run folders."""
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    if driver is not None:
-        import threading
+    import threading
 
+    from tqdm import tqdm
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    # a worker runs quietly, so its bars never share a terminal with another process; tqdm's default
+    # lock is a multiprocessing semaphore that a worker ended mid-run (the driver stopped) never
+    # releases, and Python's resource tracker then reports it as leaked
+    tqdm.set_lock(threading.RLock())
+    if driver is not None:
         threading.Thread(target=_exit_with, args=(driver,), name="inilora-driver-watch", daemon=True).start()
     import torch
 
