@@ -7,7 +7,8 @@ once per machine), again without the cached fit (the cost per base model: every 
 process's CPU time and its peak resident set (``os.wait4`` of that child alone), with the engine
 and cache outcome the command reported. It prints the ratio cached / fitted (the baseline is the fit
 measured in the same run) and, with ``--out``, appends one row per model and repeat to a
-``results.jsonl`` (written whole to a temp file, then renamed) for docs/results.md's Table 5 row.
+``results.jsonl`` as ``compare`` appends its rows (:func:`inilora.results.append_result`) for
+docs/results.md's Table 5 row.
 
     OMP_NUM_THREADS=1 python bench/fit_cost.py --models embedded:minilm,embedded:smollm2 --repeats 3 \
         --out docs/results/fit-cost/results.jsonl
@@ -33,7 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _call(args: list[str], env: dict[str, str]) -> dict:
-    """Run one command; its wall time, CPU time and peak RSS (this child alone), and its stderr."""
+    """Run one command; its wall time, CPU time and peak RSS (this child alone). A failure exits with
+    the command's stderr."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
@@ -68,15 +70,6 @@ def measure(model: str, steps: int, rank: int, cli: str) -> dict:
         return out
 
 
-def _append(path: Path, row: dict) -> None:
-    """The file with one more row, replaced whole (temp file, then rename)."""
-    from inilora.fileio import atomic_write_bytes
-
-    old = path.read_text() if path.is_file() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (old + json.dumps(row) + "\n").encode())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="embedded:minilm,embedded:smollm2")
@@ -86,20 +79,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="append rows to this results.jsonl")
     args = ap.parse_args()
 
+    import peft
     import torch
+    import transformers
 
     import inilora
+    from inilora.results import append_result
     from inilora.train.pipeline import _device_name
 
     cli = shutil.which("inilora") or str(Path(sys.executable).with_name("inilora"))
     threads = int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
     device = _device_name("cpu")
-    import peft
-    import transformers
-
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "inilora": inilora.__version__}
-    rows = []
     for model in args.models.split(","):
         for repeat in range(args.repeats):
             got = measure(model, args.steps, args.rank, cli)
@@ -111,15 +103,16 @@ def main() -> None:
                   f"{cached['wall_s'] / fit['wall_s']:.3f}× the fit", flush=True)
             # the keys every results.jsonl row has (docs/results.md's provenance table reads them); the
             # fit's seed is the command's default, 0; cpu_s: the three calls together
-            rows.append({"run_id": f"{model.split(':')[-1]}_repeat={repeat}", "method": "inilora", "seed": 0,
-                         "task": "approximate", "model": model, "repeat": repeat, "matrices": got["matrices"],
-                         "rank": args.rank, "steps": args.steps, "engine": got["engine"], "threads": threads,
-                         "first": first, "fit": fit, "cached": cached,
-                         "cpu_s": round(first["cpu_s"] + fit["cpu_s"] + cached["cpu_s"], 2), "device": device,
-                         "versions": versions,
-                         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+            row = {"run_id": f"{model.split(':')[-1]}_repeat={repeat}", "method": "inilora", "seed": 0,
+                   "task": "approximate", "model": model, "repeat": repeat, "matrices": got["matrices"],
+                   "rank": args.rank, "steps": args.steps, "engine": got["engine"], "threads": threads,
+                   "first": first, "fit": fit, "cached": cached,
+                   "cpu_s": round(first["cpu_s"] + fit["cpu_s"] + cached["cpu_s"], 2), "device": device,
+                   "versions": versions,
+                   "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             if args.out:  # after each repeat: an interrupted run keeps what it measured
-                _append(args.out, rows[-1])
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                append_result(args.out, row)
 
 
 if __name__ == "__main__":
