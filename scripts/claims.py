@@ -34,6 +34,7 @@ from inilora.results import read_results
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 DOC = ROOT / "docs" / "results.md"
+CONFIGS = ROOT / "configs" / "embedded"
 ALPHA, POWER = 0.05, 0.80
 NAME = {"lora": "LoRA", "inilora": "IniLoRA", "inilora-alpha": "IniLoRA-α", "inilora-beta-kn": "IniLoRA-β (K-N)",
         "inilora-0it": "IniLoRA at 0 iterations", "inilora-1k": "IniLoRA at 1000 iterations", "full": "full FT",
@@ -212,14 +213,15 @@ def study_table(study: str, metric: str, task: str | None = None, **settings) ->
     return "\n".join(lines)
 
 
-def sweep_table(study: str, metric: str, val: str, methods: list[str], key: str = "learning_rate") -> str:
-    rs = rows(study)
+def sweep_table(study: str, metric: str, val: str, methods: list[str], key: str = "learning_rate", **where) -> str:
+    """Each method's test mean ± std [dev mean] at every ``key`` tried, within the cell ``where``."""
+    rs = [r for r in rows(study) if all(r["settings"].get(k) == v for k, v in where.items())]
     rates = stats.ordered(r["settings"][key] for r in rs if key in r["settings"])
     lines = [f"| {key} | " + " | ".join(f"{v:g}" for v in rates) + " |", "|---|" + "---|" * len(rates)]
     for m in methods:
         cells = []
         for v in rates:
-            t, va = values(study, m, metric, **{key: v}), values(study, m, val, **{key: v})
+            t, va = values(study, m, metric, **{key: v}, **where), values(study, m, val, **{key: v}, **where)
             if not t:
                 cells.append("—")
                 continue
@@ -240,7 +242,8 @@ def tuned_table(study: str, on: str, key: str = "learning_rate") -> str:
         return "_No method has run at two rates yet: nothing to choose._"
     for t in found:
         per = ", ".join(f"{100 * v:.1f}" for v in t.stat.values)
-        lines.append(f"| {t.method} | {t.choice:g} | {t.edge or 'no (inside)'} | {100 * t.stat.mean:.1f} ± {100 * t.stat.std:.1f} "
+        within = "".join(f", {k} {v}" for k, v in t.rest)  # another swept setting: the choice is made within it
+        lines.append(f"| {t.method}{within} | {t.choice:g} | {t.edge or 'no (inside)'} | {100 * t.stat.mean:.1f} ± {100 * t.stat.std:.1f} "
                      f"| {per} | {_p(t.stat.p_holm) if not math.isnan(t.stat.p) else '—'} |")
     return "\n".join(lines)
 
@@ -293,6 +296,53 @@ def zero_vs_lora(study: str, on: str) -> list[str]:
     return [f"each at its own rate ({study}): {zero.text()}",
             f"each at its own rate ({study}): " + found["inilora-0it"].text().replace("IniLoRA (", "20000 iterations (", 1)
             .replace("− IniLoRA at 0 iterations", "− 0 iterations")]
+
+
+def settled(study: str, want: list[str]) -> list[str]:
+    """Those of ``want`` whose own-best rates are final: the whole planned grid committed and no rate an
+    edge pick adds past it still to run (:func:`finished`, then ``rates.grid_extensions``)."""
+    from inilora.config import CompareConfig, load_yaml
+    from inilora.rates import grid_extensions
+
+    done = finished(study, want)
+    if not done:
+        return []
+    pending = {m for m, _ in grid_extensions(load_yaml(RESULTS / study / "compare.yaml", CompareConfig), committed(study))}
+    return [m for m in done if m not in pending]
+
+
+def by_rank(study: str, on: str, others: tuple[str, ...] = ("lora", "pissa", "milora")) -> list[Cmp]:
+    """Table 6 at own rates: at each rank, IniLoRA − each settled method of ``others``, both at their own
+    rate chosen on ``on`` *at that rank*; Holm over every pair listed. Empty until IniLoRA and one
+    other are settled (:func:`settled`)."""
+    done = settled(study, ["inilora", *others])
+    if "inilora" not in done or len(done) < 2:
+        return []
+    best = {(dict(t.rest)["lora.rank"], t.method): t for t in stats.tuned(rows(study), "learning_rate", on)}
+    cmps = []
+    for rank in sorted({r for r, _ in best}):
+        ini = best[rank, "inilora"]
+        for m in (m for m in others if m in done):
+            o = best[rank, m]
+            cmps.append(Cmp(f"rank {rank}: IniLoRA ({ini.choice:g}) − {NAME[m]} ({o.choice:g})",
+                            dict(zip(ini.stat.seeds, (100 * v for v in ini.stat.values))),
+                            dict(zip(o.stat.seeds, (100 * v for v in o.stat.values)))))
+    return holm(cmps, f"the {len(cmps)} rank × method pairs")
+
+
+def rank_losses(study: str, on: str) -> list[Cmp]:
+    """Fig. 5's training loss at each rank: LoRA − IniLoRA final training loss (× 100), each at its own
+    rate chosen on ``on`` at that rank (not the loss the rate was chosen by: dev accuracy)."""
+    if not {"lora", "inilora"} <= set(settled(study, ["lora", "inilora"])):
+        return []
+    best = {(dict(t.rest)["lora.rank"], t.method): t.choice for t in stats.tuned(rows(study), "learning_rate", on)}
+
+    def loss(method: str, rank: int) -> dict[int, float]:
+        return {r["seed"]: 100 * r["train_loss"][-1][1] for r in rows(study) if r["method"] == method
+                and r["settings"].get("lora.rank") == rank and r["settings"]["learning_rate"] == best[rank, method]}
+
+    return [Cmp(f"rank {rank}, final train loss, LoRA − IniLoRA", loss("lora", rank), loss("inilora", rank),
+                unit="× 1e-2") for rank in sorted({r for r, _ in best})]
 
 
 def claims(named: dict[str, str] | None = None) -> list[Claim]:
@@ -416,13 +466,22 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                   _final_loss("fit-matters-nlu", "inilora"), unit="× 1e-2").text(),
               Cmp("NLG final train loss at each own rate, LoRA − IniLoRA", _final_loss("fit-and-lr-nlg", "lora", 8e-3),
                   _final_loss("fit-and-lr-nlg", "inilora", 1e-3), unit="× 1e-2").text()]
+    ranks = by_rank("table6-rank-nlu", "dev/accuracy") if (RESULTS / "table6-rank-nlu").is_dir() else []
+    rank_loss = rank_losses("table6-rank-nlu", "dev/accuracy") if ranks else []
     out.append(Claim("Table 6 / Fig. 5", "IniLoRA ≥ PiSSA, MiLoRA, LoRA at ranks 8–32, with lower training loss",
-                     "rank 8 only: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
-                                                                                              else "")
-                     + " at own rates on NLU; other ranks not run",
-                     [*ini_pissa, *vs_milora, *losses],
-                     "configs/embedded/table6-rank.yaml (≈ 3 CPU-h); GPU: configs/paper/table6-rank.yaml (36 runs; "
-                     "rough estimate 200–400 GPU-h)"))
+                     "rank 8: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
+                                                                                        else "")
+                     + " at own rates on NLU"
+                     + ("; ranks 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev split "
+                        "at each rank (table6-rank-nlu; " + ", ".join(NAME[m] for m in settled(
+                            "table6-rank-nlu", ["lora", "pissa", "milora"])) + " so far)" if ranks
+                        else "; other ranks not run"),
+                     [*ini_pissa, *vs_milora, *losses,
+                      *(f"NLU, each at its own rate at that rank (table6-rank-nlu): {c.text()}" for c in ranks),
+                      *(f"NLU (table6-rank-nlu): {c.text()}" for c in rank_loss)],
+                     f"table6-rank-nlu ({_done('table6-rank-nlu', sum(_planned(CONFIGS / 'table6-rank-nlu.yaml').values()))}; ≈ 3.5 "
+                     "CPU-h; PiSSA and MiLoRA at ranks 16 and 32 are its rest); GPU: configs/paper/table6-rank.yaml "
+                     "(36 runs; rough estimate 200–400 GPU-h)"))
     out.append(Claim(
         "Table 7", "IniLoRA with 0 fit iterations is still competitive with LoRA (and the fit adds to it)",
         "0-iteration IniLoRA (the N(0, σ̄²) start, residual frozen) vs LoRA and vs the 20000-step fit, shared rate 2e-3; "
@@ -877,6 +936,7 @@ def blocks() -> dict[str, str]:
            "race-check-nlu-curves": race_curves_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy"),
            "race-check-nlu": race_check_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy", acc,
                                               [((22,), 3), ((43,), 3), ((22,), 2), ((43,), 2), ((22, 43), 2)])}
+    out["table6-rank-nlu"] = rank_block("table6-rank-nlu", acc, "dev/accuracy")
     for study in ("nlu-dev-lr", "nlg-long-lr", "direction-nlu", "direction-nlg", "every-init-nlu", "every-init-nlg"):
         out[study] = f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
         if (RESULTS / study / "results.jsonl").is_file() and not rows(study):
@@ -895,6 +955,23 @@ def blocks() -> dict[str, str]:
             out[study] = "\n\n".join([sweep_table(study, metric, v, methods), tuned_table(study, v),
                                         *(f"- {line}" for line in items)])
     return out
+
+
+def rank_block(study: str, metric: str, on: str) -> str:
+    """A study swept over ``lora.rank`` and rates: per rank, each method's rates (test [dev]), then each
+    method's own rate at each rank. Only settled methods (:func:`settled`): a pick still to extend is
+    no one's own best."""
+    if not (RESULTS / study / "results.jsonl").is_file():
+        return f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
+    done = settled(study, stats.methods_of(committed(study)))
+    if not done:
+        n = len(committed(study))
+        return f"_{n} row{'s' if n > 1 else ''} committed; no method's grid is whole yet, so nothing is computed from them._"
+    parts = []
+    for rank in sorted({r["settings"]["lora.rank"] for r in rows(study)}):
+        parts.append(f"rank {rank}:\n\n" + sweep_table(study, metric, on, done, **{"lora.rank": rank}))
+    parts.append(tuned_table(study, on))
+    return "\n\n".join(parts)
 
 
 _BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end: (?P=name) -->", re.S)

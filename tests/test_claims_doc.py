@@ -128,6 +128,57 @@ def test_numbers_come_from_whole_grids_only(tmp_path, monkeypatch):
     assert c._complete("s")  # 4e-3 is the best again, but race.extend (1) allows one step: that row is a bound
 
 
+def test_table_6_compares_each_rank_at_that_ranks_own_rates(tmp_path, monkeypatch):
+    """At each rank, IniLoRA and LoRA each at the rate their dev mean picks *at that rank*, paired by seed,
+    Holm over the rank pairs; nothing while a pick sits at a grid's end with an extension still to run."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from inilora import stats
+    from inilora.config import CompareConfig, TrainConfig, to_dict
+
+    c = _claims()
+    study = tmp_path / "s"
+    study.mkdir()
+    rates, seeds = [5e-4, 1e-3, 2e-3, 4e-3], [0, 1, 2]
+    cfg = CompareConfig(base=TrainConfig(task="offline-topic"), methods=["lora", "inilora"], seeds=seeds,
+                        sweep={"lora.rank": [16, 32], "learning_rate": rates}, tune={"learning_rate": "dev"},
+                        output_dir=str(tmp_path / "out"))
+    cfg.race.rungs = 1
+    (study / "compare.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    # each (method, rank)'s dev peak: LoRA's moves with rank, so one rate for both ranks would be wrong
+    peak = {("lora", 16): 2e-3, ("lora", 32): 1e-3, ("inilora", 16): 2e-3, ("inilora", 32): 2e-3}
+    test = {(m, r, s): 0.6 + 0.01 * s * (m == "inilora") + 0.02 * (r == 32) + 0.003 * s ** 2
+            for m in ("lora", "inilora") for r in (16, 32) for s in seeds}
+
+    def commit(peaks):
+        (study / "results.jsonl").write_text("".join(json.dumps(
+            {"run_id": f"{m}_{r}_{lr}_{s}", "method": m, "seed": s, "task": "offline-topic", "baseline": "lora",
+             "headline": "accuracy", "settings": {"lora.rank": r, "learning_rate": lr},
+             "train_loss": [[8, 1.0 + (m == "lora") * 0.1 * (s + 1)]],
+             "metrics": {"accuracy": test[m, r, s] if lr == peaks[m, r] else 0.3, "dev": 0.9 - abs(lr - peaks[m, r])}})
+            + "\n" for m in ("lora", "inilora") for r in (16, 32) for lr in rates for s in seeds))
+
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    commit({**peak, ("lora", 32): 4e-3})  # LoRA's rank-32 pick at the grid's top: its rate past it is due
+    assert c.settled("s", ["lora", "inilora"]) == ["inilora"] and c.by_rank("s", "dev") == []
+    commit(peak)
+    found = c.by_rank("s", "dev")
+    assert [x.label for x in found] == ["rank 16: IniLoRA (0.002) − LoRA (0.002)", "rank 32: IniLoRA (0.002) − LoRA (0.001)"]
+    for cmp_, rank in zip(found, (16, 32)):
+        want = [100 * (test["inilora", rank, s] - test["lora", rank, s]) for s in seeds]
+        assert cmp_.n == 3 and cmp_.diff == pytest.approx(np.mean(want))
+    assert [x.p_adj for x in found] == pytest.approx(stats.holm([x.p for x in found]))
+    assert all(x.family == "the 2 rank × method pairs" for x in found)
+    loss = c.rank_losses("s", "dev")
+    assert [x.diff for x in loss] == pytest.approx([100 * 0.1 * np.mean([s + 1 for s in seeds])] * 2)
+    block = c.rank_block("s", "accuracy", "dev")
+    assert block.count("rank 16:\n") == block.count("rank 32:\n") == 1  # a rate table per rank
+    assert "| lora, lora.rank 32 | 0.001 |" in block and "| inilora, lora.rank 32 | 0.002 |" in block
+
+
 def test_table_5_reads_the_fit_cost_rows_and_words_a_cost(tmp_path, monkeypatch):
     """Table 5 is a cost, not a comparison: it holds when every fit took under an hour and every second
     call read the cache faster than the fit; the times shown are the rows' own (min–max over repeats)."""

@@ -83,6 +83,42 @@ def test_an_unfinished_run_of_the_source_is_not_taken(tmp_path):
     assert [Path(c).name for c in calls] == [victim.run_id]
 
 
+def test_a_committed_grid_lends_its_rows_without_run_folders(tmp_path):
+    """docs/results/<study> keeps results.jsonl and compare.yaml only: its rows are taken as rows, by
+    the same identity rule, and a run that only looks alike is still trained."""
+    first = run_grid(study(tmp_path, "a", ["lora", "inilora"]), run_fn=fake_run, progress=False)
+    kept = tmp_path / "committed"
+    kept.mkdir()
+    for name in ("results.jsonl", "compare.yaml"):
+        (kept / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    calls: list[str] = []
+    rows = run_grid(study(tmp_path, "b", ["lora", "pissa"]), run_fn=counting(calls), progress=False, reuse=[kept])
+    assert len(rows) == 8 and sorted(Path(c).name.split("_")[0] for c in calls) == ["pissa"] * 4
+    before = {r["run_id"]: r for r in first}
+    for row in (r for r in rows if r["method"] == "lora"):
+        old = before[row["run_id"]]
+        assert row["metrics"] == old["metrics"] and row["finished_at"] == old["finished_at"]
+        assert row["reused_from"] == old["output_dir"]  # where it was measured, not the folder that kept it
+        assert row["output_dir"] == row["config"]["output_dir"] == str(tmp_path / "b" / "runs" / row["run_id"])
+        assert not Path(row["output_dir"]).exists()  # no folder copied: there was none
+    again = run_grid(study(tmp_path, "b", ["lora", "pissa"]), run_fn=counting(calls), progress=False)
+    assert len(calls) == 4 and len(again) == 8  # resumed from its rows, with or without --reuse
+    calls.clear()
+    other = study(tmp_path, "c", ["lora"], base={"task": "offline-topic", "learning_rate": 1e-3})
+    run_grid(other, run_fn=counting(calls), progress=False, reuse=[kept])
+    assert len(calls) == 4  # one setting differs: nothing is taken
+
+
+def test_a_grid_folder_missing_one_run_folder_is_no_committed_grid(tmp_path):
+    run_grid(study(tmp_path, "a", ["lora"]), run_fn=fake_run, progress=False)
+    victim = expand(study(tmp_path, "a", ["lora"]))[0]
+    import shutil
+    shutil.rmtree(victim.config.output_dir)
+    calls: list[str] = []
+    run_grid(study(tmp_path, "b", ["lora"]), run_fn=counting(calls), progress=False, reuse=[tmp_path / "a"])
+    assert [Path(c).name for c in calls] == [victim.run_id]
+
+
 def test_copy_is_atomic_writes_this_grids_config_and_a_marker(tmp_path):
     src = tmp_path / "src" / "runs" / "r"
     (src / "adapter").mkdir(parents=True)

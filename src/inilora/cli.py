@@ -411,7 +411,8 @@ def compare(
                                        "default: start a local Ray instance."),
     reuse: list[Path] | None = typer.Option(None, "--reuse", help="Another comparison's output folder: its "
                                             "finished runs that are exactly runs of this grid (same resolved "
-                                            "config) are copied in instead of trained (repeatable)."),
+                                            "config) are copied in instead of trained (repeatable); a folder with "
+                                            "no runs/ (a committed results.jsonl) lends its rows alone."),
     methods: str | None = typer.Option(None, "--methods", help="Run only these of the grid's methods now, "
                                        "comma-separated (the grid stays the config's; run again without it "
                                        "for the rest)."),

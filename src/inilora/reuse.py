@@ -20,6 +20,13 @@ keeps the original row, so a copy whose row was not yet written (a kill in betwe
 reused when the grid runs again, with or without ``--reuse``. The row keeps what was measured
 (metrics, per-example items, ``device``, ``threads``, ``versions``, ``finished_at``) and names where
 (``reused_from``: the folder of the original measurement, through any chain of reuses).
+
+A source with no ``runs/`` folder at all is a *committed* grid — its ``results.jsonl`` and
+``compare.yaml`` kept (``docs/results/<study>``) after the machine that ran it is gone. Its rows are
+taken as rows: the same identity rule on the row's own resolved config, and no run folder copied (so
+no adapter weights either; a row is all a comparison's tables, tests and plots read). A grid folder
+that has ``runs/`` but lacks a row's folder is not such a source: that run was lost or unfinished
+there, and is trained again.
 """
 
 from __future__ import annotations
@@ -71,17 +78,19 @@ class Reusable:
                 raise ConfigError(f"--reuse {source}: no {RESULTS} there (a comparison's output folder holds one)")
             if source.resolve() == root.resolve():
                 continue  # a grid's own rows are resumed anyway
+            rows_only = not (source / RUNS).is_dir()  # a committed grid: its rows, no run folders
             for row in read_results(source):
                 if not row.get("config"):
                     continue
                 if device_kind(row.get("device")) != device:
                     self._skip(f"measured on {device_kind(row.get('device'))}, this grid runs on {device}")
                     continue
-                folder = _folder(row, source)
-                if folder is None:
+                folder = None if rows_only else _folder(row, source)
+                if folder is None and not rows_only:
                     self._skip("run folder missing, unfinished or of another config")
                     continue
-                self.index.setdefault(run_key(row["config"]), {**row, "_folder": str(folder)})
+                self.index.setdefault(run_key(row["config"]), {**row, "_folder": folder and str(folder),
+                                                                 "_source": str(source)})
 
     def _skip(self, why: str) -> None:
         self.left_out[why] = self.left_out.get(why, 0) + 1

@@ -284,7 +284,8 @@ def plan_table(runs: list[PlannedRun], done: set[str], reusable=None):
     for run in runs:
         settings = ", ".join(f"{k}={_fmt(v)}" for k, v in run.settings.items()) or "—"
         found = reusable.find(to_dict(run.config)) if reusable is not None and run.run_id not in done else None
-        status = "done" if run.run_id in done else f"reuse {found['_folder']}" if found else "to run"
+        taken = found and (found["_folder"] or f"the row of {found['_source']}")
+        status = "done" if run.run_id in done else f"reuse {taken}" if found else "to run"
         table.add_row(run.run_id, run.label, str(run.seed), run.config.task, settings, status)
     return table
 
@@ -517,8 +518,11 @@ class Execution:
                 found = None if self.reusable is None or finished else self.reusable.find(planned)
                 if found is None:
                     continue
-                copy_run(found, folder, planned)
-                original = marker(folder)
+                if found["_folder"] is None:  # a committed grid's row: the row is the whole of it
+                    original = {k: v for k, v in found.items() if not k.startswith("_")}
+                else:
+                    copy_run(found, folder, planned)
+                    original = marker(folder)
             new = reused_row(original, _row(run, {k: original[k] for k in KEPT if k in original}, self.config))
             append_result(self.root / RESULTS, new)
             self.done.add(run.run_id)
