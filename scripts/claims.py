@@ -274,22 +274,34 @@ def direction(study: str, on: str) -> list[str]:
 
 def direction_cmps(study: str, on: str) -> dict[str, Cmp]:
     """:func:`direction`'s comparisons by the arm IniLoRA is set against ("lora-size": the fit at
-    LoRA's size − LoRA); empty until ``study`` is complete."""
-    if not _complete(study):
+    LoRA's size − LoRA), for the arms whose own-best rates are final (:func:`settled`). Holm over the
+    4 once every arm is in; before, each p is multiplied by 4 (Bonferroni over the 4 planned), which is
+    never below the Holm p it will have: a verdict found early cannot be undone by the arms to come."""
+    if not (RESULTS / study / "results.jsonl").is_file():
         return {}
-    best = {m: own_best(study, m, on)[1] for m in stats.methods_of(rows(study))}
     controls = ("random-fit-size", "pissa", "inilora-0it", "inilora-lora-size")
-    fam = holm([Cmp(f"{_at(study, 'inilora', on)} − {_at(study, m, on)}", best["inilora"], best[m]) for m in controls],
-               "the 4 vs IniLoRA")
-    size = Cmp(f"{_at(study, 'inilora-lora-size', on)} − {_at(study, 'lora', on)}", best["inilora-lora-size"], best["lora"])
-    return {**dict(zip(controls, fam)), "lora-size": size}
+    done = settled(study, ["inilora", "lora", *controls])
+    if "inilora" not in done:
+        return {}
+    best = {m: own_best(study, m, on)[1] for m in done}
+    have = [m for m in controls if m in done]
+    fam = [Cmp(f"{_at(study, 'inilora', on)} − {_at(study, m, on)}", best["inilora"], best[m]) for m in have]
+    if len(have) == len(controls):
+        holm(fam, "the 4 vs IniLoRA")
+    for c in fam if len(have) < len(controls) else ():
+        c.p_adj, c.family = min(1.0, len(controls) * c.p), f"Bonferroni over the 4 planned vs IniLoRA, {len(have)} in so far"
+    out = dict(zip(have, fam))
+    if {"inilora-lora-size", "lora"} <= set(done):
+        out["lora-size"] = Cmp(f"{_at(study, 'inilora-lora-size', on)} − {_at(study, 'lora', on)}",
+                               best["inilora-lora-size"], best["lora"])
+    return out
 
 
 def zero_vs_lora(study: str, on: str) -> list[str]:
     """Table 7 at own rates, once ``study`` (a direction study, which has both arms) is complete: the
     0-iteration start − LoRA, and the fit − its 0-iteration start (from the direction family)."""
     found = direction_cmps(study, on)
-    if not found:
+    if "inilora-0it" not in found or "lora" not in settled(study, ["lora"]):
         return []
     best = {m: own_best(study, m, on)[1] for m in ("inilora-0it", "lora")}
     zero = Cmp(f"{_at(study, 'inilora-0it', on)} − {_at(study, 'lora', on)}", best["inilora-0it"], best["lora"])

@@ -179,6 +179,50 @@ def test_table_6_compares_each_rank_at_that_ranks_own_rates(tmp_path, monkeypatc
     assert "| lora, lora.rank 32 | 0.001 |" in block and "| inilora, lora.rank 32 | 0.002 |" in block
 
 
+def test_a_direction_arm_counts_once_settled_and_its_early_p_is_never_below_the_final(tmp_path, monkeypatch):
+    """direction-nlg runs arm by arm: an arm set against IniLoRA before the other three are in gets
+    Bonferroni over the 4 planned (4·p), which the Holm p it gets once all are in never exceeds."""
+    import json
+
+    import yaml
+
+    from inilora import stats
+    from inilora.config import CompareConfig, TrainConfig, to_dict
+
+    c = _claims()
+    study = tmp_path / "s"
+    study.mkdir()
+    arms = ["lora", "inilora", "random-fit-size", "pissa", "inilora-0it", "inilora-lora-size"]
+    rates, seeds = [1e-3, 2e-3, 4e-3], [0, 1, 2, 3]
+    cfg = CompareConfig(base=TrainConfig(task="offline-topic"), methods=arms, seeds=seeds,
+                        variants={"random-fit-size": {"method": "normal", "options": {"std": 0.17}}, "inilora-0it": {"method": "inilora"},
+                                  "inilora-lora-size": {"method": "inilora"}},
+                        sweep={"learning_rate": rates}, tune={"learning_rate": "dev"}, output_dir=str(tmp_path / "o"))
+    cfg.race.rungs = 1
+    (study / "compare.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+
+    def commit(which):
+        (study / "results.jsonl").write_text("".join(json.dumps(
+            {"run_id": f"{m}_{lr}_{s}", "method": m, "seed": s, "task": "offline-topic", "baseline": "lora",
+             "headline": "accuracy", "settings": {"learning_rate": lr},
+             "metrics": {"accuracy": 0.6 + 0.01 * arms.index(m) + 0.004 * s * s * (m == "inilora"),
+                         "dev": 0.9 - abs(lr - 2e-3)}}) + "\n" for m in which for lr in rates for s in seeds))
+
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    commit(arms[:3])
+    early = c.direction_cmps("s", "dev")
+    assert list(early) == ["random-fit-size"]
+    assert early["random-fit-size"].p_adj == pytest.approx(min(1, 4 * early["random-fit-size"].p))
+    assert "Bonferroni over the 4 planned vs IniLoRA, 1 in so far" in early["random-fit-size"].text()
+    commit(arms)
+    c._planned.cache_clear()
+    final = c.direction_cmps("s", "dev")
+    assert list(final) == arms[2:] + ["lora-size"]
+    four = [final[m] for m in arms[2:]]
+    assert [x.p_adj for x in four] == pytest.approx(stats.holm([x.p for x in four]))
+    assert final["random-fit-size"].p_adj <= early["random-fit-size"].p_adj
+
+
 def test_table_5_reads_the_fit_cost_rows_and_words_a_cost(tmp_path, monkeypatch):
     """Table 5 is a cost, not a comparison: it holds when every fit took under an hour and every second
     call read the cache faster than the fit; the times shown are the rows' own (min–max over repeats)."""
