@@ -44,6 +44,12 @@ def _run(home, *args):
     return done.stdout + done.stderr
 
 
+def _grid(home) -> str:
+    (home / "grid.yaml").write_text(f"output_dir: {home / 'grid'}\nmethods: [lora, inilora-alpha]\nseeds: [0]\n"
+                                    f"base: {{model: {home / 'tiny'}, task: offline-topic, max_steps: 2}}\n")
+    return "grid.yaml"
+
+
 def test_common_commands_print_no_noise(home):
     outputs = {
         "methods": _run(home, "methods"),
@@ -51,6 +57,8 @@ def test_common_commands_print_no_noise(home):
         "init inilora": _run(home, "init", "--model", "tiny", "--method", "inilora", "--steps", "300", "--rank", "4",
                              "--out", "b"),
         "export": _run(home, "export", "a", "--base", "tiny", "--out", "e"),
+        # checking a grid imports the training pipeline, whose transformers Trainer imports PEFT
+        "compare --dry-run": _run(home, "compare", _grid(home), "--dry-run"),
     }
     for command, text in outputs.items():
         for word in NOISE:

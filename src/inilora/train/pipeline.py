@@ -16,15 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from ..chatter import import_peft
 
-from ..config import ConfigError, TrainConfig, to_dict
-from ..errors import InitError
-from ..tasks import ClassificationTask, SFTTask, Task, TaskError, get_task
-from . import evaluate, modes, nlu, outputs, sft
-from .modes import Mode, Trained
+import_peft()  # first: transformers' trainer imports PEFT, and PEFT's first import probes bitsandbytes' kernels
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from ..config import ConfigError, TrainConfig, to_dict  # noqa: E402
+from ..errors import InitError  # noqa: E402
+from ..tasks import ClassificationTask, SFTTask, Task, TaskError, get_task  # noqa: E402
+from . import evaluate, modes, nlu, outputs, sft  # noqa: E402
+from .modes import Mode, Trained  # noqa: E402
 
 
 @dataclass
