@@ -471,7 +471,9 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         + "; GPU: configs/paper/table3-alpha-beta.yaml "
         "(60 runs, 7B/13B; rough estimate 300–600 GPU-h)"))
     out.append(Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size", "not run",
-                     ["**untested**"], "configs/embedded/table4-data-size.yaml (≈ 2–3 CPU-h); GPU: "
+                     ["**untested**"], "configs/embedded/table4-data-size-nlu.yaml (256, 1024, 4096 rows, each "
+                     "method at its own rate per size on a dev split; 1024 is nlu-dev-lr's rows, ≈ 3.5 CPU-h for the "
+                     "60 new runs); GPU: "
                      "configs/paper/table4-data-size.yaml (54 runs; rough estimate 300–500 GPU-h)"))
     out.append(fit_cost())
     losses = [Cmp("NLU final train loss at the shared 2e-3, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
@@ -484,15 +486,15 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                      "rank 8: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
                                                                                         else "")
                      + " at own rates on NLU"
-                     + ("; ranks 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev split "
-                        "at each rank (table6-rank-nlu; " + ", ".join(NAME[m] for m in settled(
+                     + ("; ranks 8, 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev "
+                        "split at each rank (table6-rank-nlu, rank 8 the earlier studies' rows; " + ", ".join(NAME[m] for m in settled(
                             "table6-rank-nlu", ["lora", "pissa", "milora"])) + " so far)" if ranks
                         else "; other ranks not run"),
                      [*ini_pissa, *vs_milora, *losses,
                       *(f"NLU, each at its own rate at that rank (table6-rank-nlu): {c.text()}" for c in ranks),
                       *(f"NLU (table6-rank-nlu): {c.text()}" for c in rank_loss)],
                      f"table6-rank-nlu ({_done('table6-rank-nlu', sum(_planned(CONFIGS / 'table6-rank-nlu.yaml').values()))}; ≈ 3.5 "
-                     "CPU-h; PiSSA and MiLoRA at ranks 16 and 32 are its rest); GPU: configs/paper/table6-rank.yaml "
+                     "CPU-h for its 120 new runs, LoRA and IniLoRA first); GPU: configs/paper/table6-rank.yaml "
                      "(36 runs; rough estimate 200–400 GPU-h)"))
     out.append(Claim(
         "Table 7", "IniLoRA with 0 fit iterations is still competitive with LoRA (and the fit adds to it)",
