@@ -487,8 +487,9 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                                                                                         else "")
                      + " at own rates on NLU"
                      + ("; ranks 8, 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev "
-                        "split at each rank (table6-rank-nlu, rank 8 the earlier studies' rows; " + ", ".join(NAME[m] for m in settled(
-                            "table6-rank-nlu", ["lora", "pissa", "milora"])) + " so far)" if ranks
+                        "split at each rank (table6-rank-nlu, rank 8 the earlier studies' rows; IniLoRA against "
+                        + ", ".join(NAME[m] for m in settled("table6-rank-nlu", ["lora", "pissa", "milora"])) + " so far)"
+                        if ranks
                         else "; other ranks not run"),
                      [*ini_pissa, *vs_milora, *losses,
                       *(f"NLU, each at its own rate at that rank (table6-rank-nlu): {c.text()}" for c in ranks),
