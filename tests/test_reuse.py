@@ -83,7 +83,7 @@ def test_an_unfinished_run_of_the_source_is_not_taken(tmp_path):
     assert [Path(c).name for c in calls] == [victim.run_id]
 
 
-def test_a_committed_grid_lends_its_rows_without_run_folders(tmp_path):
+def test_a_committed_grid_lends_its_rows_without_run_folders(tmp_path, capsys):
     """docs/results/<study> keeps results.jsonl and compare.yaml only: its rows are taken as rows, by
     the same identity rule, and a run that only looks alike is still trained."""
     first = run_grid(study(tmp_path, "a", ["lora", "inilora"]), run_fn=fake_run, progress=False)
@@ -94,6 +94,7 @@ def test_a_committed_grid_lends_its_rows_without_run_folders(tmp_path):
     calls: list[str] = []
     rows = run_grid(study(tmp_path, "b", ["lora", "pissa"]), run_fn=counting(calls), progress=False, reuse=[kept])
     assert len(rows) == 8 and sorted(Path(c).name.split("_")[0] for c in calls) == ["pissa"] * 4
+    assert f"reused 4 finished runs of {kept} (its rows)" in capsys.readouterr().err
     before = {r["run_id"]: r for r in first}
     for row in (r for r in rows if r["method"] == "lora"):
         old = before[row["run_id"]]

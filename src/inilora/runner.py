@@ -509,10 +509,10 @@ class Execution:
         """Runs of ``runs`` taken from another grid (:mod:`inilora.reuse`): copied in now, or copied by an
         earlier pass killed before their row; their rows written. This grid's own finished runs are left
         to the backend, which returns them as they are."""
-        out = []
+        out, sources = [], set()
         for run in runs:
             folder, finished = Path(run.config.output_dir), _finished(run)
-            original = marker(folder) if finished else None
+            original, rows_of = (marker(folder) if finished else None), None
             if original is None:
                 planned = to_dict(run.config)
                 found = None if self.reusable is None or finished else self.reusable.find(planned)
@@ -520,6 +520,7 @@ class Execution:
                     continue
                 if found["_folder"] is None:  # a committed grid's row: the row is the whole of it
                     original = {k: v for k, v in found.items() if not k.startswith("_")}
+                    rows_of = f"{found['_source']} (its rows)"
                 else:
                     copy_run(found, folder, planned)
                     original = marker(folder)
@@ -529,9 +530,9 @@ class Execution:
             if self.bar:
                 self.bar.advance(self.task)
             out.append((run, new))
+            sources.add(rows_of or str(Path(new["reused_from"]).parent.parent))  # the grid measured in
         if out:
-            self.console.print(f"reused {len(out)} finished runs of "
-                               f"{', '.join(sorted({str(Path(r['reused_from']).parent.parent) for _, r in out}))}",
+            self.console.print(f"reused {len(out)} finished runs of {', '.join(sorted(sources))}",
                                soft_wrap=True, highlight=False)
         return out
 
