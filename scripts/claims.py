@@ -96,6 +96,7 @@ class Cmp:
     p_adj: float = math.nan
     family: str = ""
     unit: str = "points"
+    correction: str = "Holm"  # how p_adj was adjusted over ``family``
 
     def __post_init__(self) -> None:
         seeds = sorted(set(self.a) & set(self.b))
@@ -120,7 +121,7 @@ class Cmp:
         return "holds" if self.sign * self.diff > 0 else "reversed"
 
     def text(self) -> str:
-        p = _eq(self.p_adj) + (f" (Holm over {self.family})" if self.family else "")
+        p = _eq(self.p_adj) + (f" ({self.correction} over {self.family})" if self.family else "")
         core = f"{self.diff:+.1f} {self.unit}, 95 % CI [{self.lo:+.1f}, {self.hi:+.1f}], {p}, n = {self.n}"
         if self.verdict == "inconclusive":
             core += f", MDE ≈ {self.mde:.1f}"
@@ -289,7 +290,8 @@ def direction_cmps(study: str, on: str) -> dict[str, Cmp]:
     if len(have) == len(controls):
         holm(fam, "the 4 vs IniLoRA")
     for c in fam if len(have) < len(controls) else ():
-        c.p_adj, c.family = min(1.0, len(controls) * c.p), f"Bonferroni over the 4 planned vs IniLoRA, {len(have)} in so far"
+        c.p_adj, c.family = min(1.0, len(controls) * c.p), f"the 4 planned vs IniLoRA, {len(have)} in so far"
+        c.correction = "Bonferroni"
     out = dict(zip(have, fam))
     if {"inilora-lora-size", "lora"} <= set(done):
         out["lora-size"] = Cmp(f"{_at(study, 'inilora-lora-size', on)} − {_at(study, 'lora', on)}",
@@ -733,7 +735,7 @@ def nlg_long(named: dict[str, str]) -> dict[str, list[str]]:
 def _flip(c: Cmp, label: str) -> str:
     """The same paired comparison read the other way round (the claim's direction: more fit is better)."""
     f = Cmp(label, c.b, c.a, c.sign)
-    f.p_adj, f.family = c.p_adj, c.family
+    f.p_adj, f.family, f.correction = c.p_adj, c.family, c.correction
     return f.text()
 
 

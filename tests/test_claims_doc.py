@@ -213,7 +213,8 @@ def test_a_direction_arm_counts_once_settled_and_its_early_p_is_never_below_the_
     early = c.direction_cmps("s", "dev")
     assert list(early) == ["random-fit-size"]
     assert early["random-fit-size"].p_adj == pytest.approx(min(1, 4 * early["random-fit-size"].p))
-    assert "Bonferroni over the 4 planned vs IniLoRA, 1 in so far" in early["random-fit-size"].text()
+    assert "(Bonferroni over the 4 planned vs IniLoRA, 1 in so far)" in early["random-fit-size"].text()
+    assert "Holm" not in early["random-fit-size"].text()
     commit(arms)
     c._planned.cache_clear()
     final = c.direction_cmps("s", "dev")
