@@ -983,7 +983,8 @@ def rank_block(study: str, metric: str, on: str) -> str:
     done = settled(study, stats.methods_of(committed(study)))
     if not done:
         n = len(committed(study))
-        return f"_{n} row{'s' if n > 1 else ''} committed; no method's grid is whole yet, so nothing is computed from them._"
+        return (f"_{n} row{'s' if n > 1 else ''} committed; no method's own rates are final yet (its grid still "
+                "running, or a rate past an edge pick still to run), so nothing is computed from them._")
     parts = []
     for rank in sorted({r["settings"]["lora.rank"] for r in rows(study)}):
         parts.append(f"rank {rank}:\n\n" + sweep_table(study, metric, on, done, **{"lora.rank": rank}))
