@@ -605,17 +605,9 @@ def fig3_table() -> str:
 def _complete(study: str) -> bool:
     """Every run of the study committed: each method's planned grid (its committed compare.yaml) and
     every rate an edge pick added past it — none is still to add (its own-best choices are then over
-    the whole grid)."""
-    from inilora.config import CompareConfig, load_yaml
-    from inilora.rates import grid_extensions
-
-    path = RESULTS / study / "compare.yaml"
-    if not (RESULTS / study / "results.jsonl").is_file() or not path.is_file():
-        return False
-    plan = planned(study)
-    if finished(study, list(plan)) != list(plan):
-        return False
-    return not grid_extensions(load_yaml(path, CompareConfig), committed(study))
+    the whole grid): every planned method :func:`settled`."""
+    plan = list(planned(study))
+    return bool(plan) and settled(study, plan) == plan
 
 
 def planned(study: str) -> Counter:
