@@ -257,10 +257,12 @@ def _input_dtype(module: torch.nn.Module) -> torch.dtype:
 
 @contextlib.contextmanager
 def no_cpu_repack(model: torch.nn.Module) -> Iterator[None]:
-    """Run inilora's own probe forwards without triggering bitsandbytes' CPU repacking.
+    """Run inilora's own forwards (probes, data-driven calibration) without triggering
+    bitsandbytes' CPU repacking.
 
-    Repacking rounds a 4-bit layer's scales to bf16, so a probe that packed the base would
-    make the init depend on the CPU it ran on (AVX512-BF16 or not).  Layers the user's own
+    Repacking rounds a 4-bit layer's scales to bf16 and switches later forwards to a bf16
+    kernel, so a forward of ours that packed the base would make the init, and the output the
+    user compares against, depend on the CPU it ran on (AVX512-BF16 or not).  Layers the user's own
     forwards already packed stay packed; :func:`dequantize` reads them as they are.
     """
     flagged = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]

@@ -262,11 +262,11 @@ def _init_by_peft(model, config: LoraConfig, adapter_name: str, seed: int, spec:
     if hooks is not None:
         hooks.configure(config, opts)
         if hooks.prepare is not None:
-            with _seeded(seed):
+            with _seeded(seed), quantized.no_cpu_repack(model):  # calibration forwards: base layout kept
                 hooks.prepare(model, config, opts, before.batches)
     peft_model = _inject(model, config, adapter_name, seed)
     if hooks is not None and hooks.finish is not None:
-        with _seeded(seed):
+        with _seeded(seed), quantized.no_cpu_repack(peft_model):
             hooks.finish(peft_model, adapter_name, opts, before.batches)
     tgts = targets(peft_model, adapter_name)
     _share_peft_init(tgts, adapter_name, spec.residual, before.fp)  # torchrun: rank 0's init everywhere
