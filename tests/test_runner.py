@@ -331,6 +331,30 @@ def test_finished_run_of_another_config_is_refused(tmp_path):
         run_grid(changed, run_fn=fake_run, progress=False)
 
 
+def test_a_folder_of_another_study_is_refused_even_where_no_run_id_collides(tmp_path):
+    """Other methods at other base settings share no run id with the grid there; they must still not
+    add their rows to its results.jsonl nor replace its compare.yaml."""
+    run_grid(grid(tmp_path, sweep={}), run_fn=fake_run, progress=False)
+    root = tmp_path / "grid"
+    before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+    other = grid(tmp_path, sweep={}, methods=["pissa"], baseline="pissa")
+    other.base.max_steps, other.base.lora.rank = 50, 16
+    with pytest.raises(ConfigError, match=r"another configuration \(base differs in: lora\.rank, max_steps\)"):
+        run_grid(other, run_fn=fake_run, progress=False)
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_grid(other, run_fn=fake_run, progress=False, dry_run=True)
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+    assert not (root / "runs" / "pissa_seed=0").exists()
+
+
+def test_a_grid_grows_in_its_folder(tmp_path):
+    """More seeds, methods and swept values of the same study are this study: they run beside its rows."""
+    run_grid(grid(tmp_path, seeds=[0]), run_fn=fake_run, progress=False)
+    grown = grid(tmp_path, seeds=[0, 1], methods=["lora", "inilora", "pissa"], sweep={"lora.rank": [8, 16, 32]})
+    rows = run_grid(grown, run_fn=fake_run, progress=False)
+    assert len(rows) == len(expand(grown, tmp_path / "grid")) == 18
+
+
 def test_compare_and_train_read_set_values_alike(tmp_path):
     """One value parser and one YAML loader: `compare --set base.shared_fit=true` was refused
     ("expected true or false, got 'true'") while `train --set` accepted it."""

@@ -259,11 +259,36 @@ def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root:
                               f"{', '.join(diff)}); choose another output_dir, or delete it to start over.{hint}")
 
 
-def _check_root(root: Path) -> None:
-    """A grid folder holds our ``compare.yaml`` or nothing (docs/design.md §8; ``outdir.check_run_folder``)."""
+def _check_root(root: Path, config: CompareConfig) -> None:
+    """A grid folder holds our ``compare.yaml`` or nothing (docs/design.md §8; ``outdir.check_run_folder``),
+    and a ``compare.yaml`` of this study: a grid may grow (methods, seeds, swept values) in its folder,
+    but a config whose shared training settings differ is another study, whose rows would mix with
+    these in one table and whose ``compare.yaml`` would replace this one's."""
     from .outdir import check_run_folder
 
     check_run_folder(root, marker="compare.yaml", kind="comparison", error=ConfigError)
+    try:
+        stored = yaml.safe_load((root / "compare.yaml").read_text())["base"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return  # no compare.yaml yet (or not one that names a base: nothing to compare with)
+    varied = {"output_dir", "seed", "method", *config.sweep, *config.tune}  # what differs run to run
+    old, new = _flat(stored), _flat(to_dict(config.base))
+    diff = sorted(k for k in old.keys() & new.keys()
+                  if old[k] != new[k] and not any(k == v or k.startswith(v + ".") for v in varied))
+    if diff:
+        raise ConfigError(f"{root} holds the comparison of another configuration (base differs in: "
+                          f"{', '.join(diff)}); choose another output_dir, or delete it to start over.")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"rank": 8}}`` → ``{"lora.rank": 8}``, values as YAML round-trips them."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.loads(json.dumps(value, default=json_default))
+    return out
 
 
 def _finished(run: PlannedRun) -> bool:
@@ -332,7 +357,7 @@ def run_grid(
     if race_mode(config):
         _check_methods(config)
         val_task = check_race(config)
-        _check_root(root)
+        _check_root(root, config)
         check_grid(race_cells(config, root, rates.plan(config, read_results(root))[0], val_task))
         created = not root.exists()
         if not dry_run:
@@ -340,7 +365,7 @@ def run_grid(
         return _removing_if_refused(root, created and not dry_run, lambda: race(
             config, root, run_fn=run_fn, progress=progress, run_progress=run_progress, console=console,
             deadline=deadline, dry_run=dry_run, backend=backend, reusable=reusable, chosen=chosen))
-    _check_root(root)
+    _check_root(root, config)
     whole = expand(config, root)
     for key in config.tune:  # a full grid chooses each method's value too: never on test rows
         check_selection(config, key)
