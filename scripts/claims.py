@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
@@ -325,38 +326,88 @@ def settled(study: str, want: list[str]) -> list[str]:
     return [m for m in done if m not in pending]
 
 
-def by_rank(study: str, on: str, others: tuple[str, ...] = ("lora", "pissa", "milora")) -> list[Cmp]:
-    """Table 6 at own rates: at each rank, IniLoRA − each settled method of ``others``, both at their own
-    rate chosen on ``on`` *at that rank*; Holm over every pair listed. Empty until IniLoRA and one
-    other are settled (:func:`settled`)."""
+#: how a per-setting comparison names its cells: swept key → (label, unit after the value)
+CELL = {"lora.rank": ("rank", ""), "train_size": ("", " rows")}
+
+
+def _cell(key: str, value) -> str:
+    label, unit = CELL.get(key, (key, ""))
+    return f"{label} {value}{unit}".strip()
+
+
+def _own_best_at(study: str, on: str, key: str) -> dict[tuple[Any, str], Any]:
+    """``(value of key, method) → stats.tuned`` entry: each method's own rate chosen at that value."""
+    return {(dict(t.rest)[key], t.method): t for t in stats.tuned(rows(study), "learning_rate", on)}
+
+
+def by_setting(study: str, on: str, key: str, others: tuple[str, ...] = ("lora", "pissa", "milora")) -> list[Cmp]:
+    """Table 6 (``key = "lora.rank"``) or Table 4 (``"train_size"``) at own rates: at each value of
+    ``key``, IniLoRA − each settled method of ``others``, both at their own rate chosen on ``on`` *at
+    that value*; Holm over every pair listed. Empty until IniLoRA and one other are settled."""
     done = settled(study, ["inilora", *others])
     if "inilora" not in done or len(done) < 2:
         return []
-    best = {(dict(t.rest)["lora.rank"], t.method): t for t in stats.tuned(rows(study), "learning_rate", on)}
+    best = _own_best_at(study, on, key)
     cmps = []
-    for rank in sorted({r for r, _ in best}):
-        ini = best[rank, "inilora"]
+    for value in sorted({v for v, _ in best}):
+        ini = best[value, "inilora"]
         for m in (m for m in others if m in done):
-            o = best[rank, m]
-            cmps.append(Cmp(f"rank {rank}: IniLoRA ({ini.choice:g}) − {NAME[m]} ({o.choice:g})",
+            o = best[value, m]
+            cmps.append(Cmp(f"{_cell(key, value)}: IniLoRA ({ini.choice:g}) − {NAME[m]} ({o.choice:g})",
                             dict(zip(ini.stat.seeds, (100 * v for v in ini.stat.values))),
                             dict(zip(o.stat.seeds, (100 * v for v in o.stat.values)))))
-    return holm(cmps, f"the {len(cmps)} rank × method pairs")
+    label = CELL.get(key, (key, ""))[0] or key.replace("_", " ")
+    return holm(cmps, f"the {len(cmps)} {label} × method pairs")
 
 
-def rank_losses(study: str, on: str) -> list[Cmp]:
-    """Fig. 5's training loss at each rank: LoRA − IniLoRA final training loss (× 100), each at its own
-    rate chosen on ``on`` at that rank (not the loss the rate was chosen by: dev accuracy)."""
+def lead_growth(study: str, on: str, key: str) -> Cmp | None:
+    """Table 4's "the lead grows with data": IniLoRA's lead over LoRA (each at its own rate at that
+    value) at the largest value of ``key`` minus the lead at the smallest, paired by seed."""
+    if not {"lora", "inilora"} <= set(settled(study, ["lora", "inilora"])):
+        return None
+    best = _own_best_at(study, on, key)
+    lo, hi = min(v for v, _ in best), max(v for v, _ in best)
+
+    def lead(value) -> dict[int, float]:
+        a, b = (dict(zip(best[value, m].stat.seeds, best[value, m].stat.values)) for m in ("inilora", "lora"))
+        return {s: 100 * (a[s] - b[s]) for s in a.keys() & b.keys()}
+
+    return Cmp(f"IniLoRA − LoRA at {_cell(key, hi)} minus at {_cell(key, lo)}", lead(hi), lead(lo))
+
+
+def setting_losses(study: str, on: str, key: str) -> list[Cmp]:
+    """Fig. 5's training loss at each value of ``key``: LoRA − IniLoRA final training loss (× 100), each at
+    its own rate chosen on ``on`` at that value (not the loss the rate was chosen by: dev accuracy)."""
     if not {"lora", "inilora"} <= set(settled(study, ["lora", "inilora"])):
         return []
-    best = {(dict(t.rest)["lora.rank"], t.method): t.choice for t in stats.tuned(rows(study), "learning_rate", on)}
+    best = {k: t.choice for k, t in _own_best_at(study, on, key).items()}
 
-    def loss(method: str, rank: int) -> dict[int, float]:
+    def loss(method: str, value) -> dict[int, float]:
         return {r["seed"]: 100 * r["train_loss"][-1][1] for r in rows(study) if r["method"] == method
-                and r["settings"].get("lora.rank") == rank and r["settings"]["learning_rate"] == best[rank, method]}
+                and r["settings"].get(key) == value and r["settings"]["learning_rate"] == best[value, method]}
 
-    return [Cmp(f"rank {rank}, final train loss, LoRA − IniLoRA", loss("lora", rank), loss("inilora", rank),
-                unit="× 1e-2") for rank in sorted({r for r, _ in best})]
+    return [Cmp(f"{_cell(key, value)}, final train loss, LoRA − IniLoRA", loss("lora", value), loss("inilora", value),
+                unit="× 1e-2") for value in sorted({v for v, _ in best})]
+
+
+def table4() -> Claim:
+    """Table 4 at own rates per data size (table4-data-size-nlu), once LoRA and IniLoRA are settled."""
+    study = "table4-data-size-nlu"
+    planned_n = sum(_planned(CONFIGS / f"{study}.yaml").values())
+    sizes = by_setting(study, "dev/accuracy", "train_size", ("lora",)) if (RESULTS / study).is_dir() else []
+    grow = lead_growth(study, "dev/accuracy", "train_size") if sizes else None
+    gpu = "GPU: configs/paper/table4-data-size.yaml (54 runs; rough estimate 300–500 GPU-h)"
+    if not sizes:
+        return Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size", "not run",
+                     ["**untested**"], f"configs/embedded/{study}.yaml (256, 1024, 4096 rows, each method at its "
+                     "own rate per size on a dev split; 1024 is nlu-dev-lr's rows, ≈ 3.5 CPU-h for the 60 new runs"
+                     + (f"; {_done(study, planned_n)}" if (RESULTS / study).is_dir() else "") + "); " + gpu)
+    return Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size",
+                 "NLU with 256, 1024 and 4096 training rows, each method at its own rate and best epoch chosen on a "
+                 f"dev split at each size ({study}; the 1024-row cells are nlu-dev-lr's runs)",
+                 [*(f"NLU, each at its own rate at that size: {c.text()}" for c in sizes),
+                  f"NLU, the lead's growth (paired by seed, one test): {grow.text()}"],
+                 f"{study} ({_done(study, planned_n)}); " + gpu)
 
 
 def claims(named: dict[str, str] | None = None) -> list[Claim]:
@@ -472,18 +523,14 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
          if long_["alpha"] else "nlg-long-lr (α's grid reaches 6.25e-5, so its best can be inside)")
         + "; GPU: configs/paper/table3-alpha-beta.yaml "
         "(60 runs, 7B/13B; rough estimate 300–600 GPU-h)"))
-    out.append(Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size", "not run",
-                     ["**untested**"], "configs/embedded/table4-data-size-nlu.yaml (256, 1024, 4096 rows, each "
-                     "method at its own rate per size on a dev split; 1024 is nlu-dev-lr's rows, ≈ 3.5 CPU-h for the "
-                     "60 new runs); GPU: "
-                     "configs/paper/table4-data-size.yaml (54 runs; rough estimate 300–500 GPU-h)"))
+    out.append(table4())
     out.append(fit_cost())
     losses = [Cmp("NLU final train loss at the shared 2e-3, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
                   _final_loss("fit-matters-nlu", "inilora"), unit="× 1e-2").text(),
               Cmp("NLG final train loss at each own rate, LoRA − IniLoRA", _final_loss("fit-and-lr-nlg", "lora", 8e-3),
                   _final_loss("fit-and-lr-nlg", "inilora", 1e-3), unit="× 1e-2").text()]
-    ranks = by_rank("table6-rank-nlu", "dev/accuracy") if (RESULTS / "table6-rank-nlu").is_dir() else []
-    rank_loss = rank_losses("table6-rank-nlu", "dev/accuracy") if ranks else []
+    ranks = by_setting("table6-rank-nlu", "dev/accuracy", "lora.rank") if (RESULTS / "table6-rank-nlu").is_dir() else []
+    rank_loss = setting_losses("table6-rank-nlu", "dev/accuracy", "lora.rank") if ranks else []
     out.append(Claim("Table 6 / Fig. 5", "IniLoRA ≥ PiSSA, MiLoRA, LoRA at ranks 8–32, with lower training loss",
                      "rank 8: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
                                                                                         else "")
@@ -945,7 +992,8 @@ def blocks() -> dict[str, str]:
            "race-check-nlu-curves": race_curves_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy"),
            "race-check-nlu": race_check_table("nlu-dev-lr", RACE_STOPS, "dev/accuracy", acc,
                                               [((22,), 3), ((43,), 3), ((22,), 2), ((43,), 2), ((22, 43), 2)])}
-    out["table6-rank-nlu"] = rank_block("table6-rank-nlu", acc, "dev/accuracy")
+    out["table6-rank-nlu"] = setting_block("table6-rank-nlu", acc, "dev/accuracy", "lora.rank")
+    out["table4-data-size-nlu"] = setting_block("table4-data-size-nlu", acc, "dev/accuracy", "train_size")
     for study in ("nlu-dev-lr", "nlg-long-lr", "direction-nlu", "direction-nlg", "every-init-nlu", "every-init-nlg"):
         out[study] = f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
         if (RESULTS / study / "results.jsonl").is_file() and not rows(study):
@@ -966,10 +1014,10 @@ def blocks() -> dict[str, str]:
     return out
 
 
-def rank_block(study: str, metric: str, on: str) -> str:
-    """A study swept over ``lora.rank`` and rates: per rank, each method's rates (test [dev]), then each
-    method's own rate at each rank. Only settled methods (:func:`settled`): a pick still to extend is
-    no one's own best."""
+def setting_block(study: str, metric: str, on: str, key: str) -> str:
+    """A study swept over ``key`` (rank, data size) and rates: per value, each method's rates (test
+    [dev]), then each method's own rate at each value. Only settled methods (:func:`settled`): a pick
+    still to extend is no one's own best."""
     if not (RESULTS / study / "results.jsonl").is_file():
         return f"_No rows committed yet: run configs/embedded/{study}.yaml, copy its results.jsonl to docs/results/{study}/._"
     done = settled(study, stats.methods_of(committed(study)))
@@ -978,8 +1026,8 @@ def rank_block(study: str, metric: str, on: str) -> str:
         return (f"_{n} row{'s' if n > 1 else ''} committed; no method's own rates are final yet (its grid still "
                 "running, or a rate past an edge pick still to run), so nothing is computed from them._")
     parts = []
-    for rank in sorted({r["settings"]["lora.rank"] for r in rows(study)}):
-        parts.append(f"rank {rank}:\n\n" + sweep_table(study, metric, on, done, **{"lora.rank": rank}))
+    for value in sorted({r["settings"][key] for r in rows(study)}):
+        parts.append(f"{_cell(key, value)}:\n\n" + sweep_table(study, metric, on, done, **{key: value}))
     parts.append(tuned_table(study, on))
     return "\n\n".join(parts)
 

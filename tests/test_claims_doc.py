@@ -163,20 +163,66 @@ def test_table_6_compares_each_rank_at_that_ranks_own_rates(tmp_path, monkeypatc
 
     monkeypatch.setattr(c, "RESULTS", tmp_path)
     commit({**peak, ("lora", 32): 4e-3})  # LoRA's rank-32 pick at the grid's top: its rate past it is due
-    assert c.settled("s", ["lora", "inilora"]) == ["inilora"] and c.by_rank("s", "dev") == []
+    assert c.settled("s", ["lora", "inilora"]) == ["inilora"] and c.by_setting("s", "dev", "lora.rank") == []
     commit(peak)
-    found = c.by_rank("s", "dev")
+    found = c.by_setting("s", "dev", "lora.rank")
     assert [x.label for x in found] == ["rank 16: IniLoRA (0.002) − LoRA (0.002)", "rank 32: IniLoRA (0.002) − LoRA (0.001)"]
     for cmp_, rank in zip(found, (16, 32)):
         want = [100 * (test["inilora", rank, s] - test["lora", rank, s]) for s in seeds]
         assert cmp_.n == 3 and cmp_.diff == pytest.approx(np.mean(want))
     assert [x.p_adj for x in found] == pytest.approx(stats.holm([x.p for x in found]))
     assert all(x.family == "the 2 rank × method pairs" for x in found)
-    loss = c.rank_losses("s", "dev")
+    loss = c.setting_losses("s", "dev", "lora.rank")
     assert [x.diff for x in loss] == pytest.approx([100 * 0.1 * np.mean([s + 1 for s in seeds])] * 2)
-    block = c.rank_block("s", "accuracy", "dev")
+    block = c.setting_block("s", "accuracy", "dev", "lora.rank")
     assert block.count("rank 16:\n") == block.count("rank 32:\n") == 1  # a rate table per rank
     assert "| lora, lora.rank 32 | 0.001 |" in block and "| inilora, lora.rank 32 | 0.002 |" in block
+
+
+def test_table_4_tests_the_lead_at_each_size_and_its_growth_paired_by_seed(tmp_path, monkeypatch):
+    """Table 4: IniLoRA − LoRA at each training size, each at its own rate there; the lead's growth is
+    the largest size's lead minus the smallest's, per seed, as one paired test."""
+    import json
+
+    import numpy as np
+    import yaml
+    from scipy import stats as st
+
+    from inilora.config import CompareConfig, TrainConfig, to_dict
+
+    c = _claims()
+    study = tmp_path / "s"
+    study.mkdir()
+    rates, seeds, sizes = [5e-4, 1e-3, 2e-3, 4e-3], [0, 1, 2, 3], [256, 1024, 4096]
+    cfg = CompareConfig(base=TrainConfig(task="offline-topic"), methods=["lora", "inilora"], seeds=seeds,
+                        sweep={"train_size": sizes, "learning_rate": rates}, tune={"learning_rate": "dev"},
+                        output_dir=str(tmp_path / "out"))
+    cfg.race.rungs = 1
+    (study / "compare.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    # LoRA's rate at 256 rows is not its rate at the others: one rate for every size would be wrong
+    peak = {("lora", 256): 1e-3, ("lora", 1024): 2e-3, ("lora", 4096): 2e-3, ("inilora", 256): 2e-3,
+            ("inilora", 1024): 2e-3, ("inilora", 4096): 2e-3}
+    test = {(m, n, s): 0.5 + 0.05 * sizes.index(n) + (m == "inilora") * 0.01 * sizes.index(n) * (1 + s % 2)
+            + 0.002 * s * (m == "lora") for m in ("lora", "inilora") for n in sizes for s in seeds}
+    (study / "results.jsonl").write_text("".join(json.dumps(
+        {"run_id": f"{m}_{n}_{lr}_{s}", "method": m, "seed": s, "task": "offline-topic", "baseline": "lora",
+         "headline": "accuracy", "settings": {"train_size": n, "learning_rate": lr}, "train_loss": [[8, 1.0]],
+         "metrics": {"accuracy": test[m, n, s] if lr == peak[m, n] else 0.3, "dev": 0.9 - abs(lr - peak[m, n])}})
+        + "\n" for m in ("lora", "inilora") for n in sizes for lr in rates for s in seeds))
+    monkeypatch.setattr(c, "RESULTS", tmp_path)
+    found = c.by_setting("s", "dev", "train_size", ("lora",))
+    assert [x.label for x in found] == ["256 rows: IniLoRA (0.002) − LoRA (0.001)", "1024 rows: IniLoRA (0.002) − LoRA "
+                                        "(0.002)", "4096 rows: IniLoRA (0.002) − LoRA (0.002)"]
+    assert all(x.family == "the 3 train size × method pairs" for x in found)
+    lead = {n: [100 * (test["inilora", n, s] - test["lora", n, s]) for s in seeds] for n in sizes}
+    for x, n in zip(found, sizes):
+        assert x.diff == pytest.approx(np.mean(lead[n]))
+    grow = c.lead_growth("s", "dev", "train_size")
+    growth = np.subtract(lead[4096], lead[256])
+    assert grow.n == 4 and grow.diff == pytest.approx(growth.mean())
+    assert grow.p == pytest.approx(st.ttest_1samp(growth, 0).pvalue)
+    assert "4096 rows minus at 256 rows" in grow.label
+    assert c.setting_block("s", "accuracy", "dev", "train_size").count(" rows:\n") == 3
 
 
 def test_a_direction_arm_counts_once_settled_and_its_early_p_is_never_below_the_final(tmp_path, monkeypatch):
