@@ -360,6 +360,18 @@ def by_setting(study: str, on: str, key: str, others: tuple[str, ...] = ("lora",
     return holm(cmps, f"the {len(cmps)} {label} × method pairs")
 
 
+def setting_items(study: str, on: str, key: str, others: tuple[str, ...] = ("lora",)) -> list[str]:
+    """Item-level IniLoRA − each settled method of ``others`` at each value of ``key``, each at its own
+    rate there (:func:`item_test` on the reported rows): the sharper, narrower companion of :func:`by_setting`."""
+    done = settled(study, ["inilora", *others])
+    if "inilora" not in done:
+        return []
+    best = _own_best_at(study, on, key)
+    return [f"{_cell(key, value)}: " + item_test(study, "test", "inilora", {key: value, "learning_rate": best[value, "inilora"].choice},
+                                                 m, {key: value, "learning_rate": best[value, m].choice})
+            for value in sorted({v for v, _ in best}) for m in others if m in done]
+
+
 def lead_growth(study: str, on: str, key: str) -> Cmp | None:
     """Table 4's "the lead grows with data": IniLoRA's lead over LoRA (each at its own rate at that
     value) at the largest value of ``key`` minus the lead at the smallest, paired by seed."""
@@ -1029,7 +1041,8 @@ def setting_block(study: str, metric: str, on: str, key: str) -> str:
     for value in sorted({r["settings"][key] for r in rows(study)}):
         parts.append(f"{_cell(key, value)}:\n\n" + sweep_table(study, metric, on, done, **{key: value}))
     parts.append(tuned_table(study, on))
-    return "\n\n".join(parts)
+    items = setting_items(study, on, key, tuple(m for m in done if m != "inilora"))
+    return "\n\n".join(parts + (["\n".join(f"- {line}" for line in items)] if items else []))
 
 
 _BLOCK = re.compile(r"<!-- generated: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end: (?P=name) -->", re.S)
