@@ -317,16 +317,18 @@ import multiprocessing as mp, sys, time
 sys.path.insert(0, {tests!r})
 from test_backends import bar_then_wait
 if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=bar_then_wait, args=(sys.argv[1] == "worker",))
+    drawn = mp.get_context("spawn").Event()
+    p = mp.get_context("spawn").Process(target=bar_then_wait, args=(sys.argv[1] == "worker", drawn))
     p.start()
-    time.sleep(3)  # the bar is drawn within a second of the start
+    drawn.wait(90)  # the bar is drawn once the child has imported (seconds; more on a loaded machine)
     p.terminate()
     p.join()
 """
 
 
-def bar_then_wait(as_worker: bool) -> None:
-    """A process that draws a tqdm bar, as the libraries do while training, then is ended mid-run."""
+def bar_then_wait(as_worker: bool, drawn) -> None:
+    """A process that draws a tqdm bar, as the libraries do while training, then is ended mid-run
+    (``drawn`` is set once the bar is done, so the parent ends it then, however slow the import)."""
     from tqdm import tqdm
 
     from inilora.backends import _worker_init
@@ -334,6 +336,7 @@ def bar_then_wait(as_worker: bool) -> None:
     if as_worker:
         _worker_init(1)
     list(tqdm(range(3)))
+    drawn.set()
     time.sleep(60)
 
 
