@@ -468,7 +468,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "on the reported rows; table1-nlu-long" + ("; and the same 128 steps, each method at its own rate (5–6 rates) and best "
                                                    "epoch chosen on a 400-row dev split; nlu-dev-lr" if tuned_nlu else ""),
         [f"{t}, at 2e-3: {t1[t]['inilora'].text()}" for t in t1] + tuned_nlu,
-        f"nlu-dev-lr ({_done('nlu-dev-lr', 115)}: each method at its own rate, chosen on a dev split; ≈ 3 CPU-h); GPU: "
+        f"nlu-dev-lr ({_done('nlu-dev-lr', 115)}: each method at its own rate, chosen on a dev split); GPU: "
         "configs/paper/table1-glue-roberta-{base,large}.yaml (120 runs each; rough estimate 150–250 GPU-h each, "
         "dominated by QNLI/SST-2 at 100 epochs)"))
     out.append(Claim(
@@ -498,7 +498,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                                                             "offline-arith-dev (drawn like the test set): nlg-long-lr"
                                                             if long_["ini"] else "") + ". PiSSA and MiLoRA: not run on NLG",
         [tuned[0].text(), *long_["ini"]],
-        f"nlg-long-lr ({_done('nlg-long-lr', 75)}: 96 steps, validation drawn like the test set; ≈ 9 CPU-h); GPU: "
+        f"nlg-long-lr ({_done('nlg-long-lr', 75)}: 96 steps, validation drawn like the test set); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
                                                           "inilora-beta-kn"], family="the 5 vs LoRA", learning_rate=0.002)
@@ -536,29 +536,39 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
          if long_["alpha"] else "nlg-long-lr (α's grid reaches 6.25e-5, so its best can be inside)")
         + "; GPU: configs/paper/table3-alpha-beta.yaml "
         "(60 runs, 7B/13B; rough estimate 300–600 GPU-h)"))
-    out.append(table4())
+    t4 = table4()
+    out.append(t4)
     out.append(fit_cost())
     losses = [Cmp("NLU final train loss at the shared 2e-3, LoRA − IniLoRA", _final_loss("fit-matters-nlu", "lora"),
                   _final_loss("fit-matters-nlu", "inilora"), unit="× 1e-2").text(),
               Cmp("NLG final train loss at each own rate, LoRA − IniLoRA", _final_loss("fit-and-lr-nlg", "lora", 8e-3),
                   _final_loss("fit-and-lr-nlg", "inilora", 1e-3), unit="× 1e-2").text()]
-    ranks = by_setting("table6-rank-nlu", "dev/accuracy", "lora.rank") if (RESULTS / "table6-rank-nlu").is_dir() else []
-    rank_loss = setting_losses("table6-rank-nlu", "dev/accuracy", "lora.rank") if ranks else []
+    study6 = "table6-rank-nlu"
+    ranks = by_setting(study6, "dev/accuracy", "lora.rank") if (RESULTS / study6).is_dir() else []
+    rank_loss = setting_losses(study6, "dev/accuracy", "lora.rank") if ranks else []
+    whole6 = bool(ranks) and _complete(study6)
+    done6 = _done(study6, sum(_planned(CONFIGS / f"{study6}.yaml").values()))
+    if whole6:  # its rank-8 cells are nlu-dev-lr's and every-init-nlu's runs: their pairs are in its family now
+        measured = ("ranks 8, 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev split at "
+                    f"each rank ({study6}; rank 8 is nlu-dev-lr's and every-init-nlu's runs); final training loss "
+                    "at rank 8 at the shared 2e-3 (NLU) and at own rates (NLG)")
+        lines6 = [*(f"NLU, each at its own rate at that rank: {c.text()}" for c in ranks),
+                 *(f"NLU: {c.text()}" for c in rank_loss), *losses]
+        settle = f"{study6} ({done6}); GPU: configs/paper/table6-rank.yaml (36 runs; rough estimate 200–400 GPU-h)"
+    else:
+        measured = ("rank 8: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora else "")
+                    + " at own rates on NLU"
+                    + ("; ranks 8, 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev "
+                       "split at each rank (table6-rank-nlu, rank 8 the earlier studies' rows; IniLoRA against "
+                       + ", ".join(NAME[m] for m in settled(study6, ["lora", "pissa", "milora"])) + " so far)"
+                       if ranks else "; other ranks not run"))
+        lines6 = [*ini_pissa, *vs_milora, *losses,
+                 *(f"NLU, each at its own rate at that rank ({study6}): {c.text()}" for c in ranks),
+                 *(f"NLU ({study6}): {c.text()}" for c in rank_loss)]
+        settle = (f"{study6} ({done6}; ≈ 3.5 CPU-h for its 120 new runs, LoRA and IniLoRA first); GPU: "
+                  "configs/paper/table6-rank.yaml (36 runs; rough estimate 200–400 GPU-h)")
     out.append(Claim("Table 6 / Fig. 5", "IniLoRA ≥ PiSSA, MiLoRA, LoRA at ranks 8–32, with lower training loss",
-                     "rank 8: final training loss at 2e-3 (below); IniLoRA vs PiSSA" + (" and MiLoRA" if vs_milora
-                                                                                        else "")
-                     + " at own rates on NLU"
-                     + ("; ranks 8, 16 and 32 on NLU, each method at its own rate and best epoch chosen on a dev "
-                        "split at each rank (table6-rank-nlu, rank 8 the earlier studies' rows; IniLoRA against "
-                        + ", ".join(NAME[m] for m in settled("table6-rank-nlu", ["lora", "pissa", "milora"])) + " so far)"
-                        if ranks
-                        else "; other ranks not run"),
-                     [*ini_pissa, *vs_milora, *losses,
-                      *(f"NLU, each at its own rate at that rank (table6-rank-nlu): {c.text()}" for c in ranks),
-                      *(f"NLU (table6-rank-nlu): {c.text()}" for c in rank_loss)],
-                     f"table6-rank-nlu ({_done('table6-rank-nlu', sum(_planned(CONFIGS / 'table6-rank-nlu.yaml').values()))}; ≈ 3.5 "
-                     "CPU-h for its 120 new runs, LoRA and IniLoRA first); GPU: configs/paper/table6-rank.yaml "
-                     "(36 runs; rough estimate 200–400 GPU-h)"))
+                     measured, lines6, settle))
     out.append(Claim(
         "Table 7", "IniLoRA with 0 fit iterations is still competitive with LoRA (and the fit adds to it)",
         "0-iteration IniLoRA (the N(0, σ̄²) start, residual frozen) vs LoRA and vs the 20000-step fit, shared rate 2e-3; "
@@ -616,6 +626,8 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "fig3": "<br>".join([f3c[0].text(), rise.text(), drop.text(), out[-1].verdicts[-1]]),
         "fig5": "<br>".join(losses),
         "pissa": "<br>".join(ini_pissa) or "**untested**",
+        "t6": "<br>".join(c.text() for c in ranks) if whole6 else "",
+        "t4": "<br>".join(t4.verdicts) if t4.measured != "not run" else "",
         "direction": "<br>".join(mechanism) or "**untested** (the direction studies are not complete)",
         "t3-own": "<br>".join(table3_nlu) or "**untested** (every-init-nlu's α/β grids are not complete)",
         "fig4-own": "<br>".join(fig4) or "**untested** (every-init-nlu's β grids are not complete)",
@@ -700,7 +712,13 @@ def _done(study: str, planned: int) -> str:
         return f"0 of {planned} runs committed"
     rs = committed(study)
     first = min((r["finished_at"][:10] for r in rs if r.get("finished_at")), default="?")
-    return f"{len(rs)} of {planned} runs committed, the first finished {first}"
+    fresh = [r for r in rs if not r.get("reused_from")]  # a reused row keeps its first study's cost
+    cost = f"{len(fresh)} trained for it, {sum(r.get('cpu_s', 0) for r in fresh) / 3600:.1f} CPU-h"
+    if len(rs) >= planned and _complete(study):
+        past = len(rs) - planned
+        return (f"whole: {len(rs)} runs" + (f", {past} of them at rates past edge picks" if past else "")
+                + f" ({cost}), the first finished {first}")
+    return f"{len(rs)} of {planned} runs committed ({cost}), the first finished {first}"
 
 
 def fit_cost() -> Claim:
@@ -829,6 +847,10 @@ def changes_table() -> str:
         ("The fit's direction adds what a same-size random draw or one SVD does not (§3)", "(not tested)",
          named["direction"]),
         ("IniLoRA ≥ PiSSA (Tables 2, 6)", "(not tested)", named["pissa"]),
+        *([("IniLoRA ≥ LoRA, PiSSA, MiLoRA at ranks 8–32 (Table 6), each at its own rate per rank",
+            "(rank 8 only; other ranks not run)", named["t6"])] if named["t6"] else []),
+        *([("IniLoRA's lead over LoRA holds and grows with data size (Table 4), each at its own rate per size",
+            "(not run)", named["t4"])] if named["t4"] else []),
         ("0 iterations competitive with LoRA, and the fit adds to it (Table 7), each at its own rate", "(not tested)",
          named["t7-own"]),
         ("IniLoRA-α and -β beat IniLoRA and LoRA (Table 3), each at its own rate", "(NLU: only at the shared 2e-3)",
