@@ -534,6 +534,10 @@ def _run_cases():
             add(f"compare --dry-run {name}", ["compare", "{cfg}", "--dry-run"], names, cfg, light)
     add("compare -o (the old --output-dir)", ["compare", "{good-compare}", "-o", "method_options.steps=10"],
         "--output-dir")
+    add("compare into another study's grid", ["compare", "{good-compare}", "--output-dir", "{grid}"],
+        "base differs in: max_steps", {"grid/compare.yaml": _yaml({**GOOD_COMPARE, "methods": ["pissa"], "baseline": "pissa",
+                                                                  "base": {**GOOD_COMPARE["base"], "max_steps": 7}}),
+                                       "grid/results.jsonl": ""})
     add("compare config is a folder", ["compare", "mine"], "folder")
     add("compare empty config", ["compare", "{cfg}"], "empty", {"cfg": ""})
     add("compare --set seeds=[0,,1]", ["compare", "{good-compare}", "--set", "seeds=[0,,1]"], "seeds")
