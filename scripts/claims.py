@@ -411,7 +411,8 @@ def table4() -> Claim:
     grow = lead_growth(study, "dev/accuracy", "train_size") if sizes else None
     gpu = "GPU: configs/paper/table4-data-size.yaml (54 runs; rough estimate 300–500 GPU-h)"
     if not sizes:
-        return Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size", "not run",
+        return Claim("Table 4", "IniLoRA's lead over LoRA holds and grows with data size",
+                     "running (its rows so far: the last column)" if (RESULTS / study).is_dir() else "not run",
                      ["**untested**"], f"configs/embedded/{study}.yaml (256, 1024, 4096 rows, each method at its "
                      "own rate per size on a dev split; 1024 is nlu-dev-lr's rows, ≈ 3.5 CPU-h for the 60 new runs"
                      + (f"; {_done(study, planned_n)}" if (RESULTS / study).is_dir() else "") + "); " + gpu)
@@ -706,19 +707,23 @@ def finished(study: str, want: list[str]) -> list[str]:
     return [m for m in want if plan.get(m) and have[m] >= plan[m]]
 
 
-def _done(study: str, planned: int) -> str:
+def _done(study: str, n_planned: int) -> str:
     """How far a started study is, by its committed rows."""
     if not (RESULTS / study / "results.jsonl").is_file():
-        return f"0 of {planned} runs committed"
+        return f"0 of {n_planned} runs committed"
     rs = committed(study)
     first = min((r["finished_at"][:10] for r in rs if r.get("finished_at")), default="?")
     fresh = [r for r in rs if not r.get("reused_from")]  # a reused row keeps its first study's cost
     cost = f"{len(fresh)} trained for it, {sum(r.get('cpu_s', 0) for r in fresh) / 3600:.1f} CPU-h"
-    if len(rs) >= planned and _complete(study):
-        past = len(rs) - planned
+    if len(rs) >= n_planned and _complete(study):
+        past = len(rs) - n_planned
         return (f"whole: {len(rs)} runs" + (f", {past} of them at rates past edge picks" if past else "")
                 + f" ({cost}), the first finished {first}")
-    return f"{len(rs)} of {planned} runs committed ({cost}), the first finished {first}"
+    plan = list(planned(study))
+    if plan and finished(study, plan) == plan:  # every planned cell in, a rate past an edge pick still to run
+        return (f"{len(rs)} runs committed: all {n_planned} planned are in, rates past edge picks still to run "
+                f"({cost}), the first finished {first}")
+    return f"{len(rs)} of {n_planned} runs committed ({cost}), the first finished {first}"
 
 
 def fit_cost() -> Claim:
