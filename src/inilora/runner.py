@@ -29,6 +29,7 @@ from .config import (
     CompareConfig,
     ConfigError,
     TrainConfig,
+    flatten,
     from_dict,
     set_dotted,
     to_dict,
@@ -271,24 +272,15 @@ def _check_root(root: Path, config: CompareConfig) -> None:
         stored = yaml.safe_load((root / "compare.yaml").read_text())["base"]
     except (OSError, yaml.YAMLError, TypeError, KeyError):
         return  # no compare.yaml yet (or not one that names a base: nothing to compare with)
+    if not isinstance(stored, dict):
+        return
     varied = {"output_dir", "seed", "method", *config.sweep, *config.tune}  # what differs run to run
-    old, new = _flat(stored), _flat(to_dict(config.base))
+    old, new = flatten(stored), flatten(json.loads(json.dumps(to_dict(config.base), default=json_default)))
     diff = sorted(k for k in old.keys() & new.keys()
                   if old[k] != new[k] and not any(k == v or k.startswith(v + ".") for v in varied))
     if diff:
         raise ConfigError(f"{root} holds the comparison of another configuration (base differs in: "
                           f"{', '.join(diff)}); choose another output_dir, or delete it to start over.")
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"lora": {"rank": 8}}`` → ``{"lora.rank": 8}``, values as YAML round-trips them."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.loads(json.dumps(value, default=json_default))
-    return out
 
 
 def _finished(run: PlannedRun) -> bool:
