@@ -628,7 +628,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "fig5": "<br>".join(losses),
         "pissa": "<br>".join(ini_pissa) or "**untested**",
         "t6": "<br>".join(c.text() for c in ranks) if whole6 else "",
-        "t4": "<br>".join(t4.verdicts) if t4.measured != "not run" else "",
+        "t4": "" if t4.verdicts == ["**untested**"] else "<br>".join(t4.verdicts),
         "direction": "<br>".join(mechanism) or "**untested** (the direction studies are not complete)",
         "t3-own": "<br>".join(table3_nlu) or "**untested** (every-init-nlu's α/β grids are not complete)",
         "fig4-own": "<br>".join(fig4) or "**untested** (every-init-nlu's β grids are not complete)",
