@@ -715,7 +715,7 @@ def _done(study: str, n_planned: int) -> str:
     first = min((r["finished_at"][:10] for r in rs if r.get("finished_at")), default="?")
     fresh = [r for r in rs if not r.get("reused_from")]  # a reused row keeps its first study's cost
     cost = f"{len(fresh)} trained for it, {sum(r.get('cpu_s', 0) for r in fresh) / 3600:.1f} CPU-h"
-    if len(rs) >= n_planned and _complete(study):
+    if _complete(study):
         past = len(rs) - n_planned
         return (f"whole: {len(rs)} runs" + (f", {past} of them at rates past edge picks" if past else "")
                 + f" ({cost}), the first finished {first}")
