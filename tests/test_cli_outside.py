@@ -3,7 +3,8 @@
 Every case runs the console script in a fresh process with one invalid value (a seeded
 generator adds more to the hand-picked ones) and asserts what the user sees and keeps:
 a non-zero exit (2 for usage mistakes), a last stderr line that starts with ``error:`` and
-names the problem, no traceback, a wall time that proves no model was loaded or fitted, and
+names the problem, no traceback, no model loaded (so none fitted either; counted in the child by a
+probe on ``from_pretrained``, not read from a wall time a busy machine stretches), and
 the files of the user's folders *and* of the cache byte-identical before and after.
 The named regression tests below are the reproductions of issue 13.
 """
@@ -17,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +27,54 @@ import pytest
 CLI = Path(sys.executable).with_name("inilora")
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason="the inilora console script is not installed here")
 
-#: a case that fails before the model loads takes 0.2–8 s on 2 busy cores; loading the embedded
-#: SmolLM2 for the first time (what every case with embedded:smollm2 would trigger) takes 15-30 s
-#: and writes into the cache, which is hashed
-FAST_S = 20.0
+#: put on the child's PYTHONPATH: it counts the child's calls of ``PreTrainedModel.from_pretrained``
+#: (every model load goes through it: inilora.models.loading, the embedded copies) and writes them at
+#: exit to the file its environment names. A wall-time bound said the same only on an idle machine.
+PROBE = '''"""Test probe (tests/test_cli_outside.py): the model loads this process made."""
+import atexit
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+LOADS = []
+
+
+class _WrapModelLoading(importlib.abc.MetaPathFinder):
+    """Finds transformers.modeling_utils as Python would, and wraps from_pretrained once it ran."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers.modeling_utils":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            real = module.PreTrainedModel.__dict__["from_pretrained"].__func__
+
+            def from_pretrained(cls, *args, **kwargs):
+                LOADS.append(f"{cls.__name__}.from_pretrained({args[0] if args else ''})")
+                return real(cls, *args, **kwargs)
+
+            module.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _write():
+    path = os.environ.get("INILORA_TEST_MODEL_LOADS")
+    if path:
+        with open(path, "w") as f:
+            f.write("\\n".join(LOADS))
+
+
+sys.meta_path.insert(0, _WrapModelLoading())
+atexit.register(_write)
+'''
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -66,16 +112,26 @@ def world(tmp_path_factory):
     cache = root / "cache"
     (cache / "fits").mkdir(parents=True)
     (cache / "fits" / "entry.json").write_text('{"a cached": "fit"}')
+    probe = root / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    path = os.pathsep.join(p for p in (str(probe), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "INILORA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return {"root": root, "home": home, "cache": cache, "env": env}
 
 
-def _run(world, args: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    t0 = time.perf_counter()
-    done = subprocess.run([str(CLI), *args], cwd=world["home"], env=world["env"], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return done, time.perf_counter() - t0
+def _run(world, args: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the installed script as the user would; also the model loads it made (PROBE)."""
+    fd, report = tempfile.mkstemp(dir=world["root"], suffix=".loads")
+    os.close(fd)
+    try:
+        done = subprocess.run([str(CLI), *args], cwd=world["home"], capture_output=True, text=True, timeout=timeout,
+                              env={**world["env"], "INILORA_TEST_MODEL_LOADS": report}, stdin=subprocess.DEVNULL)
+        text = Path(report).read_text()
+    finally:
+        os.unlink(report)
+    return done, [line for line in text.splitlines() if line]
 
 
 # --------------------------------------------------------------------------- the generated cases
@@ -195,7 +251,7 @@ CASES = _cases()
 @pytest.mark.parametrize("argv,names,code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_cli_refuses_cleanly_and_touches_nothing(world, argv, names, code):
     before = (_tree(world["home"]), _tree(world["cache"]))
-    done, wall = _run(world, argv)
+    done, loads = _run(world, argv)
     after = (_tree(world["home"]), _tree(world["cache"]))
     output = done.stdout + done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -206,12 +262,19 @@ def test_cli_refuses_cleanly_and_touches_nothing(world, argv, names, code):
     assert lines and lines[-1].startswith("error:"), output
     assert names.lower() in lines[-1].lower(), f"{names!r} not named in: {lines[-1]}"
     assert "Warning" not in done.stderr, output
-    assert wall < FAST_S, f"{wall:.1f} s: work started before the input was checked"
+    assert not loads, f"{loads}: a model was loaded before the input was checked"
     assert after == before, "a refused command changed the user's files or the cache"
 
 
 def test_the_harness_has_hundreds_of_cases():
     assert len(CASES) >= 150
+
+
+def test_the_probe_sees_a_model_load(world, tmp_path):
+    """The refusals' "no model loaded" rests on the probe: a command that loads one must show it."""
+    done, loads = _run(world, ["init", "--model", "tiny", "--method", "lora", "--rank", "4", "--out", str(tmp_path / "o")])
+    assert done.returncode == 0, done.stderr
+    assert len(loads) == 1 and loads[0].startswith("LlamaForCausalLM.from_pretrained("), loads
 
 
 # --------------------------------------------------------------------------- issue 13's reproductions
@@ -268,9 +331,9 @@ def test_non_finite_init_is_an_error_never_an_adapter():
 
 def test_unwritable_out_is_found_before_the_fit(world):
     """Repro 3: an unwritable --out was discovered after a full fit, as a traceback."""
-    done, wall = _run(world, ["init", "--model", "tiny", "--method", "inilora", "--steps", "100000", "--out", "/proc/x"])
+    done, loads = _run(world, ["init", "--model", "tiny", "--method", "inilora", "--steps", "100000", "--out", "/proc/x"])
     assert done.returncode == 2 and "cannot be written" in done.stderr and "Traceback" not in done.stderr
-    assert wall < FAST_S
+    assert not loads, loads
 
 
 def test_train_config_error_leaves_no_folder_and_the_fix_runs(world, tmp_path):
