@@ -3,8 +3,8 @@
 Every case runs the console script in a fresh process with one invalid value (a seeded
 generator adds more to the hand-picked ones) and asserts what the user sees and keeps:
 a non-zero exit (2 for usage mistakes), a last stderr line that starts with ``error:`` and
-names the problem, no traceback, no model loaded (so none fitted either; counted in the child by a
-probe on ``from_pretrained``, not read from a wall time a busy machine stretches), and
+names the problem, no traceback, no model loaded (so none fitted either; counted in the child by
+tests/probes, not read from a wall time a busy machine stretches), and
 the files of the user's folders *and* of the cache byte-identical before and after.
 The named regression tests below are the reproductions of issue 13.
 """
@@ -27,54 +27,8 @@ import pytest
 CLI = Path(sys.executable).with_name("inilora")
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason="the inilora console script is not installed here")
 
-#: put on the child's PYTHONPATH: it counts the child's calls of ``PreTrainedModel.from_pretrained``
-#: (every model load goes through it: inilora.models.loading, the embedded copies) and writes them at
-#: exit to the file its environment names. A wall-time bound said the same only on an idle machine.
-PROBE = '''"""Test probe (tests/test_cli_outside.py): the model loads this process made."""
-import atexit
-import importlib.abc
-import importlib.machinery
-import os
-import sys
-
-LOADS = []
-
-
-class _WrapModelLoading(importlib.abc.MetaPathFinder):
-    """Finds transformers.modeling_utils as Python would, and wraps from_pretrained once it ran."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "transformers.modeling_utils":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            real = module.PreTrainedModel.__dict__["from_pretrained"].__func__
-
-            def from_pretrained(cls, *args, **kwargs):
-                LOADS.append(f"{cls.__name__}.from_pretrained({args[0] if args else ''})")
-                return real(cls, *args, **kwargs)
-
-            module.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-def _write():
-    path = os.environ.get("INILORA_TEST_MODEL_LOADS")
-    if path:
-        with open(path, "w") as f:
-            f.write("\\n".join(LOADS))
-
-
-sys.meta_path.insert(0, _WrapModelLoading())
-atexit.register(_write)
-'''
+#: on the child's PYTHONPATH: with INILORA_TEST_MODEL_LOADS set, it lists the child's model loads
+PROBES = Path(__file__).with_name("probes")
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -112,17 +66,14 @@ def world(tmp_path_factory):
     cache = root / "cache"
     (cache / "fits").mkdir(parents=True)
     (cache / "fits" / "entry.json").write_text('{"a cached": "fit"}')
-    probe = root / "probe"
-    probe.mkdir()
-    (probe / "sitecustomize.py").write_text(PROBE)
-    path = os.pathsep.join(p for p in (str(probe), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(PROBES), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "INILORA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return {"root": root, "home": home, "cache": cache, "env": env}
 
 
 def _run(world, args: list[str], timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run the installed script as the user would; also the model loads it made (PROBE)."""
+    """Run the installed script as the user would; also the model loads it made (tests/probes)."""
     fd, report = tempfile.mkstemp(dir=world["root"], suffix=".loads")
     os.close(fd)
     try:

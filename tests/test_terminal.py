@@ -14,8 +14,9 @@ import pytest
 
 CLI = Path(sys.executable).with_name("inilora")
 pytestmark = pytest.mark.skipif(not CLI.exists(), reason="the inilora console script is not installed here")
-#: on PYTHONPATH, bitsandbytes takes its AVX512-BF16 import path here too (see its docstring)
-BF16_PROBE = Path(__file__).with_name("bf16_probe")
+#: on PYTHONPATH, with INILORA_TEST_PRETEND_BF16=1, bitsandbytes takes its AVX512-BF16 import path
+#: here too (see its docstring)
+PROBES = Path(__file__).with_name("probes")
 NOISE = ("Traceback", "UserWarning", "FutureWarning", "DeprecationWarning", "RuntimeWarning", "bitsandbytes",
          "kernels", "Loading weights", "Writing model shards", "Could not find a config file", ".py:")
 
@@ -33,7 +34,15 @@ def _env(home) -> dict[str, str]:
     """A user's environment: hub offline, no PYTHONWARNINGS, bitsandbytes probing for its kernel."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     return {**env, "INILORA_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1", "COLUMNS": "120",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(BF16_PROBE), env.get("PYTHONPATH")]))}
+            "INILORA_TEST_PRETEND_BF16": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBES), env.get("PYTHONPATH")]))}
+
+
+def test_the_probe_makes_bitsandbytes_take_its_bf16_path(home):
+    """The silence below is checked on that path only if the probe really takes it."""
+    done = subprocess.run([sys.executable, "-c", "import bitsandbytes.functional as f; print(f.has_avx512bf16())"],
+                          env=_env(home), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.stdout.strip() == "True", done.stderr
 
 
 def _run(home, *args):
