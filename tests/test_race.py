@@ -390,3 +390,69 @@ def test_a_variants_only_is_that_methods_own_grid_in_a_race(tmp_path):
     with pytest.raises(ConfigError, match=r"variants\.inilora\.only\.learning_rate: \[0\.003\]"):
         run_grid(bad, run_fn=lambda c, **k: pytest.fail("ran a cell"), progress=False)
     assert not (tmp_path / "bad" / "race" / "results.jsonl").exists()
+
+
+def test_an_interrupted_extension_is_finished_before_anything_is_picked_again(tmp_path):
+    """A grid stopped while it ran a rate past its edge (some seeds in) resumes that rate's other seeds:
+    once, a pick on the seeds in made the rate an inside one and the rest were never run."""
+    sweep = {"learning_rate": [1e-3, 2e-3, 4e-3]}
+    cfg = tuned_grid(tmp_path, sweep=sweep, race=RaceSettings(rungs=1, extend=1))
+    whole = run_grid(cfg, run_fn=fake_nlg, progress=False)
+    lost = [r for r in whole if r["method"] == "lora" and r["rate"] == 8e-3 and r["seed"] != 0]
+    assert len(lost) == 2
+    kept = [r for r in whole if r not in lost]
+    assert grid_extensions(cfg, kept) == [("lora", {"learning_rate": 8e-3})]
+    results = tmp_path / "race" / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    for r in lost:  # killed before its run finished: no folder either
+        shutil.rmtree(r["output_dir"])
+    trained = []
+    rows = run_grid(cfg, run_fn=lambda c, **k: trained.append(c.seed) or fake_nlg(c, **k), progress=False)
+    assert sorted(trained) == [1, 2] and len(rows) == len(whole)
+
+
+def _sized(method: str, size: int, rate: float, seed: int, dev: float, steps: int) -> dict:
+    return {"run_id": f"{method}_{size}_{rate}_{seed}", "method": method, "seed": seed, "task": "t", "model": "m",
+            "settings": {"train_size": size, "learning_rate": rate}, "sweep_keys": ["train_size", "learning_rate"],
+            "baseline": "lora", "headline": "test/accuracy", "rate": rate, "rung": 0, "rungs": 1,
+            "metrics": {"dev/accuracy": dev + seed * 1e-3, "test/accuracy": dev},
+            "train_loss": [[s, 1.0 / (1 + rate * s * 100)] for s in range(8, steps + 1, 8)]}
+
+
+def _two_sizes() -> list[dict]:
+    """256 rows (32 steps) tried 4e-3 … 1.6e-2, best 4e-3: an edge there; 4096 rows (512 steps) tried
+    2e-3 … 1.6e-2, best 4e-3: inside. Pooled, 4e-3 would look inside at both."""
+    rows = []
+    for method in ("lora", "inilora"):
+        for seed in (0, 1, 2):
+            for rate, dev in ((4e-3, 0.60), (8e-3, 0.55), (1.6e-2, 0.50)):
+                rows.append(_sized(method, 256, rate, seed, dev, 32))
+            for rate, dev in ((2e-3, 0.70), (4e-3, 0.80), (8e-3, 0.75), (1.6e-2, 0.65)):
+                rows.append(_sized(method, 4096, rate, seed, dev, 512))
+    return rows
+
+
+def test_a_rate_is_chosen_and_its_edge_found_within_each_other_setting():
+    from inilora.stats import forgiveness
+
+    rows = _two_sizes()
+    picks = {(t.method, dict(t.rest)["train_size"]): (t.choice, t.edge, t.tried)
+             for t in tuned(rows, "learning_rate", "dev/accuracy")}
+    assert picks[("lora", 256)] == (4e-3, "lowest", [4e-3, 8e-3, 1.6e-2])
+    assert picks[("lora", 4096)] == (4e-3, "", [2e-3, 4e-3, 8e-3, 1.6e-2])
+    ranges = {(f.method, dict(f.rest)["train_size"]): f.best for f in forgiveness(rows, "dev/accuracy")}
+    assert ranges == {("lora", 256): 4e-3, ("lora", 4096): 4e-3, ("inilora", 256): 4e-3, ("inilora", 4096): 4e-3}
+
+
+def test_replay_races_within_each_other_setting_at_its_own_length():
+    """Each size's runs are replayed alone, and equal the replay of that size's rows by themselves."""
+    rows = _two_sizes()
+    got = replay(rows, "dev/accuracy", [16], eta=3)
+    assert set(got) == {f"{m} (train_size={n})" for m in ("lora", "inilora") for n in (256, 4096)}
+    for n in (256, 4096):
+        alone = replay([r for r in rows if r["settings"]["train_size"] == n], "dev/accuracy", [16], eta=3)
+        assert got[f"lora (train_size={n})"] == alone[f"lora (train_size={n})"]
+    # 32-step runs: a rung at 16 keeps 1 of 3 rates; the 512-step ones pay 4 rates × 16 + 2 × 496, per seed
+    assert got["lora (train_size=256)"]["steps"] == (3 * 16 + 1 * 16) * 3
+    assert got["lora (train_size=4096)"]["steps"] == (4 * 16 + 2 * 496) * 3
+    assert got["lora (train_size=4096)"]["grid_pick"] == 4e-3

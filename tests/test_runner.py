@@ -331,6 +331,27 @@ def test_finished_run_of_another_config_is_refused(tmp_path):
         run_grid(changed, run_fn=fake_run, progress=False)
 
 
+def test_a_grid_folder_moved_elsewhere_resumes(tmp_path):
+    """Where a run lives is not its configuration: a study folder moved (or its results.jsonl and
+    compare.yaml copied to a fresh folder) is the same study, and nothing of it trains again."""
+    import shutil
+
+    rows = run_grid(grid(tmp_path), run_fn=fake_run, progress=False)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(str(tmp_path / "grid"), str(moved / "grid"))
+    again = run_grid(grid(moved), run_fn=lambda c, **k: pytest.fail(f"trained {c.output_dir} again"), progress=False)
+    assert len(again) == len(rows)
+    rows_only = tmp_path / "rows-only" / "grid"
+    rows_only.mkdir(parents=True)
+    for name in ("results.jsonl", "compare.yaml"):
+        shutil.copy(moved / "grid" / name, rows_only / name)
+    changed = grid(tmp_path / "rows-only")
+    changed.base.learning_rate = 1e-2  # a real difference is still refused, naming it and not the place
+    with pytest.raises(ConfigError, match=r"differs in: learning_rate\)"):
+        run_grid(changed, run_fn=fake_run, progress=False, dry_run=True)
+
+
 def test_a_folder_of_another_study_is_refused_even_where_no_run_id_collides(tmp_path):
     """Other methods at other base settings share no run id with the grid there; they must still not
     add their rows to its results.jsonl nor replace its compare.yaml."""

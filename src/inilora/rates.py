@@ -200,7 +200,9 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
     the race does: once a method's grid has finished at every rate and seed, a pick (the best mean of
     ``tune.learning_rate``, :func:`inilora.stats.tuned`) at an end of the rates tried adds the rate one
     grid step past it, up to ``race.extend`` rates beyond the method's grid — otherwise its row would
-    be a bound, not its own best. Returns (label, swept cell) for each rate to add, over every seed."""
+    be a bound, not its own best. A rate past the grid that some seeds lack (a grid stopped while it
+    ran) is finished before anything is picked again: a pick on some of the seeds would decide what
+    the rest never run. Returns (label, swept cell) for each rate to add, over every seed."""
     from .stats import matches, tuned
 
     if "learning_rate" not in config.tune or "learning_rate" not in config.sweep or config.race.extend < 1:
@@ -208,25 +210,29 @@ def grid_extensions(config: CompareConfig, rows: list[dict]) -> list[tuple[str, 
     on, seeds = config.tune["learning_rate"], set(config.seeds)
     out: list[tuple[str, dict[str, Any]]] = []
     for t in tuned(rows, "learning_rate", on, config.baseline):
-        if t.method not in config.methods or not t.edge:
+        if t.method not in config.methods:
             continue
         grid = grids(config)[t.method]
         mine = [r for r in rows if r["method"] == t.method and r["task"] == t.task and on in r.get("metrics", {})
                 and matches(r, t.rest)]
         tried = sorted({r["settings"]["learning_rate"] for r in mine})
-        if any({r["seed"] for r in mine if r["settings"]["learning_rate"] == rate} < seeds for rate in tried + grid):
-            continue  # a rate still running (or stopped by a deadline): the pick may move
-        if sum(rate not in grid for rate in tried) >= config.race.extend:
-            continue  # the limit: the report calls the row a bound
-        step = grid_step(grid)
-        rate = _clean(t.choice / step if t.edge == "lowest" else t.choice * step)
         swept = {k: [v for v in config.sweep[k] if matches({"settings": {k: v}}, t.rest)]
                  for k in config.sweep if k != "learning_rate"}
         if not all(swept.values()):
             continue  # rows of a setting this config no longer sweeps
-        cell = {k: rate if k == "learning_rate" else swept[k][0] for k in config.sweep}
-        if (t.method, cell) not in out:  # several evaluation tasks may ask for the same rate
-            out.append((t.method, cell))
+        unfinished = [rate for rate in tried + grid if {r["seed"] for r in mine if r["settings"]["learning_rate"] == rate}
+                      < seeds]
+        if unfinished:  # a rate still running (or stopped by a deadline, or killed): the pick may move
+            add = [rate for rate in unfinished if rate not in grid]  # an extension begun: finish it first
+        elif not t.edge or sum(rate not in grid for rate in tried) >= config.race.extend:
+            continue  # inside its rates, or at the limit: the report calls the row a bound
+        else:
+            step = grid_step(grid)
+            add = [_clean(t.choice / step if t.edge == "lowest" else t.choice * step)]
+        for rate in add:
+            cell = {k: rate if k == "learning_rate" else swept[k][0] for k in config.sweep}
+            if (t.method, cell) not in out:  # several evaluation tasks may ask for the same rate
+                out.append((t.method, cell))
     return out
 
 
@@ -264,35 +270,49 @@ def replay(rows: list[dict], on: str, rung_steps_: list[int], eta: int = 3) -> d
     rung metric is the training loss at each rung's step (lower is better; ``train_loss`` is logged
     along every run, mean over seeds), the last rung is the full run's ``on`` (validation) — so it
     is a *continued*, not a restarted, race. Returns per method the race's pick, the grid's pick
-    and the compute (optimizer steps) of each."""
+    and the compute (optimizer steps) of each.
+
+    A grid that sweeps another setting too (``train_size``, ``lora.rank``) chose a rate within each of
+    its values, so it is replayed within each: keyed "method (setting)" there, and each group's runs
+    end at their own last step (a smaller training set trains fewer steps). A rung past a group's end
+    is no rung for it (its rates run whole)."""
+    from .stats import rest_of, setting_label
+
     out: dict[str, dict[str, Any]] = {}
     key = "learning_rate"
-    for label in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == label and key in r.get("settings", {}) and on in r.get("metrics", {})]
+    mine_all = [r for r in rows if key in r.get("settings", {}) and on in r.get("metrics", {})]
+    groups: dict[tuple, list[dict]] = {}
+    for r in mine_all:
+        groups.setdefault((r["method"], r["task"], rest_of(r, key)), []).append(r)
+    tasks = {task for _, task, _ in groups}
+    for (label, task, rest), mine in groups.items():
         rates = sorted({r["settings"][key] for r in mine})
         if len(rates) < 2:
             continue
         seeds = sorted({r["seed"] for r in mine})
         full = max(max(s for s, _ in r["train_loss"]) for r in mine)
 
-        def at(rate: float, step: int) -> float:
+        def at(rate: float, step: int, mine=mine) -> float:
             vals = [next(v for s, v in r["train_loss"] if s >= step) for r in mine if r["settings"][key] == rate]
             return sum(vals) / len(vals)
 
-        def val(rate: float) -> float:
+        def val(rate: float, mine=mine) -> float:
             vals = [r["metrics"][on] for r in mine if r["settings"][key] == rate]
             return sum(vals) / len(vals)
 
         alive, spent, last = rates, 0, 0
-        for step in rung_steps_:
+        for step in (s for s in rung_steps_ if s < full):
             spent += len(alive) * (step - last) * len(seeds)
             last = step
             alive = survivors({r: -at(r, step) for r in alive}, eta)
         spent += len(alive) * (full - last) * len(seeds)
         pick = max(alive, key=lambda r: (val(r), -r))
         grid_pick = max(rates, key=lambda r: (val(r), -r))
-        out[label] = {"race_pick": pick, "grid_pick": grid_pick, "same": pick == grid_pick, "steps": spent,
-                      "grid_steps": len(rates) * full * len(seeds), "finalists": alive}
+        where = [setting_label(rest)] if rest else []
+        where = [task, *where] if len(tasks) > 1 else where
+        name = f"{label} ({', '.join(where)})" if where else label
+        out[name] = {"race_pick": pick, "grid_pick": grid_pick, "same": pick == grid_pick, "steps": spent,
+                     "grid_steps": len(rates) * full * len(seeds), "finalists": alive}
     return out
 
 

@@ -327,7 +327,7 @@ def race_section(rows: list[dict]) -> str:
             out += [f"### How forgiving each method is: rates within one standard error of its best{at}\n",
                     f"| method | best rate | range within 1 SE ({on}) | width |", "|---|---|---|---|"]
             for f in forg:
-                out.append(f"| {f.method} | {_fmt_value(f.best)} | {_fmt_value(f.low)} – {_fmt_value(f.high)} | "
+                out.append(f"| {f.method}{f' ({setting_label(f.rest)})' if f.rest else ''} | {_fmt_value(f.best)} | {_fmt_value(f.low)} – {_fmt_value(f.high)} | "
                            f"{'≥ ' if f.at_edge and f.width > 1 else ''}{f.width:.0f}× |")
             out.append("\nWidth 1×: only the best rate is within one SE of it — the method is sensitive to its rate; "
                        "≥: the range reaches an end of the rates tried. SE: std over seeds / √seeds at the best rate.\n")
@@ -339,22 +339,27 @@ def replay_table(rows: list[dict], on: str, eta: int = 3) -> str:
     less?": replayed on its own training-loss curves (:func:`inilora.race.replay`)."""
     from .rates import replay
 
-    full = max((s for r in rows for s, _ in r.get("train_loss") or []), default=0)
-    logged = sorted({s for r in rows for s, _ in r.get("train_loss") or []})
-    rungs = list(dict.fromkeys(next((s for s in logged if s >= full / d), full) for d in (6, 3)))
+    lengths: dict[int, list[dict]] = {}  # runs of one length race together (a smaller train_size trains fewer steps)
+    for r in rows:
+        if r.get("train_loss"):
+            lengths.setdefault(max(s for s, _ in r["train_loss"]), []).append(r)
     out = [f"### Successive halving replayed on this grid (η = {eta}, one rung; rung metric: training loss)\n",
            "| rung at step | method | race's pick | grid's pick | same | optimizer steps vs grid |",
            "|---|---|---|---|---|---|"]
     found = False
-    for step in rungs:
-        res = replay(rows, on, [step], eta)
-        for m, d in res.items():
-            found = True
-            out.append(f"| {step} of {full} | {m} | {_fmt_value(d['race_pick'])} | {_fmt_value(d['grid_pick'])} | "
-                       f"{'yes' if d['same'] else '**no**'} | {d['steps'] / d['grid_steps']:.2f} |")
-        if res:
-            tot = sum(d["steps"] for d in res.values()) / sum(d["grid_steps"] for d in res.values())
-            out.append(f"| {step} of {full} | all | | | {sum(d['same'] for d in res.values())}/{len(res)} | {tot:.2f} |")
+    for full, same_length in sorted(lengths.items()):
+        logged = sorted({s for r in same_length for s, _ in r["train_loss"]})
+        rungs = list(dict.fromkeys(next((s for s in logged if s >= full / d), full) for d in (6, 3)))
+        for step in rungs:
+            res = replay(same_length, on, [step], eta)
+            for m, d in res.items():
+                found = True
+                out.append(f"| {step} of {full} | {m} | {_fmt_value(d['race_pick'])} | {_fmt_value(d['grid_pick'])} | "
+                           f"{'yes' if d['same'] else '**no**'} | {d['steps'] / d['grid_steps']:.2f} |")
+            if res:
+                tot = sum(d["steps"] for d in res.values()) / sum(d["grid_steps"] for d in res.values())
+                out.append(f"| {step} of {full} | all | | | {sum(d['same'] for d in res.values())}/{len(res)} | "
+                           f"{tot:.2f} |")
     out.append("\nThe rows hold no validation score before the end of a run, so the replay's rung ranks rates by "
                "the training loss logged at that step (mean over seeds) — a continued race, each rung resuming the "
                "full run; the finalists are then ranked by validation at the end. `race:` in a config runs a real "

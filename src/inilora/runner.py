@@ -245,12 +245,16 @@ def _row(run: PlannedRun, result: dict[str, Any], config: CompareConfig) -> dict
 
 
 def _check_same_configs(runs: list[PlannedRun], previous: dict[str, dict], root: Path) -> None:
-    """A finished run of the same id but another configuration must not pass for this grid's run."""
+    """A finished run of the same id but another configuration must not pass for this grid's run.
+    Where it lives is not its configuration (``reuse.run_key``): a grid folder moved elsewhere resumes."""
+    from .reuse import run_key
+
     for run in runs:
         stored = previous.get(run.run_id, {}).get("config")
-        if stored is not None and stored != json.loads(json.dumps(to_dict(run.config), default=json_default)):
-            diff = sorted(k for k in set(stored) | set(to_dict(run.config))
-                          if stored.get(k) != to_dict(run.config).get(k))
+        planned = to_dict(run.config)
+        if stored is not None and run_key(stored) != run_key(planned):
+            ours, theirs = json.loads(run_key(planned)), json.loads(run_key(stored))
+            diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             hint = ""
             if "stop_at" in diff and stored.get("stop_at") and run.config.max_steps > 0:  # a race's rung moved
                 hint = (f" Its rung stopped at step {stored['stop_at']} of {run.config.max_steps} (race.first "

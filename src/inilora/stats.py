@@ -88,6 +88,12 @@ def _key(value: Any) -> Any:
     return tuple(_key(v) for v in value) if isinstance(value, list) else value
 
 
+def rest_of(row: dict, key: str) -> tuple:
+    """The row's other swept settings than ``key``: a value of ``key`` is chosen *within* each of them
+    (a rate per training-set size, per rank), so rows are grouped by it before any choice."""
+    return tuple((k, _key(v)) for k, v in sorted(row.get("settings", {}).items()) if k != key)
+
+
 def cells(rows: list[dict]) -> list[tuple]:
     """Every combination of swept values seen in ``rows`` (a row without a key serves all its values)."""
     keys = sweep_keys(rows)
@@ -220,7 +226,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {})]
         headline = next((r.get("headline") for r in trows if r.get("headline")), None)
-        rests = dict.fromkeys(tuple((k, _key(v)) for k, v in sorted(r["settings"].items()) if k != key) for r in trows)
+        rests = dict.fromkeys(rest_of(r, key) for r in trows)
         for rest in rests:
             group: list[Tuned] = []
             srows = [r for r in trows if all(_key(r["settings"].get(k)) == v for k, v in rest)]
@@ -229,7 +235,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
                          and headline in r.get("metrics", {})]
                 values = ordered(_key(r["settings"][key]) for r in mrows)  # not the order runs finished in
                 tried = ordered(_key(r["settings"][key]) for r in every if r["method"] == method
-                                and r["task"] == task and key in r.get("settings", {}))
+                                and r["task"] == task and key in r.get("settings", {}) and rest_of(r, key) == rest)
                 if not values or len(tried) < 2:  # run at one value only (a variant's `only`): nothing was chosen
                     continue  # (a race's one finalist was chosen: among every rate tried)
                 means = {v: mean_std([r["metrics"][on] for r in mrows if _key(r["settings"][key]) == v])[0]
@@ -267,6 +273,7 @@ class Forgiveness:
     high: float
     at_edge: bool  # the range reaches an end of the rates tried: it may be wider
     means: dict[float, tuple[float, float, int]]  # rate → (mean, std, n)
+    rest: tuple = ()  # the other swept settings this range was found within (stats.rest_of)
 
     @property
     def width(self) -> float:
@@ -274,29 +281,33 @@ class Forgiveness:
 
 
 def forgiveness(rows: list[dict], on: str, key: str = "learning_rate") -> list[Forgiveness]:
-    """Per task and method, from rows at one budget (:func:`first_rung`): the within-1-SE rate range."""
+    """Per task, other swept setting (:func:`rest_of`) and method, from rows at one budget
+    (:func:`first_rung`): the within-1-SE rate range."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {}) and on in r.get("metrics", {})]
-        for method in methods_of(trows) if trows else []:
-            mrows = [r for r in trows if r["method"] == method]
-            rates = ordered(r["settings"][key] for r in mrows)
-            if len(rates) < 2 or not numeric(rates):
-                continue
-            stats = {}
-            for v in rates:
-                vals = [r["metrics"][on] for r in mrows if r["settings"][key] == v]
-                m, sd = mean_std(vals)
-                stats[v] = (m, sd, len(vals))
-            best = max(rates, key=lambda v: (stats[v][0], -rates.index(v)))
-            m, sd, n = stats[best]
-            se = 0.0 if n < 2 or math.isnan(sd) else sd / math.sqrt(n)
-            i = j = rates.index(best)
-            while i > 0 and stats[rates[i - 1]][0] >= m - se:
-                i -= 1
-            while j < len(rates) - 1 and stats[rates[j + 1]][0] >= m - se:
-                j += 1
-            out.append(Forgiveness(task, method, best, rates[i], rates[j], i == 0 or j == len(rates) - 1, stats))
+        for rest in dict.fromkeys(rest_of(r, key) for r in trows):
+            srows = [r for r in trows if rest_of(r, key) == rest]
+            for method in methods_of(srows):
+                mrows = [r for r in srows if r["method"] == method]
+                rates = ordered(r["settings"][key] for r in mrows)
+                if len(rates) < 2 or not numeric(rates):
+                    continue
+                stats = {}
+                for v in rates:
+                    vals = [r["metrics"][on] for r in mrows if r["settings"][key] == v]
+                    m, sd = mean_std(vals)
+                    stats[v] = (m, sd, len(vals))
+                best = max(rates, key=lambda v: (stats[v][0], -rates.index(v)))
+                m, sd, n = stats[best]
+                se = 0.0 if n < 2 or math.isnan(sd) else sd / math.sqrt(n)
+                i = j = rates.index(best)
+                while i > 0 and stats[rates[i - 1]][0] >= m - se:
+                    i -= 1
+                while j < len(rates) - 1 and stats[rates[j + 1]][0] >= m - se:
+                    j += 1
+                out.append(Forgiveness(task, method, best, rates[i], rates[j], i == 0 or j == len(rates) - 1, stats,
+                                       rest))
     return out
 
 
@@ -319,4 +330,4 @@ def setting_label(setting: tuple) -> str:
 
 
 __all__ = ["ANY", "Forgiveness", "Stat", "Tuned", "aggregate", "cells", "final_rung", "first_rung", "forgiveness", "holm", "matches", "mean_std", "methods_of", "metrics_of",
-           "numeric", "ordered", "paired_p", "setting_label", "sweep_keys", "tuned"]
+           "numeric", "ordered", "paired_p", "rest_of", "setting_label", "sweep_keys", "tuned"]
