@@ -456,3 +456,21 @@ def test_replay_races_within_each_other_setting_at_its_own_length():
     assert got["lora (train_size=256)"]["steps"] == (3 * 16 + 1 * 16) * 3
     assert got["lora (train_size=4096)"]["steps"] == (4 * 16 + 2 * 496) * 3
     assert got["lora (train_size=4096)"]["grid_pick"] == 4e-3
+
+
+def test_the_own_best_table_and_finding_name_each_setting_in_order():
+    """Per-setting choices printed without their setting read as one method listed three times."""
+    from rich.console import Console
+
+    from inilora.report import own_best_table, verdict
+
+    rows = [{**r, "tune": {"learning_rate": "dev/accuracy"}} for r in reversed(_two_sizes())]  # 4096 rows first
+    console = Console(width=80, record=True)
+    console.print(own_best_table(rows))
+    table = console.export_text()
+    lines = [line for line in table.splitlines() if line.startswith("│") and " lora " in line]
+    assert "train_size" in table and [line.split()[1] for line in lines] == ["256", "4096"], table
+    said = verdict(rows)
+    assert said.startswith("At each method's own best learning rate (chosen on validation) at each setting: "
+                           "train_size=256: ")
+    assert said.index("train_size=256: ") < said.index("train_size=4096: ") and said.count(" is ahead on ") == 2

@@ -265,7 +265,21 @@ def verdict(rows: list[dict], baseline: str | None = None) -> str:
     if len(found) < 2:
         return "Too few methods finished their race for an own-best comparison yet (run again to resume)."
     task = found[0].task
-    group = sorted([t for t in found if t.task == task], key=lambda t: -t.stat.mean)
+    rests = list(dict.fromkeys(t.rest for t in found if t.task == task))
+    opening = "At each method's own best learning rate (chosen on validation)"
+    if len(rests) == 1:
+        return f"{opening}, {_verdict([t for t in found if t.task == task], rows, baseline)}"
+    # a rate chosen within each value of another swept setting: one sentence per value, named
+    return f"{opening} at each setting: " + " ".join(
+        f"{setting_label(rest)}: {_verdict([t for t in found if t.task == task and t.rest == rest], rows, baseline)}"
+        for rest in rests)
+
+
+def _verdict(found: list, rows: list[dict], baseline: str) -> str:
+    """Who leads one group of own-best choices, by how much, and how significantly (one sentence)."""
+    if len(found) < 2:
+        return "too few methods have finished here for a comparison yet (run again to resume)."
+    group = sorted(found, key=lambda t: -t.stat.mean)
     lead, head = group[0], group[0].stat.metric
     scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
     nums = ", ".join(f"{t.method} {t.stat.mean * scale:.1f} at {_fmt_value(t.choice)}" for t in group)
@@ -289,8 +303,7 @@ def verdict(rows: list[dict], baseline: str | None = None) -> str:
         sig = f"the difference is not significant (paired t-test over seeds vs {baseline}, Holm: {ps})"
     bound = [t.method for t in group if t.edge]
     edge = f" ({', '.join(bound)}: best rate at the grid's edge, a bound)" if bound else ""
-    return (f"At each method's own best learning rate (chosen on validation), {lead.method} is ahead on {where}: "
-            f"{nums}; {sig}.{edge}")
+    return f"{lead.method} is ahead on {where}: {nums}; {sig}.{edge}"
 
 
 def race_section(rows: list[dict]) -> str:
@@ -514,10 +527,21 @@ def own_best_table(rows: list[dict], baseline: str | None = None, title: str = "
     table = Table(title=title, caption=(f"{head}{' ×100' if scale == 100 else ''}"
                                         f"{', ' + n if n else ''}; rate chosen on {spec.get('learning_rate', '—')}")
                   if found else "no method has finished its race yet", caption_justify="left")
-    for col in ("method", "rate", "mean ± std", "seeds", f"p vs {baseline}"):
+    rests = list(dict.fromkeys(t.rest for t in found))  # >1: a rate chosen within each value of another setting
+    keys = {tuple(k for k, _ in rest) for rest in rests}
+    one_key = len(rests) > 1 and len(keys) == 1 and len(next(iter(keys))) == 1  # its name heads the column
+
+    def where(rest: tuple) -> list[str]:
+        if len(rests) < 2:
+            return []
+        return [_fmt_value(rest[0][1]) if one_key else setting_label(rest)]
+
+    heads = ([next(iter(keys))[0].rsplit(".", 1)[-1] if one_key else "setting"] if len(rests) > 1 else [])
+    for col in heads + ["method", "rate", "mean ± std", "seeds", f"p vs {baseline}"]:
         table.add_column(col)
     for t in found:
-        table.add_row(t.method, _fmt_value(t.choice) + (f" ({t.edge})" if t.edge else ""),
+        table.add_row(*where(t.rest), t.method,
+                      _fmt_value(t.choice) + (f" ({t.edge})" if t.edge else ""),
                       _fmt_stat(t.stat, scale), str(len(t.stat.values)),
                       "—" if t.method == baseline else _fmt_p(t.stat.p_holm))
     return table

@@ -88,6 +88,11 @@ def _key(value: Any) -> Any:
     return tuple(_key(v) for v in value) if isinstance(value, list) else value
 
 
+def _setting_order(rest: tuple) -> tuple:
+    """Settings in ascending order of their values (numbers before the rest), not as runs finished."""
+    return tuple((k, (0, v, "") if numeric([v]) else (1, 0, str(v))) for k, v in rest)
+
+
 def rest_of(row: dict, key: str) -> tuple:
     """The row's other swept settings than ``key``: a value of ``key`` is chosen *within* each of them
     (a rate per training-set size, per rank), so rows are grouped by it before any choice."""
@@ -226,8 +231,7 @@ def tuned(rows: list[dict], key: str, on: str, baseline: str | None = None) -> l
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {})]
         headline = next((r.get("headline") for r in trows if r.get("headline")), None)
-        rests = dict.fromkeys(rest_of(r, key) for r in trows)
-        for rest in rests:
+        for rest in sorted(dict.fromkeys(rest_of(r, key) for r in trows), key=_setting_order):
             group: list[Tuned] = []
             srows = [r for r in trows if all(_key(r["settings"].get(k)) == v for k, v in rest)]
             for method in order:
@@ -286,7 +290,7 @@ def forgiveness(rows: list[dict], on: str, key: str = "learning_rate") -> list[F
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and key in r.get("settings", {}) and on in r.get("metrics", {})]
-        for rest in dict.fromkeys(rest_of(r, key) for r in trows):
+        for rest in sorted(dict.fromkeys(rest_of(r, key) for r in trows), key=_setting_order):
             srows = [r for r in trows if rest_of(r, key) == rest]
             for method in methods_of(srows):
                 mrows = [r for r in srows if r["method"] == method]
