@@ -166,6 +166,12 @@ def item_test(study: str, split: str, a: str, at: dict, b: str, bt: dict) -> str
             f"{len(seeds)} seeds, {_eq(p)}")
 
 
+def _f1(x: float) -> str:
+    """One decimal, after rounding away float noise: 68.05 reached as 100 × mean(fractions) (68.0500…01)
+    and as mean(100 × fractions) (68.0499…9) must print alike, or one page shows 68.1 and 68.0."""
+    return f"{round(float(x), 9):.1f}"
+
+
 def _p(p: float) -> str:
     if math.isnan(p):
         return "n/a"
@@ -211,8 +217,8 @@ def study_table(study: str, metric: str, task: str | None = None, **settings) ->
     lines = [f"| method | {metric} ×100, mean ± std | per seed ({', '.join(map(str, seeds))}) | p vs {rs[0]['baseline']} (Holm) |",
              "|---|---|---|---|"]
     for s in found:
-        per = ", ".join(f"{100 * v:.1f}" for v in s.values)
-        lines.append(f"| {s.method} | {100 * s.mean:.1f} ± {100 * s.std:.1f} | {per} | {_p(s.p_holm) if s.n_pairs else '—'} |")
+        per = ", ".join(_f1(100 * v) for v in s.values)
+        lines.append(f"| {s.method} | {_f1(100 * s.mean)} ± {_f1(100 * s.std)} | {per} | {_p(s.p_holm) if s.n_pairs else '—'} |")
     return "\n".join(lines)
 
 
@@ -229,8 +235,8 @@ def sweep_table(study: str, metric: str, val: str, methods: list[str], key: str 
                 cells.append("—")
                 continue
             mt, sd = stats.mean_std(list(t.values()))
-            spread = f"± {sd:.1f}" if len(t) > 1 else "(1 seed)"
-            cells.append(f"{mt:.1f} {spread} [{np.mean(list(va.values())):.1f}]")
+            spread = f"± {_f1(sd)}" if len(t) > 1 else "(1 seed)"
+            cells.append(f"{_f1(mt)} {spread} [{_f1(np.mean(list(va.values())))}]")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -244,9 +250,9 @@ def tuned_table(study: str, on: str, key: str = "learning_rate") -> str:
     if not found:
         return "_No method has run at two rates yet: nothing to choose._"
     for t in found:
-        per = ", ".join(f"{100 * v:.1f}" for v in t.stat.values)
+        per = ", ".join(_f1(100 * v) for v in t.stat.values)
         within = "".join(f", {k} {v}" for k, v in t.rest)  # another swept setting: the choice is made within it
-        lines.append(f"| {t.method}{within} | {t.choice:g} | {t.edge or 'no (inside)'} | {100 * t.stat.mean:.1f} ± {100 * t.stat.std:.1f} "
+        lines.append(f"| {t.method}{within} | {t.choice:g} | {t.edge or 'no (inside)'} | {_f1(100 * t.stat.mean)} ± {_f1(100 * t.stat.std)} "
                      f"| {per} | {_p(t.stat.p_holm) if not math.isnan(t.stat.p) else '—'} |")
     return "\n".join(lines)
 
@@ -358,7 +364,8 @@ def by_setting(study: str, on: str, key: str, others: tuple[str, ...] = ("lora",
                             dict(zip(ini.stat.seeds, (100 * v for v in ini.stat.values))),
                             dict(zip(o.stat.seeds, (100 * v for v in o.stat.values)))))
     label = CELL.get(key, (key, ""))[0] or key.replace("_", " ")
-    return holm(cmps, f"the {len(cmps)} {label} × method pairs")
+    pairs = f"{label} × method pairs" if len({c.label.split(':')[0] for c in cmps}) < len(cmps) else f"{label}s"
+    return holm(cmps, f"the {len(cmps)} {pairs}")
 
 
 def setting_items(study: str, on: str, key: str, others: tuple[str, ...] = ("lora",)) -> list[str]:
@@ -667,10 +674,10 @@ def fig3_table() -> str:
     cmps = holm([Cmp(f"{s:g}", values(study, "normal", acc, **{"method_options.std": s}), lora) for s in stds], "")
     m, sd = stats.mean_std(list(lora.values()))
     lines = ["| std | accuracy ×100, mean ± std | per seed (0, 11, 22, 33, 44) | − LoRA, 95 % CI | p vs LoRA (unadjusted / Holm over the 5) |",
-             "|---|---|---|---|---|", f"| LoRA | {m:.1f} ± {sd:.1f} | {', '.join(f'{v:.1f}' for _, v in sorted(lora.items()))} | — | — |"]
+             "|---|---|---|---|---|", f"| LoRA | {_f1(m)} ± {_f1(sd)} | {', '.join(_f1(v) for _, v in sorted(lora.items()))} | — | — |"]
     for c in cmps:
         m, sd = stats.mean_std(list(c.a.values()))
-        lines.append(f"| {c.label} | {m:.1f} ± {sd:.1f} | {', '.join(f'{v:.1f}' for _, v in sorted(c.a.items()))} | "
+        lines.append(f"| {c.label} | {_f1(m)} ± {_f1(sd)} | {', '.join(_f1(v) for _, v in sorted(c.a.items()))} | "
                      f"{c.diff:+.1f} [{c.lo:+.1f}, {c.hi:+.1f}] | {_p(c.p)} / {_p(c.p_adj)} |")
     return "\n".join(lines)
 
@@ -855,7 +862,7 @@ def changes_table() -> str:
         *([("IniLoRA ≥ LoRA, PiSSA, MiLoRA at ranks 8–32 (Table 6), each at its own rate per rank",
             "(rank 8 only; other ranks not run)", named["t6"])] if named["t6"] else []),
         *([("IniLoRA's lead over LoRA holds and grows with data size (Table 4), each at its own rate per size",
-            "(not run)", named["t4"])] if named["t4"] else []),
+            "untested (not run)", named["t4"])] if named["t4"] else []),
         ("0 iterations competitive with LoRA, and the fit adds to it (Table 7), each at its own rate", "(not tested)",
          named["t7-own"]),
         ("IniLoRA-α and -β beat IniLoRA and LoRA (Table 3), each at its own rate", "(NLU: only at the shared 2e-3)",

@@ -171,7 +171,7 @@ def test_table_6_compares_each_rank_at_that_ranks_own_rates(tmp_path, monkeypatc
         want = [100 * (test["inilora", rank, s] - test["lora", rank, s]) for s in seeds]
         assert cmp_.n == 3 and cmp_.diff == pytest.approx(np.mean(want))
     assert [x.p_adj for x in found] == pytest.approx(stats.holm([x.p for x in found]))
-    assert all(x.family == "the 2 rank × method pairs" for x in found)
+    assert all(x.family == "the 2 ranks" for x in found)  # one method against IniLoRA: a family of ranks
     loss = c.setting_losses("s", "dev", "lora.rank")
     assert [x.diff for x in loss] == pytest.approx([100 * 0.1 * np.mean([s + 1 for s in seeds])] * 2)
     block = c.setting_block("s", "accuracy", "dev", "lora.rank")
@@ -213,7 +213,7 @@ def test_table_4_tests_the_lead_at_each_size_and_its_growth_paired_by_seed(tmp_p
     found = c.by_setting("s", "dev", "train_size", ("lora",))
     assert [x.label for x in found] == ["256 rows: IniLoRA (0.002) − LoRA (0.001)", "1024 rows: IniLoRA (0.002) − LoRA "
                                         "(0.002)", "4096 rows: IniLoRA (0.002) − LoRA (0.002)"]
-    assert all(x.family == "the 3 train size × method pairs" for x in found)
+    assert all(x.family == "the 3 train sizes" for x in found)
     lead = {n: [100 * (test["inilora", n, s] - test["lora", n, s]) for s in seeds] for n in sizes}
     for x, n in zip(found, sizes):
         assert x.diff == pytest.approx(np.mean(lead[n]))

@@ -52,8 +52,8 @@ def _fmt_ms(mean: float, std: float, scale: float) -> str:
     if math.isnan(mean):
         return "—"
     digits = 1 if scale == 100 else 4
-    text = f"{mean * scale:.{digits}f}"
-    return text + ("" if math.isnan(std) else f" ± {std * scale:.{digits}f}")
+    text = f"{round(mean * scale, 9):.{digits}f}"  # float noise rounded away: one value, one printing
+    return text + ("" if math.isnan(std) else f" ± {round(std * scale, 9):.{digits}f}")
 
 
 #: marks a std of exactly 0 over ≥ 2 seeds: a tie (e.g. equal correct counts on a small eval set),
@@ -68,7 +68,7 @@ def _fmt_stat(s: Stat, scale: float) -> str:
 
 def _fmt_seeds(s: Stat, scale: float) -> str:
     digits = 1 if scale == 100 else 4
-    return ", ".join(f"{v * scale:.{digits}f}" for v in s.values)
+    return ", ".join(f"{round(v * scale, 9):.{digits}f}" for v in s.values)
 
 
 def _notes(cell: list[Stat], baseline: str) -> list[str]:
