@@ -282,7 +282,7 @@ def _verdict(found: list, rows: list[dict], baseline: str) -> str:
     group = sorted(found, key=lambda t: -t.stat.mean)
     lead, head = group[0], group[0].stat.metric
     scale = 100.0 if _percent(head, [v for t in group for v in t.stat.values]) else 1.0
-    nums = ", ".join(f"{t.method} {t.stat.mean * scale:.1f} at {_fmt_value(t.choice)}" for t in group)
+    nums = ", ".join(f"{t.method} {round(t.stat.mean * scale, 9):.1f} at {_fmt_value(t.choice)}" for t in group)
     seeds = min(len(t.stat.values) for t in group)
     n = n_eval(rows, head)
     where = f"{head} ({'×100, ' if scale == 100 else ''}{n + ', ' if n else ''}{seeds} seed{'s' * (seeds != 1)})"
