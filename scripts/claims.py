@@ -499,13 +499,18 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
                   Cmp(f"IniLoRA-α ({ob['inilora-alpha'][0]:g}, the grid's {ob['inilora-alpha'][2]} rate) − LoRA",
                       ob["inilora-alpha"][1], ob["lora"][1])], "the 2 vs LoRA")
     long_ = nlg_long(named)
+    found_nlg = direction_cmps("direction-nlg", "offline-arith-dev/accuracy")  # PiSSA on NLG: the direction study's arm
+    nlg_pissa = [f"NLG, 96 steps, each at its own rate (direction-nlg): {found_nlg['pissa'].text()}"] \
+        if "pissa" in found_nlg else []
     out.append(Claim(
         "Table 2", "IniLoRA beats LoRA (and PiSSA, MiLoRA) on NLG",
         "SmolLM2-135M, offline-arith, 24 steps, each method at its own rate chosen on offline-arith-val, "
         "read on the 200 test problems; fit-and-lr-nlg" + ("; and 96 steps, each at its own rate chosen on "
                                                             "offline-arith-dev (drawn like the test set): nlg-long-lr"
-                                                            if long_["ini"] else "") + ". PiSSA and MiLoRA: not run on NLG",
-        [tuned[0].text(), *long_["ini"]],
+                                                            if long_["ini"] else "")
+        + (". PiSSA: 96 steps at its own rate, direction-nlg's arm; MiLoRA: not run on NLG" if nlg_pissa
+           else ". PiSSA and MiLoRA: not run on NLG"),
+        [tuned[0].text(), *long_["ini"], *nlg_pissa],
         f"nlg-long-lr ({_done('nlg-long-lr', 75)}: 96 steps, validation drawn like the test set); GPU: "
         "configs/paper/table2-*.yaml (48 runs each on 7–13B models; rough estimate 500–1000 GPU-h per file)"))
     shared = vs_baseline("fit-and-lr-nlg", nlg, "lora", ["inilora", "inilora-alpha", "inilora-0it", "inilora-1k",
@@ -633,7 +638,7 @@ def claims(named: dict[str, str] | None = None) -> list[Claim]:
         "a-vs-ini": a_i.text(),
         "fig3": "<br>".join([f3c[0].text(), rise.text(), drop.text(), out[-1].verdicts[-1]]),
         "fig5": "<br>".join(losses),
-        "pissa": "<br>".join(ini_pissa) or "**untested**",
+        "pissa": "<br>".join([*ini_pissa, *nlg_pissa]) or "**untested**",
         "t6": "<br>".join(c.text() for c in ranks) if whole6 else "",
         "t4": "" if t4.verdicts == ["**untested**"] else "<br>".join(t4.verdicts),
         "direction": "<br>".join(mechanism) or "**untested** (the direction studies are not complete)",
