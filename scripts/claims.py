@@ -355,16 +355,17 @@ def by_setting(study: str, on: str, key: str, others: tuple[str, ...] = ("lora",
     if "inilora" not in done or len(done) < 2:
         return []
     best = _own_best_at(study, on, key)
+    compared = [m for m in others if m in done]
     cmps = []
     for value in sorted({v for v, _ in best}):
         ini = best[value, "inilora"]
-        for m in (m for m in others if m in done):
+        for m in compared:
             o = best[value, m]
             cmps.append(Cmp(f"{_cell(key, value)}: IniLoRA ({ini.choice:g}) − {NAME[m]} ({o.choice:g})",
                             dict(zip(ini.stat.seeds, (100 * v for v in ini.stat.values))),
                             dict(zip(o.stat.seeds, (100 * v for v in o.stat.values)))))
     label = CELL.get(key, (key, ""))[0] or key.replace("_", " ")
-    pairs = f"{label} × method pairs" if len({c.label.split(':')[0] for c in cmps}) < len(cmps) else f"{label}s"
+    pairs = f"{label} × method pairs" if len(compared) > 1 else f"{label}s"
     return holm(cmps, f"the {len(cmps)} {pairs}")
 
 
